@@ -1,0 +1,1 @@
+"""HTTP API (installed as followups.api)."""

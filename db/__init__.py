@@ -1,0 +1,1 @@
+"""PostgreSQL storage: typed models, engine/session factory, migrations, the event log."""

@@ -1,0 +1,193 @@
+"""SQLAlchemy 2 typed models. The schema itself is created by the Alembic migrations."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    Uuid,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSONB, list[dict[str, Any]]: JSONB}
+
+
+class EnrollmentStatus(StrEnum):
+    ACTIVE = "ACTIVE"
+    PAUSED = "PAUSED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    STOPPED = "STOPPED"  # the seller replied or opted out
+
+    @property
+    def is_open(self) -> bool:
+        return self in (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED)
+
+
+class EventType(StrEnum):
+    ENROLLED = "ENROLLED"
+    STEP_ATTEMPT = "STEP_ATTEMPT"  # written before the provider call; an attempt with no result is a trace
+    EMAIL_SENT = "EMAIL_SENT"
+    SMS_SENT = "SMS_SENT"
+    STEP_RETRY = "STEP_RETRY"
+    STEP_FAILED = "STEP_FAILED"
+    STEP_SKIPPED = "STEP_SKIPPED"  # e.g. no email address on the deal
+    STEP_OUTCOME_UNKNOWN = "STEP_OUTCOME_UNKNOWN"  # a worker died mid-send: not resent
+    WAIT_STARTED = "WAIT_STARTED"
+    WAIT_COMPLETED = "WAIT_COMPLETED"
+    PAUSED = "PAUSED"
+    RESUMED = "RESUMED"
+    CANCELLED = "CANCELLED"
+    STOPPED = "STOPPED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    PROVIDER_EVENT = "PROVIDER_EVENT"  # webhook callbacks (delivered, opened, bounced, ...)
+    REPLY_RECEIVED = "REPLY_RECEIVED"
+    OPTED_OUT = "OPTED_OUT"
+
+
+SENT_EVENT_TYPES = (EventType.EMAIL_SENT, EventType.SMS_SENT)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the token
+    label: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Sequence(Base):
+    __tablename__ = "sequences"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    steps: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    archived_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+    versions: Mapped[list[SequenceVersion]] = relationship(back_populates="sequence", order_by="SequenceVersion.version")
+
+
+class SequenceVersion(Base):
+    __tablename__ = "sequence_versions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    sequence_id: Mapped[int] = mapped_column(ForeignKey("sequences.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    steps: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    sequence: Mapped[Sequence] = relationship(back_populates="versions")
+
+
+class Deal(Base):
+    __tablename__ = "deals"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    external_id: Mapped[str] = mapped_column(String(200))
+    property_address: Mapped[str] = mapped_column(Text)
+    seller_name: Mapped[str] = mapped_column(String(200))
+    seller_email: Mapped[str | None] = mapped_column(String(320))
+    seller_phone: Mapped[str | None] = mapped_column(String(32))
+    seller_timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    offer_amount: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
+    context: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class Offer(Base):
+    """An offer sent on a deal; its external id makes `record_offer_sent` idempotent."""
+
+    __tablename__ = "offers"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    external_id: Mapped[str] = mapped_column(String(200))
+    deal_id: Mapped[int] = mapped_column(ForeignKey("deals.id"))
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
+    enrollment_id: Mapped[int | None] = mapped_column(ForeignKey("enrollments.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Enrollment(Base):
+    __tablename__ = "enrollments"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    deal_id: Mapped[int] = mapped_column(ForeignKey("deals.id"), index=True)
+    sequence_id: Mapped[int] = mapped_column(ForeignKey("sequences.id"), index=True)
+    sequence_version_id: Mapped[int] = mapped_column(ForeignKey("sequence_versions.id"))
+    status: Mapped[str] = mapped_column(String(16), default=EnrollmentStatus.ACTIVE.value)
+    current_step: Mapped[int] = mapped_column(Integer, default=0)
+    next_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    prefect_flow_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    reply_token: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+    deal: Mapped[Deal] = relationship()
+    sequence_version: Mapped[SequenceVersion] = relationship()
+
+
+class FollowUpEvent(Base):
+    """One immutable row per thing that happened. The database rejects UPDATE/DELETE/TRUNCATE."""
+
+    __tablename__ = "follow_up_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    enrollment_id: Mapped[int | None] = mapped_column(ForeignKey("enrollments.id"), index=True)
+    step_index: Mapped[int | None] = mapped_column(Integer)
+    event_type: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(32), default="ok")
+    content: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    provider_message_id: Mapped[str | None] = mapped_column(String(200))
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    flow_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    task_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # Events that must happen once (a step sent, a wait started, a webhook delivery) carry a
+    # key with a unique index: a second writer's insert is a no-op instead of a duplicate.
+    dedupe_key: Mapped[str | None] = mapped_column(String(300), unique=True)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.clock_timestamp())

@@ -1,0 +1,1 @@
+"""Ways to deploy and serve the flows (installed as followups.deployments)."""

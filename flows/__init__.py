@@ -1,0 +1,1 @@
+"""Prefect flows (installed as followups.flows)."""

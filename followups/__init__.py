@@ -1,0 +1,1 @@
+"""Durable follow-up sequences for real-estate offers, run on Prefect 3."""

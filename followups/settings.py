@@ -1,0 +1,62 @@
+"""The one settings class. Every value can be overridden with a `FOLLOWUPS_` variable."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ProviderMode(StrEnum):
+    """How EMAIL and SMS steps reach the seller."""
+
+    CONSOLE = "console"  # print the message and record it: the embedded default for demos
+    LIVE = "live"  # SendGrid and Twilio over HTTPS
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FOLLOWUPS_", env_file=None, extra="ignore")
+
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/followups"
+    database_pool_size: int = Field(default=5, ge=1)
+
+    provider_mode: ProviderMode = ProviderMode.CONSOLE
+    provider_timeout_seconds: float = Field(default=15.0, gt=0)
+
+    sendgrid_api_key: SecretStr = SecretStr("")
+    sendgrid_base_url: str = "https://api.sendgrid.com"
+    sendgrid_from_email: str = "offers@example.com"
+    sendgrid_from_name: str = "Offer follow-ups"
+    # Replies land at reply+<token>@<domain>; SendGrid Inbound Parse forwards them to us.
+    reply_domain: str = "reply.example.com"
+    sendgrid_webhook_public_key: SecretStr = SecretStr("")
+
+    twilio_account_sid: str = ""
+    twilio_auth_token: SecretStr = SecretStr("")
+    twilio_base_url: str = "https://api.twilio.com"
+    twilio_from_number: str = "+15005550006"
+    # Public base URL of our HTTP API, used for Twilio status callbacks and signature checks.
+    public_base_url: str = ""
+
+    deployment_name: str = "follow-up-sequence/followups"
+    work_pool: str = "followups"
+
+    # Step task retries: 5 attempts in total, waits of base * 2**n seconds (2, 4, 8, 16) + jitter.
+    step_retries: int = Field(default=4, ge=0)
+    step_retry_base_seconds: float = Field(default=2.0, ge=0)
+    step_retry_jitter_factor: float = Field(default=0.2, ge=0)
+
+    webhook_max_age_seconds: int = 300
+    api_max_body_bytes: int = 1_000_000
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests change the environment between sessions)."""
+    get_settings.cache_clear()

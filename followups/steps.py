@@ -1,0 +1,155 @@
+"""Sequence steps and the sequence definition, validated with pydantic."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from followups import templating
+from followups.errors import InvalidInputError
+
+SMS_MAX_CHARS = 1600
+
+
+class _Step(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EmailStep(_Step):
+    type: Literal["EMAIL"] = "EMAIL"
+    subject: str = Field(min_length=1, max_length=998)
+    text: str | None = None
+    html: str | None = None
+
+    @field_validator("subject", "text")
+    @classmethod
+    def _plain_template(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_template(value, html=False)
+        return value
+
+    @field_validator("html")
+    @classmethod
+    def _html_template(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_template(value, html=True)
+        return value
+
+    @model_validator(mode="after")
+    def _has_body(self) -> EmailStep:
+        if not (self.text or self.html):
+            raise ValueError("an EMAIL step needs a text or an html body")
+        return self
+
+
+class SmsStep(_Step):
+    type: Literal["SMS"] = "SMS"
+    body: str = Field(min_length=1, max_length=SMS_MAX_CHARS)
+
+    @field_validator("body")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        _check_template(value, html=False)
+        return value
+
+
+class WaitStep(_Step):
+    type: Literal["WAIT"] = "WAIT"
+    days: float = Field(default=0, ge=0)
+    hours: float = Field(default=0, ge=0)
+    minutes: float = Field(default=0, ge=0)
+    seconds: float = Field(default=0, ge=0)
+
+    @property
+    def duration(self) -> timedelta:
+        return timedelta(days=self.days, hours=self.hours, minutes=self.minutes, seconds=self.seconds)
+
+    @model_validator(mode="after")
+    def _positive(self) -> WaitStep:
+        if self.duration <= timedelta(0):
+            raise ValueError("a WAIT must last longer than zero")
+        return self
+
+
+Step = Annotated[Union[EmailStep, SmsStep, WaitStep], Field(discriminator="type")]
+SendStep = EmailStep | SmsStep
+
+
+class SequenceSteps(BaseModel):
+    """The ordered steps of a sequence, with the rules that make a sequence runnable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: list[Step] = Field(min_length=1, max_length=100)
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _upper_types(cls, value: Any) -> Any:
+        # Accept "email" as well as "EMAIL": files written by hand use both.
+        if isinstance(value, list):
+            return [
+                {**item, "type": item["type"].upper()}
+                if isinstance(item, dict) and isinstance(item.get("type"), str)
+                else item
+                for item in value
+            ]
+        return value
+
+    @model_validator(mode="after")
+    def _well_formed(self) -> SequenceSteps:
+        for index, step in enumerate(self.steps):
+            if isinstance(step, WaitStep):
+                if index == len(self.steps) - 1:
+                    raise _StepRuleError(index, "a sequence cannot end with a WAIT")
+                if index > 0 and isinstance(self.steps[index - 1], WaitStep):
+                    raise _StepRuleError(index, "two WAIT steps in a row; merge them into one")
+        return self
+
+
+class _StepRuleError(ValueError):
+    def __init__(self, index: int, message: str):
+        super().__init__(f"steps.{index}: {message}")
+
+
+def _check_template(source: str, *, html: bool) -> None:
+    try:
+        templating.check(source, html=html)
+    except templating.TemplateRenderError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def parse_steps(raw: Any) -> list[Step]:
+    """Validate raw steps (a list of dicts) and return them, or raise InvalidInputError.
+
+    The error names the first wrong field as a dotted path, e.g. `steps.2.body`.
+    """
+    try:
+        return list(SequenceSteps.model_validate({"steps": raw}).steps)
+    except ValidationError as exc:
+        raise invalid_input_from(exc) from exc
+
+
+def invalid_input_from(exc: ValidationError, prefix: str = "") -> InvalidInputError:
+    first = exc.errors(include_url=False)[0]
+    path = [str(part) for part in first["loc"]]
+    message = first["msg"].removeprefix("Value error, ")
+    # Rule errors from the sequence validator carry their own step path in the message.
+    if message.startswith("steps.") and ":" in message:
+        location, _, message = message.partition(": ")
+        path = location.split(".")
+    if first["type"] in {"union_tag_invalid", "union_tag_not_found"}:
+        path.append("type")
+    # Drop the union tag pydantic inserts (steps.0.EMAIL.subject -> steps.0.subject).
+    path = [part for part in path if part not in {"EMAIL", "SMS", "WAIT"}]
+    field = ".".join(([prefix] if prefix else []) + path)
+    return InvalidInputError(message, field=field or None)
+
+
+def steps_to_json(steps: list[Step]) -> list[dict[str, Any]]:
+    return [step.model_dump(exclude_defaults=False) for step in steps]
+
+
+def wait_duration(step: WaitStep) -> timedelta:
+    return step.duration

@@ -1,0 +1,1 @@
+"""Prefect tasks and the provider clients they call (installed as followups.tasks)."""
