@@ -1,0 +1,193 @@
+"""The `follow-up-sequence` flow: runs one enrollment from its current step.
+
+Each EMAIL / SMS step is a task run. A WAIT records WAIT_STARTED with its due time, schedules
+the deployment's next flow run for that time and ends: no process waits. The next run records
+WAIT_COMPLETED and carries on. Where the sequence is comes from the database, never from
+Prefect's task results, so a re-run, a resumed run or a duplicate run continues correctly.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.exceptions import Pause
+from prefect.flow_runs import suspend_flow_run
+from prefect.runtime import flow_run as runtime_flow_run
+from sqlalchemy import func, select, update
+
+from followups.db.events import first_event, record_event
+from followups.db.models import Enrollment, EnrollmentStatus, EventType
+from followups.db.session import session_scope
+from followups.plan import EnrollmentPlan, load_plan
+from followups.scheduling import schedule_sequence_run
+from followups.steps import EmailStep, WaitStep
+from followups.tasks.send_step import configured_send_step
+
+# A run that starts this close to its wait's due time (e.g. resumed a moment early) sleeps
+# the rest instead of scheduling yet another run.
+SHORT_WAIT_SECONDS = 5.0
+
+
+def _current_flow_run_id() -> uuid.UUID | None:
+    return uuid.UUID(str(runtime_flow_run.id)) if runtime_flow_run.id else None
+
+
+def _read_own_run(flow_run_id: uuid.UUID | None):
+    if flow_run_id is None:
+        return None
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id)
+
+
+def _set_status(enrollment_id: int, status: EnrollmentStatus, event: EventType, flow_run_id, **content) -> None:
+    with session_scope() as session:
+        session.execute(update(Enrollment).where(Enrollment.id == enrollment_id).values(status=status.value))
+        record_event(session, enrollment_id=enrollment_id, event_type=event, content=content, flow_run_id=flow_run_id)
+
+
+def _honour_prefect_controls(plan: EnrollmentPlan, flow_run_id: uuid.UUID | None, *, starting: bool) -> EnrollmentPlan:
+    """Make the enrollment agree with what was done to this run in Prefect (UI, CLI, API).
+
+    - Started as a resumed run while the enrollment is PAUSED: someone resumed it in Prefect.
+    - Suspended in Prefect while the enrollment is ACTIVE: someone paused it in Prefect.
+    - Enrollment PAUSED while this run still runs: stop here, suspended, until resumed.
+    """
+    run = _read_own_run(flow_run_id)
+    if run is None:
+        return plan
+    if starting and plan.status == EnrollmentStatus.PAUSED and run.empirical_policy.resuming:
+        _set_status(plan.enrollment_id, EnrollmentStatus.ACTIVE, EventType.RESUMED, flow_run_id, source="prefect")
+        with session_scope() as session:
+            return load_plan(session, plan.enrollment_id)
+    run_suspended = run.state is not None and run.state.is_paused()
+    if run_suspended and plan.status == EnrollmentStatus.ACTIVE:
+        _set_status(plan.enrollment_id, EnrollmentStatus.PAUSED, EventType.PAUSED, flow_run_id, source="prefect")
+    if run_suspended:
+        raise Pause(state=run.state)
+    if plan.status == EnrollmentStatus.PAUSED:
+        # Paused through our API while this run was between steps: suspend ourselves so that
+        # resuming (from our API or the Prefect UI) restarts this very run.
+        suspend_flow_run(key=f"pause-{plan.current_step}-{time.time_ns()}")
+    return plan
+
+
+def _complete(enrollment_id: int, flow_run_id: uuid.UUID | None) -> None:
+    with session_scope() as session:
+        done = session.execute(
+            update(Enrollment)
+            .where(Enrollment.id == enrollment_id, Enrollment.status == EnrollmentStatus.ACTIVE.value)
+            .values(status=EnrollmentStatus.COMPLETED.value, next_due_at=None)
+        ).rowcount
+        if done:
+            record_event(
+                session,
+                enrollment_id=enrollment_id,
+                event_type=EventType.COMPLETED,
+                flow_run_id=flow_run_id,
+                dedupe_key=f"enrollment:{enrollment_id}:completed",
+            )
+
+
+def _run_wait(plan: EnrollmentPlan, step_index: int, step: WaitStep, flow_run_id: uuid.UUID | None) -> str:
+    """Start or finish the WAIT at `step_index`. Returns "continue", "deferred" or "stopped"."""
+    enrollment_id = plan.enrollment_id
+    with session_scope() as session:
+        current = load_plan(session, enrollment_id, lock=True)
+        if current.status != EnrollmentStatus.ACTIVE:
+            return "stopped"
+        if current.current_step != step_index:
+            return "continue"
+        started = first_event(session, enrollment_id, step_index, EventType.WAIT_STARTED)
+        now = session.scalar(select(func.now()))
+        if started is None:
+            due = now + step.duration
+            record_event(
+                session,
+                enrollment_id=enrollment_id,
+                event_type=EventType.WAIT_STARTED,
+                step_index=step_index,
+                content={"due_at": due.isoformat(), "duration_seconds": step.duration.total_seconds()},
+                flow_run_id=flow_run_id,
+                dedupe_key=f"enrollment:{enrollment_id}:wait-started:{step_index}",
+            )
+            next_run = schedule_sequence_run(enrollment_id, plan.deal_ref, step_index, scheduled_time=due)
+            session.execute(
+                update(Enrollment)
+                .where(Enrollment.id == enrollment_id)
+                .values(next_due_at=due, prefect_flow_run_id=next_run)
+            )
+            return "deferred"
+        due = datetime.fromisoformat(started.content["due_at"])
+        remaining = (due - now).total_seconds()
+        if remaining > SHORT_WAIT_SECONDS:
+            # Started well before the due time (e.g. resumed from the Prefect UI, which
+            # reschedules to "now"): the rest of the wait is another scheduled run.
+            next_run = schedule_sequence_run(
+                enrollment_id,
+                plan.deal_ref,
+                step_index,
+                scheduled_time=due,
+                key_suffix=f":after:{flow_run_id}",
+            )
+            session.execute(
+                update(Enrollment).where(Enrollment.id == enrollment_id).values(prefect_flow_run_id=next_run)
+            )
+            return "deferred"
+    if remaining > 0:
+        time.sleep(remaining)
+    with session_scope() as session:
+        current = load_plan(session, enrollment_id, lock=True)
+        if current.status != EnrollmentStatus.ACTIVE:
+            return "stopped"
+        if current.current_step == step_index:
+            record_event(
+                session,
+                enrollment_id=enrollment_id,
+                event_type=EventType.WAIT_COMPLETED,
+                step_index=step_index,
+                content={"due_at": due.isoformat()},
+                flow_run_id=flow_run_id,
+                dedupe_key=f"enrollment:{enrollment_id}:wait-completed:{step_index}",
+            )
+            session.execute(
+                update(Enrollment)
+                .where(Enrollment.id == enrollment_id)
+                .values(current_step=step_index + 1, next_due_at=None)
+            )
+    return "continue"
+
+
+@flow(name="follow-up-sequence", log_prints=True, persist_result=False)
+def follow_up_sequence(enrollment_id: int) -> str:
+    """Run enrollment `enrollment_id` from its current step until it ends or waits."""
+    logger = get_run_logger()
+    flow_run_id = _current_flow_run_id()
+    starting = True
+    while True:
+        with session_scope() as session:
+            plan = load_plan(session, enrollment_id)
+        plan = _honour_prefect_controls(plan, flow_run_id, starting=starting)
+        starting = False
+        if plan.status != EnrollmentStatus.ACTIVE:
+            logger.info("Enrollment %s is %s: nothing to do", enrollment_id, plan.status)
+            if plan.status == EnrollmentStatus.FAILED:
+                raise RuntimeError(f"enrollment {enrollment_id} failed; see its STEP_FAILED event")
+            return plan.status
+        if plan.finished_steps:
+            _complete(enrollment_id, flow_run_id)
+            logger.info("Enrollment %s completed", enrollment_id)
+            return EnrollmentStatus.COMPLETED.value
+        index = plan.current_step
+        step = plan.steps[index]
+        if isinstance(step, WaitStep):
+            outcome = _run_wait(plan, index, step, flow_run_id)
+            if outcome == "deferred":
+                logger.info("Enrollment %s waits (step %s); the next run is scheduled", enrollment_id, index)
+                return "WAITING"
+            continue
+        channel = "email" if isinstance(step, EmailStep) else "sms"
+        configured_send_step(enrollment_id, index, channel, plan.deal_ref)(enrollment_id, index, channel, plan.deal_ref)

@@ -1,0 +1,143 @@
+"""A local stand-in for SendGrid and Twilio, for tests, demos and benchmarks (no internet here).
+
+It answers like the real APIs (202 + X-Message-Id; 201 + JSON with `sid`), with configurable
+latency and error rate, and can be told to answer a scripted list of statuses first. It counts
+every request so a test or benchmark can prove how many messages were really sent.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
+
+
+@dataclass
+class ReceivedRequest:
+    provider: str  # "sendgrid" | "twilio"
+    path: str
+    body: bytes
+    received_at: float
+    message_id: str | None = None
+    status: int = 0
+
+
+@dataclass
+class FakeProviderServer:
+    host: str = "127.0.0.1"
+    port: int = 0
+    latency_seconds: float = 0.0
+    error_rate: float = 0.0  # share of requests answered 503
+    requests: list[ReceivedRequest] = field(default_factory=list)
+    scripted: deque = field(default_factory=deque)  # statuses to answer first, e.g. [500, 500]
+    _server: ThreadingHTTPServer | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() the server first"
+        return f"http://{self.host}:{self._server.server_address[1]}"
+
+    def start(self) -> FakeProviderServer:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                fake._handle(self, body)
+
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="fake-providers", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def sent(self, provider: str | None = None) -> list[ReceivedRequest]:
+        """Requests answered with success (what a real provider would have delivered)."""
+        with self._lock:
+            return [r for r in self.requests if r.status < 300 and (provider is None or r.provider == provider)]
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.scripted.clear()
+
+    def _next_status(self, success: int) -> int:
+        with self._lock:
+            if self.scripted:
+                return self.scripted.popleft()
+        if self.error_rate and random.random() < self.error_rate:
+            return 503
+        return success
+
+    def _handle(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        if self.latency_seconds:
+            time.sleep(self.latency_seconds)
+        path = handler.path
+        if path == "/v3/mail/send":
+            provider, success = "sendgrid", 202
+        elif path.startswith("/2010-04-01/Accounts/") and path.endswith("/Messages.json"):
+            provider, success = "twilio", 201
+        else:
+            self._reply(handler, 404, {"message": "not found"})
+            return
+        status = self._next_status(success)
+        record = ReceivedRequest(provider=provider, path=path, body=body, received_at=time.time(), status=status)
+        with self._lock:
+            self.requests.append(record)
+        if provider == "sendgrid":
+            if status == 202:
+                record.message_id = uuid.uuid4().hex[:22]
+                self._reply(handler, 202, None, {"X-Message-Id": record.message_id})
+            elif status == 429:
+                reset = str(int(time.time()) + 1)
+                self._reply(handler, 429, {"errors": [{"message": "too many requests"}]}, {"X-RateLimit-Reset": reset})
+            else:
+                self._reply(handler, status, {"errors": [{"message": f"fake error {status}", "field": None}]})
+        else:
+            form = parse_qs(body.decode())
+            if status == 201:
+                record.message_id = "SM" + uuid.uuid4().hex
+                self._reply(
+                    handler,
+                    201,
+                    {
+                        "sid": record.message_id,
+                        "status": "queued",
+                        "to": form.get("To", [""])[0],
+                        "from": form.get("From", [""])[0],
+                        "num_segments": "1",
+                        "error_code": None,
+                    },
+                )
+            else:
+                code = 20429 if status == 429 else 20500
+                self._reply(handler, status, {"code": code, "message": f"fake error {status}", "status": status})
+
+    @staticmethod
+    def _reply(handler: BaseHTTPRequestHandler, status: int, payload, headers: dict[str, str] | None = None) -> None:
+        data = b"" if payload is None else json.dumps(payload).encode()
+        handler.send_response(status)
+        for name, value in (headers or {}).items():
+            handler.send_header(name, value)
+        if data:
+            handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)

@@ -1,0 +1,60 @@
+"""Find a Prefect API to talk to, or start a local Prefect server for the demo.
+
+Order: PREFECT_API_URL if it answers; else a server already on 127.0.0.1:4200; else
+`prefect server start` detached (left running so the runs stay visible in the UI; its log is
+~/.followups/prefect-server.log).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+LOCAL_API_URL = "http://127.0.0.1:4200/api"
+
+
+def api_is_healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        return httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def configured_api_url() -> str | None:
+    from prefect.settings import PREFECT_API_URL
+
+    return os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value() or None
+
+
+def ensure_prefect_api(start_timeout: float = 90) -> tuple[str, bool]:
+    """Return (api_url, started_here)."""
+    configured = configured_api_url()
+    if configured:
+        if api_is_healthy(configured):
+            return configured, False
+        raise RuntimeError(f"PREFECT_API_URL={configured} does not answer; start that server or unset it")
+    if api_is_healthy(LOCAL_API_URL):
+        return LOCAL_API_URL, False
+    log_path = Path.home() / ".followups" / "prefect-server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    with open(log_path, "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", "4200"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,  # outlives the demo: the UI keeps showing its runs
+        )
+    deadline = time.monotonic() + start_timeout
+    while not api_is_healthy(LOCAL_API_URL):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the local Prefect server did not start; see {log_path}")
+        time.sleep(0.5)
+    return LOCAL_API_URL, True

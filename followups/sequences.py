@@ -1,0 +1,224 @@
+"""Sequence templates: create, read, list, edit (a new version each time) and archive.
+
+An enrollment pins the sequence version it started with, so editing a template never changes
+a sequence that is already running. Deleting a template that still has open enrollments is
+refused; `archive=True` hides it instead and lets the open enrollments finish.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from followups.db.models import Enrollment, EnrollmentStatus, Sequence, SequenceVersion
+from followups.errors import InvalidInputError, InvalidStateError, NotFoundError
+from followups.steps import parse_steps, steps_to_json
+
+OPEN_STATUSES = (EnrollmentStatus.ACTIVE.value, EnrollmentStatus.PAUSED.value)
+
+
+@dataclass(frozen=True)
+class SequenceInfo:
+    id: int
+    owner_id: int
+    name: str
+    description: str
+    enabled: bool
+    is_default: bool
+    version: int
+    steps: list[dict[str, Any]]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: Sequence) -> SequenceInfo:
+        return cls(
+            id=row.id,
+            owner_id=row.owner_id,
+            name=row.name,
+            description=row.description,
+            enabled=row.enabled,
+            is_default=row.is_default,
+            version=row.version,
+            steps=row.steps,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "enabled": self.enabled,
+            "is_default": self.is_default,
+            "version": self.version,
+            "steps": self.steps,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+def _check_name(name: str) -> str:
+    name = (name or "").strip()
+    if not name:
+        raise InvalidInputError("must not be empty", field="name")
+    if len(name) > 200:
+        raise InvalidInputError("at most 200 characters", field="name")
+    return name
+
+
+def _clear_default(session: Session, owner_id: int, keep_id: int | None = None) -> None:
+    statement = update(Sequence).where(Sequence.owner_id == owner_id, Sequence.is_default.is_(True))
+    if keep_id is not None:
+        statement = statement.where(Sequence.id != keep_id)
+    session.execute(statement.values(is_default=False))
+
+
+def create_sequence(
+    session: Session,
+    owner_id: int,
+    *,
+    name: str,
+    steps: Any,
+    description: str = "",
+    enabled: bool = True,
+    is_default: bool = False,
+) -> SequenceInfo:
+    parsed = steps_to_json(parse_steps(steps))
+    name = _check_name(name)
+    if is_default:
+        _clear_default(session, owner_id)
+    row = Sequence(
+        owner_id=owner_id,
+        name=name,
+        description=description or "",
+        enabled=enabled,
+        is_default=is_default,
+        version=1,
+        steps=parsed,
+    )
+    session.add(row)
+    session.flush()
+    session.add(SequenceVersion(sequence_id=row.id, version=1, steps=parsed))
+    session.flush()
+    session.refresh(row)
+    return SequenceInfo.of(row)
+
+
+def _owned(session: Session, owner_id: int, sequence_id: int, *, lock: bool = False) -> Sequence:
+    statement = select(Sequence).where(
+        Sequence.id == sequence_id, Sequence.owner_id == owner_id, Sequence.archived_at.is_(None)
+    )
+    if lock:
+        statement = statement.with_for_update()
+    row = session.scalars(statement).first()
+    if row is None:
+        raise NotFoundError("sequence", sequence_id)
+    return row
+
+
+def get_sequence(session: Session, owner_id: int, sequence_id: int) -> SequenceInfo:
+    return SequenceInfo.of(_owned(session, owner_id, sequence_id))
+
+
+def list_sequences(session: Session, owner_id: int, *, limit: int = 50, offset: int = 0) -> list[SequenceInfo]:
+    rows = session.scalars(
+        select(Sequence)
+        .where(Sequence.owner_id == owner_id, Sequence.archived_at.is_(None))
+        .order_by(Sequence.created_at.desc(), Sequence.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return [SequenceInfo.of(row) for row in rows]
+
+
+def count_sequences(session: Session, owner_id: int) -> int:
+    return session.scalar(
+        select(func.count()).select_from(Sequence).where(Sequence.owner_id == owner_id, Sequence.archived_at.is_(None))
+    ) or 0
+
+
+def update_sequence(
+    session: Session,
+    owner_id: int,
+    sequence_id: int,
+    *,
+    name: str | None = None,
+    steps: Any = None,
+    description: str | None = None,
+    enabled: bool | None = None,
+    is_default: bool | None = None,
+) -> SequenceInfo:
+    """Edit a template. New steps make a new version; running enrollments keep theirs."""
+    row = _owned(session, owner_id, sequence_id, lock=True)
+    if steps is not None:
+        parsed = steps_to_json(parse_steps(steps))
+        if parsed != row.steps:
+            row.version += 1
+            row.steps = parsed
+            session.add(SequenceVersion(sequence_id=row.id, version=row.version, steps=parsed))
+    if name is not None:
+        row.name = _check_name(name)
+    if description is not None:
+        row.description = description
+    if enabled is not None:
+        row.enabled = enabled
+    if is_default is not None:
+        if is_default:
+            _clear_default(session, owner_id, keep_id=row.id)
+        row.is_default = is_default
+    session.flush()
+    session.refresh(row)
+    return SequenceInfo.of(row)
+
+
+def open_enrollment_count(session: Session, sequence_id: int) -> int:
+    return session.scalar(
+        select(func.count())
+        .select_from(Enrollment)
+        .where(Enrollment.sequence_id == sequence_id, Enrollment.status.in_(OPEN_STATUSES))
+    ) or 0
+
+
+def delete_sequence(session: Session, owner_id: int, sequence_id: int, *, archive: bool = False) -> str:
+    """Delete a template, or archive it. Returns "deleted" or "archived".
+
+    Enrollments and events refer to a template's versions forever (the event log is
+    append-only), so a template that was ever used is archived rather than removed; one with
+    open enrollments is refused unless `archive=True`.
+    """
+    row = _owned(session, owner_id, sequence_id, lock=True)
+    open_count = open_enrollment_count(session, sequence_id)
+    if open_count and not archive:
+        raise InvalidStateError(
+            f"sequence {sequence_id} has {open_count} active or paused enrollment(s); "
+            "cancel them first or archive the sequence"
+        )
+    ever_used = session.scalar(select(func.count()).select_from(Enrollment).where(Enrollment.sequence_id == sequence_id))
+    if ever_used:
+        row.archived_at = func.now()
+        row.is_default = False
+        session.flush()
+        return "archived"
+    session.query(SequenceVersion).filter(SequenceVersion.sequence_id == sequence_id).delete()
+    session.delete(row)
+    session.flush()
+    return "deleted"
+
+
+def latest_version_id(session: Session, sequence_id: int) -> tuple[int, int]:
+    """(version row id, version number) of the newest version of a template."""
+    row = session.execute(
+        select(SequenceVersion.id, SequenceVersion.version)
+        .where(SequenceVersion.sequence_id == sequence_id)
+        .order_by(SequenceVersion.version.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        raise NotFoundError("sequence", sequence_id)
+    return row[0], row[1]

@@ -1,0 +1,164 @@
+"""SendGrid v3 mail send: payload built with the official helpers, sent with httpx.
+
+The official client sends through urllib (python_http_client), which respx cannot see and which
+has no shared connection pool, so only its `helpers.mail` payload builders are used here. Every
+HTTP outcome is classified into a receipt, a TransientProviderError or a PermanentProviderError
+right here, at the boundary.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+from sendgrid.helpers.mail import Category, Content, CustomArg, From, Mail, ReplyTo, To
+from sendgrid.helpers.mail.exceptions import ApiKeyIncludedException
+
+from followups.settings import Settings
+from followups.tasks.messages import OutgoingEmail, ProviderReceipt
+from followups.tasks.provider_errors import PermanentProviderError, TransientProviderError
+
+PROVIDER = "sendgrid"
+MAIL_SEND_PATH = "/v3/mail/send"
+
+# An X-RateLimit-Reset below this is a delay in seconds, not an epoch (defensive: the contract
+# says epoch, but a delta read as an epoch would mean "retry right now").
+_EPOCH_FLOOR = 1_000_000_000
+
+
+def build_mail_payload(settings: Settings, email: OutgoingEmail) -> dict[str, Any]:
+    """The JSON body of a v3 mail send for one recipient."""
+    if not (email.text or email.html):
+        raise PermanentProviderError("email has neither a text nor an html body", provider=PROVIDER)
+    try:
+        mail = Mail(
+            from_email=From(settings.sendgrid_from_email, settings.sendgrid_from_name or None),
+            to_emails=To(email.to_email, email.to_name or None),
+            subject=email.subject,
+        )
+        # The helper puts text/plain first whatever the order of assignment; set it first anyway.
+        if email.text:
+            mail.content = Content("text/plain", email.text)
+        if email.html:
+            mail.content = Content("text/html", email.html)
+    except ApiKeyIncludedException as exc:
+        # The helper refuses a body that starts with something shaped like a SendGrid key.
+        raise PermanentProviderError(
+            "email body looks like it contains a SendGrid API key; refusing to send",
+            provider=PROVIDER,
+        ) from exc
+    if email.reply_to:
+        mail.reply_to = ReplyTo(email.reply_to)
+    if email.custom_args:
+        # The helper passes values through untouched, and a non-string value is a 400.
+        mail.custom_arg = [CustomArg(str(key), str(value)) for key, value in email.custom_args.items()]
+    if email.categories:
+        # Note: the helper reverses category order; SendGrid treats them as a set.
+        mail.category = [Category(name) for name in email.categories]
+    return mail.get()
+
+
+def send_email(client: httpx.Client, settings: Settings, email: OutgoingEmail) -> ProviderReceipt:
+    """POST one email to SendGrid; return its receipt or raise a classified ProviderError."""
+    api_key = settings.sendgrid_api_key.get_secret_value()
+    if not api_key:
+        raise PermanentProviderError("SendGrid API key is not configured", provider=PROVIDER)
+    payload = build_mail_payload(settings, email)
+    url = settings.sendgrid_base_url.rstrip("/") + MAIL_SEND_PATH
+    try:
+        response = client.post(
+            url,
+            json=payload,
+            headers={
+                "Authorization": f"Bearer {api_key}",
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+            },
+            timeout=settings.provider_timeout_seconds,
+        )
+    except httpx.TimeoutException as exc:
+        # The mail may or may not have been accepted; de-duplication is the caller's job.
+        raise TransientProviderError(f"request timed out: {type(exc).__name__}", provider=PROVIDER) from exc
+    except httpx.UnsupportedProtocol as exc:
+        # A malformed base URL is configuration, not a network hiccup: retrying cannot help.
+        raise PermanentProviderError(f"bad SendGrid base URL: {exc}", provider=PROVIDER) from exc
+    except httpx.TransportError as exc:
+        raise TransientProviderError(f"connection error: {type(exc).__name__}: {exc}", provider=PROVIDER) from exc
+    return _receipt_or_raise(response, secret=api_key)
+
+
+def _receipt_or_raise(response: httpx.Response, *, secret: str) -> ProviderReceipt:
+    status = response.status_code
+    if 200 <= status < 300:
+        # 202 normally (200 in sandbox mode). The id is only used for webhook correlation, so a
+        # missing header must not turn an accepted mail into a retry (that would send it twice).
+        return ProviderReceipt(
+            provider=PROVIDER,
+            message_id=response.headers.get("X-Message-Id", ""),
+            status_code=status,
+        )
+    message = _redact(_first_error(response), secret)
+    if status == 429:
+        raise TransientProviderError(
+            f"rate limited: {message}",
+            provider=PROVIDER,
+            status_code=status,
+            retry_after=_retry_after(response.headers),
+        )
+    if status >= 500:
+        raise TransientProviderError(message, provider=PROVIDER, status_code=status)
+    # 400/413: fix the payload; 401/403: fix the configuration. Either way, do not retry.
+    raise PermanentProviderError(message, provider=PROVIDER, status_code=status)
+
+
+def _first_error(response: httpx.Response) -> str:
+    """The first `errors[].message` (with its field), or a fallback naming the status."""
+    try:
+        errors = response.json().get("errors") or []
+        first = errors[0]
+        message = str(first.get("message") or "").strip()
+        field = first.get("field")
+    except (ValueError, AttributeError, IndexError, TypeError):
+        message, field = "", None
+    if not message:
+        return f"HTTP {response.status_code} {response.reason_phrase}".strip()
+    return f"{message} (field: {field})" if field else message
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds from now before retrying: X-RateLimit-Reset (epoch) first, then Retry-After."""
+    now = time.time()
+    reset = headers.get("X-RateLimit-Reset")
+    if reset is not None:
+        try:
+            value = float(reset)
+        except ValueError:
+            pass
+        else:
+            return max(0.0, value - now if value >= _EPOCH_FLOOR else value)
+    return _parse_retry_after(headers.get("Retry-After"), now=now)
+
+
+def _parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """RFC 9110 Retry-After: delay in seconds or an HTTP date; None when absent or unreadable."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value.strip()))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000" parses naive; HTTP dates are always GMT
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - now)
+
+
+def _redact(text: str, secret: str) -> str:
+    # Provider messages should never echo the key, but a message is logged and stored: be sure.
+    return text.replace(secret, "[redacted]") if secret else text

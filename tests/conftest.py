@@ -1,0 +1,172 @@
+"""Test fixtures: a PostgreSQL database per test session (cloned from a migrated template),
+Prefect's test harness as the API, a fake SendGrid/Twilio HTTP server, and a real runner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from followups.fake_providers import FakeProviderServer
+
+PG_ADMIN_URL = os.environ.get("FOLLOWUPS_TEST_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+MIGRATIONS = Path(__file__).resolve().parents[1] / "db" / "migrations" / "versions"
+
+# Settings every process of the test session sees (runner subprocesses inherit them).
+TEST_ENV = {
+    "FOLLOWUPS_PROVIDER_MODE": "live",
+    "FOLLOWUPS_SENDGRID_API_KEY": "SG.test-key",
+    "FOLLOWUPS_TWILIO_ACCOUNT_SID": "ACtest",
+    "FOLLOWUPS_TWILIO_AUTH_TOKEN": "twilio-test-token",
+    "FOLLOWUPS_STEP_RETRY_BASE_SECONDS": "0.3",
+    "FOLLOWUPS_STEP_RETRY_JITTER_FACTOR": "0.1",
+    "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+    "PREFECT_LOGGING_TO_API_ENABLED": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+
+def _admin_engine():
+    return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+
+
+def _with_database(url: str, name: str) -> str:
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+def _template_name() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(MIGRATIONS.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return f"followups_template_{digest.hexdigest()[:12]}"
+
+
+def _ensure_template(engine) -> str:
+    """Migrate a template database once per migration set; xdist workers share it."""
+    from followups.db.migrate import upgrade
+
+    name = _template_name()
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(727001)"))
+        try:
+            if not conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}):
+                building = f"{name}_building_{uuid.uuid4().hex[:6]}"
+                conn.exec_driver_sql(f'CREATE DATABASE "{building}"')
+                upgrade(_with_database(PG_ADMIN_URL, building))
+                conn.exec_driver_sql(f'ALTER DATABASE "{building}" RENAME TO "{name}"')
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(727001)"))
+    return name
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    from followups.db.session import dispose_engines
+    from followups.settings import reset_settings
+
+    engine = _admin_engine()
+    template = _ensure_template(engine)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    name = f"followups_test_{worker}_{uuid.uuid4().hex[:8]}"
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(727001)"))  # CREATE ... TEMPLATE needs it idle
+        try:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(727001)"))
+    url = _with_database(PG_ADMIN_URL, name)
+    saved = {k: os.environ.get(k) for k in [*TEST_ENV, "FOLLOWUPS_DATABASE_URL"]}
+    os.environ.update(TEST_ENV)
+    os.environ["FOLLOWUPS_DATABASE_URL"] = url
+    reset_settings()
+    dispose_engines()
+    yield url
+    dispose_engines()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    reset_settings()
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def fake_providers(database_url: str) -> Iterator[FakeProviderServer]:
+    from followups.settings import reset_settings
+
+    server = FakeProviderServer().start()
+    os.environ["FOLLOWUPS_SENDGRID_BASE_URL"] = server.url
+    os.environ["FOLLOWUPS_TWILIO_BASE_URL"] = server.url
+    reset_settings()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_api(fake_providers: FakeProviderServer) -> Iterator[str]:
+    """Prefect's throwaway test server (its own SQLite database), shared by the session."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture
+def db(database_url: str) -> str:
+    """The test database, without Prefect (for tests of pure data logic)."""
+    return database_url
+
+
+def _wait_for_deployment(name: str, timeout: float = 60) -> None:
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            try:
+                client.read_deployment_by_name(name)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def sequence_runner(prefect_api: str, tmp_path_factory) -> Iterator[subprocess.Popen]:
+    """`followups serve` in its own process: the stock Prefect runner executing deployment runs."""
+    log = tmp_path_factory.mktemp("runner") / "runner.log"
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "followups.cli", "serve", "--limit", "4"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_for_deployment("follow-up-sequence/followups")
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        if process.returncode not in (0, -15, 143):
+            print(log.read_text()[-5000:])

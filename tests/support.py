@@ -1,0 +1,94 @@
+"""Helpers shared by the tests: unique owners, deals and sequences, and polling."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+
+from followups.db.models import Enrollment, FollowUpEvent
+from followups.db.session import session_scope
+from followups.deals import DealInput
+from followups.enrollment import create_enrollment
+from followups.sequences import create_sequence
+from followups.users import ensure_user
+
+FAST_SEQUENCE = [
+    {"type": "EMAIL", "subject": "Offer on {{ deal.property_address }}", "text": "Hi {{ seller.first_name }}, we offered {{ offer.amount }}."},
+    {"type": "WAIT", "seconds": 2},
+    {"type": "EMAIL", "subject": "Following up", "text": "Still interested in {{ deal.property_address }}?"},
+    {"type": "WAIT", "seconds": 2},
+    {"type": "SMS", "body": "Hi {{ seller.first_name }}, any thoughts on our offer?"},
+]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def unique_phone() -> str:
+    return "+1555" + str(uuid.uuid4().int)[:7]
+
+
+def new_owner() -> int:
+    with session_scope() as session:
+        return ensure_user(session, unique("user"))
+
+
+def new_sequence(owner_id: int, steps: list[dict[str, Any]] | None = None, **options: Any) -> int:
+    with session_scope() as session:
+        return create_sequence(session, owner_id, name=unique("seq"), steps=steps or FAST_SEQUENCE, **options).id
+
+
+def deal_input(**overrides: Any) -> DealInput:
+    values: dict[str, Any] = {
+        "external_id": unique("D"),
+        "property_address": "12 Elm Street, Springfield",
+        "seller_name": "Pat Seller",
+        "seller_email": "pat@example.com",
+        "seller_phone": unique_phone(),
+        "offer_amount": "250000",
+    }
+    values.update(overrides)
+    return DealInput.model_validate(values)
+
+
+def new_enrollment(owner_id: int, sequence_id: int, **deal: Any) -> int:
+    """An ACTIVE enrollment with its ENROLLED event, but no Prefect run (tests drive the flow)."""
+    with session_scope() as session:
+        return create_enrollment(session, owner_id, deal_input(**deal), sequence_id).id
+
+
+def events_of(enrollment_id: int) -> list[FollowUpEvent]:
+    with session_scope() as session:
+        return list(
+            session.scalars(
+                select(FollowUpEvent).where(FollowUpEvent.enrollment_id == enrollment_id).order_by(FollowUpEvent.id)
+            )
+        )
+
+
+def event_types(enrollment_id: int) -> list[str]:
+    return [e.event_type for e in events_of(enrollment_id)]
+
+
+def enrollment_row(enrollment_id: int) -> Enrollment:
+    with session_scope() as session:
+        row = session.get(Enrollment, enrollment_id)
+        assert row is not None
+        session.expunge(row)
+        return row
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.25, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
