@@ -36,6 +36,9 @@ class FakeProviderServer:
     error_rate: float = 0.0  # share of requests answered 503
     requests: list[ReceivedRequest] = field(default_factory=list)
     scripted: deque = field(default_factory=deque)  # statuses to answer first, e.g. [500, 500]
+    # Per recipient (email address or phone number): answers for requests that mention it.
+    # An item is a status or (status, extra headers), e.g. (429, {"X-RateLimit-Reset": "..."}).
+    scripts: dict[str, deque] = field(default_factory=dict)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -68,6 +71,16 @@ class FakeProviderServer:
             self._server.server_close()
             self._server = None
 
+    def script(self, recipient: str, answers: list) -> None:
+        with self._lock:
+            self.scripts[recipient] = deque(answers)
+
+    def for_recipient(self, recipient: str) -> list[ReceivedRequest]:
+        needle = recipient.encode()
+        encoded = needle.replace(b"+", b"%2B")
+        with self._lock:
+            return [r for r in self.requests if needle in r.body or encoded in r.body]
+
     def sent(self, provider: str | None = None) -> list[ReceivedRequest]:
         """Requests answered with success (what a real provider would have delivered)."""
         with self._lock:
@@ -78,13 +91,17 @@ class FakeProviderServer:
             self.requests.clear()
             self.scripted.clear()
 
-    def _next_status(self, success: int) -> int:
+    def _next_answer(self, success: int, body: bytes) -> tuple[int, dict[str, str]]:
         with self._lock:
+            for recipient, answers in self.scripts.items():
+                if answers and (recipient.encode() in body or recipient.replace("+", "%2B").encode() in body):
+                    answer = answers.popleft()
+                    return answer if isinstance(answer, tuple) else (answer, {})
             if self.scripted:
-                return self.scripted.popleft()
+                return self.scripted.popleft(), {}
         if self.error_rate and random.random() < self.error_rate:
-            return 503
-        return success
+            return 503, {}
+        return success, {}
 
     def _handle(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
         if self.latency_seconds:
@@ -97,7 +114,7 @@ class FakeProviderServer:
         else:
             self._reply(handler, 404, {"message": "not found"})
             return
-        status = self._next_status(success)
+        status, extra_headers = self._next_answer(success, body)
         record = ReceivedRequest(provider=provider, path=path, body=body, received_at=time.time(), status=status)
         with self._lock:
             self.requests.append(record)
@@ -106,10 +123,10 @@ class FakeProviderServer:
                 record.message_id = uuid.uuid4().hex[:22]
                 self._reply(handler, 202, None, {"X-Message-Id": record.message_id})
             elif status == 429:
-                reset = str(int(time.time()) + 1)
-                self._reply(handler, 429, {"errors": [{"message": "too many requests"}]}, {"X-RateLimit-Reset": reset})
+                headers = {"X-RateLimit-Reset": str(int(time.time()) + 1), **extra_headers}
+                self._reply(handler, 429, {"errors": [{"message": "too many requests"}]}, headers)
             else:
-                self._reply(handler, status, {"errors": [{"message": f"fake error {status}", "field": None}]})
+                self._reply(handler, status, {"errors": [{"message": f"fake error {status}", "field": None}]}, extra_headers)
         else:
             form = parse_qs(body.decode())
             if status == 201:
@@ -128,7 +145,7 @@ class FakeProviderServer:
                 )
             else:
                 code = 20429 if status == 429 else 20500
-                self._reply(handler, status, {"code": code, "message": f"fake error {status}", "status": status})
+                self._reply(handler, status, {"code": code, "message": f"fake error {status}", "status": status}, extra_headers)
 
     @staticmethod
     def _reply(handler: BaseHTTPRequestHandler, status: int, payload, headers: dict[str, str] | None = None) -> None:
