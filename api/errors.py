@@ -1,0 +1,182 @@
+"""Mapping errors to HTTP answers. No request is allowed to end in a 500.
+
+- NotFoundError → 404 (also for another user's objects: never 403, never their data)
+- InvalidStateError → 409, InvalidInputError and request validation → 422 with the field path
+- an unreachable database or Prefect API → 503; anything else unexpected → 503 as well, logged
+  with its traceback (a last resort: every error the product raises on purpose is mapped above)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from followups.errors import FollowupsError, InvalidInputError, InvalidStateError, NotFoundError
+
+log = logging.getLogger("followups.api")
+
+UNION_TAGS = {"EMAIL", "SMS", "WAIT"}
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class FieldError(BaseModel):
+    field: str
+    location: str
+    message: str
+    type: str
+
+
+class ValidationErrorBody(BaseModel):
+    detail: str
+    errors: list[FieldError]
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for the error codes an operation can answer with."""
+    described = {
+        401: ("Missing, unknown or revoked bearer token", ErrorBody),
+        403: ("Missing or invalid webhook signature", ErrorBody),
+        404: ("No such object for this user", ErrorBody),
+        409: ("The object's state does not allow this", ErrorBody),
+        413: ("Request body over the size limit", ErrorBody),
+        422: ("Invalid input; `errors[].field` names the offending field", ValidationErrorBody),
+        503: ("The database or the Prefect API is unreachable", ErrorBody),
+    }
+    return {code: {"description": described[code][0], "model": described[code][1]} for code in codes}
+
+
+def _json(status: int, content: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content=content, headers=headers)
+
+
+def field_path(loc: tuple[Any, ...] | list[Any]) -> tuple[str, str]:
+    """("body", "steps", 0, "EMAIL", "subject") → ("steps.0.subject", "body")."""
+    parts = list(loc)
+    location = str(parts.pop(0)) if parts and parts[0] in ("body", "query", "path", "header", "cookie") else "body"
+    path = ".".join(str(part) for part in parts if part not in UNION_TAGS)
+    return path, location
+
+
+def validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    items = []
+    for error in errors:
+        path, location = field_path(error.get("loc", ()))
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        items.append({"field": path, "location": location, "message": message, "type": str(error.get("type", "invalid"))})
+    first = items[0] if items else {"field": "", "message": "invalid input"}
+    where = f"{first['field']}: " if first["field"] else ""
+    return {"detail": f"invalid input: {where}{first['message']}", "errors": items}
+
+
+async def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return _json(422, validation_body(list(exc.errors())))
+
+
+async def _invalid_input(request: Request, exc: InvalidInputError) -> JSONResponse:
+    field = exc.field or ""
+    return _json(
+        422,
+        {
+            "detail": f"invalid input: {exc}",
+            "errors": [{"field": field, "location": "body", "message": exc.message, "type": "value_error"}],
+        },
+    )
+
+
+async def _not_found(request: Request, exc: NotFoundError) -> JSONResponse:
+    return _json(404, {"detail": str(exc)})
+
+
+async def _invalid_state(request: Request, exc: InvalidStateError) -> JSONResponse:
+    return _json(409, {"detail": str(exc)})
+
+
+async def _followups_error(request: Request, exc: FollowupsError) -> JSONResponse:
+    # A deliberate product error without a more precise class: the request could not be done.
+    return _json(409, {"detail": str(exc)})
+
+
+async def _http_exception(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail, default=str)
+    return _json(exc.status_code, {"detail": detail}, headers=getattr(exc, "headers", None))
+
+
+async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+    log.error("database error on %s %s: %s", request.method, request.url.path, exc)
+    return _json(503, {"detail": "the database is unavailable; try again later"})
+
+
+async def _integrity(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("integrity error on %s %s: %s", request.method, request.url.path, exc)
+    return _json(409, {"detail": "the request conflicts with existing data"})
+
+
+async def _data_error(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("data error on %s %s: %s", request.method, request.url.path, exc)
+    return _json(
+        422,
+        {
+            "detail": "invalid input: a value is out of range or malformed",
+            "errors": [{"field": "", "location": "body", "message": "value out of range or malformed", "type": "value_error"}],
+        },
+    )
+
+
+async def _http_client_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("upstream HTTP error on %s %s: %s", request.method, request.url.path, exc)
+    return _json(503, {"detail": "the Prefect API is unavailable; try again later"})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(InvalidInputError, _invalid_input)
+    app.add_exception_handler(NotFoundError, _not_found)
+    app.add_exception_handler(InvalidStateError, _invalid_state)
+    app.add_exception_handler(FollowupsError, _followups_error)
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+    app.add_exception_handler(OperationalError, _database_down)
+    app.add_exception_handler(DBAPIError, _database_down)
+    app.add_exception_handler(IntegrityError, _integrity)
+    app.add_exception_handler(DataError, _data_error)
+    app.add_exception_handler(httpx.HTTPError, _http_client_error)
+
+
+class LastResortMiddleware:
+    """Turn any exception that escaped the handlers into a logged 503 instead of a 500."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            response = _json(503, {"detail": "the service could not complete this request; try again later"})
+            await response(scope, receive, send)

@@ -1,0 +1,20 @@
+"""`enroll-on-offer`: run by the `deal.offer.sent` deployment trigger."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from followups.control import record_offer_sent
+from followups.offer_events import parse_offer
+
+
+@flow(name="enroll-on-offer", log_prints=True, persist_result=False)
+def enroll_on_offer(offer: dict[str, Any] | str) -> dict[str, Any]:
+    data = parse_offer(offer)
+    result = record_offer_sent(
+        int(data["owner_id"]), str(data["offer_id"]), data["deal"], sequence_id=data.get("sequence_id")
+    )
+    get_run_logger().info("offer %s: %s", result.offer_id, result.reason or f"enrollment {result.enrollment_id}")
+    return result.as_dict()
