@@ -135,6 +135,17 @@ async def _data_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _arithmetic(request: Request, exc: ArithmeticError) -> JSONResponse:
+    # e.g. a WAIT of 1e300 days: validators that overflow instead of raising ValueError.
+    return _json(
+        422,
+        {
+            "detail": f"invalid input: a number is out of range ({exc})",
+            "errors": [{"field": "", "location": "body", "message": "number out of range", "type": "value_error"}],
+        },
+    )
+
+
 async def _http_client_error(request: Request, exc: Exception) -> JSONResponse:
     log.error("upstream HTTP error on %s %s: %s", request.method, request.url.path, exc)
     return _json(503, {"detail": "the Prefect API is unavailable; try again later"})
@@ -152,6 +163,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(IntegrityError, _integrity)
     app.add_exception_handler(DataError, _data_error)
     app.add_exception_handler(httpx.HTTPError, _http_client_error)
+    app.add_exception_handler(ArithmeticError, _arithmetic)
 
 
 class LastResortMiddleware:

@@ -1,26 +1,26 @@
-"""Replies and opt-outs from any channel: record them once, then stop the enrollments.
+"""Replies and opt-outs from any channel: recorded once, and they stop the enrollments.
 
-The reply (REPLY_RECEIVED) or opt-out (OPTED_OUT) is the fact, recorded once per enrollment
-under a dedupe key derived from the provider's message, even when the enrollment has already
-ended (a late reply still counts in the stats). Stopping is a separate step done after that
-commit, for the enrollments still open: `control.stop_enrollment` marks the enrollment STOPPED,
-cancels its pending Prefect run and records STOPPED. A redelivered webhook finds the fact
-already stored and the enrollment already stopped, so it changes nothing; one whose first
-delivery failed half-way (say the Prefect API was down) finishes the stop.
+For each enrollment a reply (REPLY_RECEIVED) or opt-out (OPTED_OUT) concerns:
+- still open: `control.stop_enrollment` records the fact, marks it STOPPED (with a STOPPED
+  event) and cancels its pending Prefect run, in one transaction;
+- already ended: the fact alone is recorded (a late reply still counts in the stats).
+The fact carries a dedupe key derived from the provider's message (also in its content), so a
+redelivered webhook finds it and stores nothing: idempotent. If the first delivery failed
+half-way (say the Prefect API was down), its transaction rolled back and the retry does it all.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from followups.db.events import record_event
-from followups.db.models import Deal, Enrollment, EventType
+from followups.db.models import Deal, Enrollment, EventType, FollowUpEvent
 from followups.db.session import session_scope
 from followups.sequences import OPEN_STATUSES
 
@@ -59,7 +59,6 @@ class Outcome:
     stored: int = 0
     duplicates: int = 0
     stopped: int = 0
-    to_stop: list[tuple[int, EventType]] = field(default_factory=list)
 
     def count(self, event_id: int | None) -> None:
         if event_id is None:
@@ -69,16 +68,6 @@ class Outcome:
 
     def as_dict(self) -> dict[str, int]:
         return {"received": self.received, "stored": self.stored, "duplicates": self.duplicates, "stopped": self.stopped}
-
-
-def open_enrollment_ids(session: Session, enrollment_ids: list[int]) -> list[int]:
-    if not enrollment_ids:
-        return []
-    return list(
-        session.scalars(
-            select(Enrollment.id).where(Enrollment.id.in_(enrollment_ids), Enrollment.status.in_(OPEN_STATUSES))
-        )
-    )
 
 
 def enrollments_for_phone(session: Session, phone: str) -> list[int]:
@@ -103,47 +92,63 @@ def open_enrollments_for_email(session: Session, email: str) -> list[int]:
     )
 
 
-def record_for(
-    session: Session,
+def _already_recorded(session: Session, enrollment_id: int, event_type: EventType, key: str) -> bool:
+    return (
+        session.scalar(
+            select(FollowUpEvent.id)
+            .where(
+                FollowUpEvent.enrollment_id == enrollment_id,
+                FollowUpEvent.event_type == event_type.value,
+                or_(FollowUpEvent.dedupe_key == key, FollowUpEvent.content["dedupe_key"].astext == key),
+            )
+            .limit(1)
+        )
+        is not None
+    )
+
+
+def deliver(
     outcome: Outcome,
-    enrollment_ids: list[int | None],
+    enrollment_ids: list[int],
     *,
     event_type: EventType,
     key: str,
+    reason: str,
     content: dict[str, Any],
     step_index: int | None = None,
     provider_message_id: str | None = None,
 ) -> None:
-    """Record the reply/opt-out once per enrollment (or once unmatched) and queue the stops."""
-    for enrollment_id in enrollment_ids or [None]:
-        event_id = record_event(
-            session,
-            enrollment_id=enrollment_id,
-            event_type=event_type,
-            step_index=step_index,
-            status="received",
-            content=content,
-            provider_message_id=provider_message_id,
-            dedupe_key=dedupe_key(key, enrollment_id if enrollment_id is not None else "unmatched"),
-        )
-        outcome.count(event_id)
-        if enrollment_id is not None:
-            outcome.to_stop.append((enrollment_id, event_type))
-
-
-def stop_queued(outcome: Outcome, *, reason_by_type: dict[EventType, str], content: dict[str, Any]) -> None:
-    """Stop the queued enrollments that are still open (after the facts were committed)."""
+    """Record a reply/opt-out once for each enrollment (once unmatched when there is none) and
+    stop the enrollments still open. Call it outside any transaction of the caller."""
     from followups import control
 
-    with session_scope() as session:
-        still_open = set(open_enrollment_ids(session, sorted({eid for eid, _ in outcome.to_stop})))
-    done: set[int] = set()
-    for enrollment_id, event_type in outcome.to_stop:
-        if enrollment_id not in still_open or enrollment_id in done:
-            continue
-        done.add(enrollment_id)
-        reason = reason_by_type.get(event_type, "reply")
-        if control.stop_enrollment(
-            enrollment_id, reason=reason, event_type=EventType.STOPPED, content={"reason": reason, **content}
-        ):
-            outcome.stopped += 1
+    targets: list[int | None] = list(dict.fromkeys(enrollment_ids)) or [None]
+    for enrollment_id in targets:
+        event_key = dedupe_key(key, enrollment_id if enrollment_id is not None else "unmatched")
+        body = {**content, "dedupe_key": event_key}
+        if enrollment_id is not None:
+            with session_scope() as session:
+                if _already_recorded(session, enrollment_id, event_type, event_key):
+                    outcome.duplicates += 1
+                    continue
+            if control.stop_enrollment(enrollment_id, reason=reason, event_type=event_type, content=body):
+                outcome.stored += 1
+                outcome.stopped += 1
+                continue
+        with session_scope() as session:
+            # Locks nothing; a concurrent stop of the same message wrote its fact before it
+            # released the enrollment row, so re-check, then insert under the unique key.
+            if enrollment_id is not None and _already_recorded(session, enrollment_id, event_type, event_key):
+                outcome.duplicates += 1
+                continue
+            event_id = record_event(
+                session,
+                enrollment_id=enrollment_id,
+                event_type=event_type,
+                step_index=step_index,
+                status="received",
+                content=body,
+                provider_message_id=provider_message_id,
+                dedupe_key=event_key,
+            )
+            outcome.count(event_id)

@@ -14,6 +14,7 @@ from followups.api.errors import error_responses
 from followups.api.schemas import (
     MAX_ID,
     DeleteResult,
+    EnrollmentOut,
     EnrollmentSummary,
     SequenceAction,
     SequenceCreate,
@@ -143,7 +144,7 @@ def delete_sequence(
 
 @router.patch(
     "/{sequence_id}",
-    response_model=dict[str, Any],
+    response_model=EnrollmentOut,
     responses=error_responses(401, 404, 409, 413, 422, 503),
 )
 def act_on_enrollment(sequence_id: SequenceId, body: SequenceAction, user_id: CurrentUser) -> dict[str, Any]:

@@ -19,7 +19,7 @@ class _Request(BaseModel):
 
 
 class _Response(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    pass
 
 
 # --- sequences -------------------------------------------------------------------------------
@@ -119,6 +119,51 @@ class OfferRequest(_Request):
     deal: DealInput
     sequence_id: int | None = Field(default=None, ge=1, le=MAX_ID, description="Defaults to the caller's default sequence")
     amount: Decimal | None = Field(default=None, ge=0, max_digits=14, decimal_places=2)
+
+
+class TimelineStepOut(_Response):
+    index: int
+    type: str
+    state: str = Field(description="done, skipped, failed, unknown, waiting or pending")
+    at: datetime | None = Field(description="When it happened, or when it is planned")
+
+
+class EnrollmentOut(_Response):
+    id: int
+    deal_id: int
+    deal_external_id: str
+    sequence_id: int
+    sequence_version: int
+    status: str = Field(description="ACTIVE, PAUSED, COMPLETED, FAILED, CANCELLED or STOPPED")
+    current_step: int
+    next_due_at: datetime | None
+    flow_run_id: str | None
+    timeline: list[TimelineStepOut]
+
+
+class EventOut(_Response):
+    id: int
+    enrollment_id: int | None
+    deal: str
+    step_index: int | None
+    event_type: str
+    status: str
+    content: dict[str, Any]
+    failure_reason: str | None
+    provider_message_id: str | None
+    attempt: int | None
+    flow_run_id: str | None
+    task_run_id: str | None
+    occurred_at: datetime
+
+
+class OfferOut(_Response):
+    offer_id: str
+    deal_external_id: str
+    enrollment_id: int | None
+    created: bool = Field(description="False when this offer had been recorded before")
+    enrolled: bool = Field(description="False when the deal already runs that sequence or the offer was known")
+    reason: str
 
 
 # --- webhooks --------------------------------------------------------------------------------

@@ -41,21 +41,37 @@ ENROLLMENT_COUNTS = text(
     """
 )
 
-# A message is (enrollment, step): provider events carry the step they report on.
+# A message is (enrollment, step). Provider events normally carry both; a status callback that
+# arrived before its send was committed is stored unmatched and joined through the message id.
 EVENT_COUNTS = text(
     """
-    SELECT count(*) FILTER (WHERE e.event_type IN ('EMAIL_SENT', 'SMS_SENT')) AS sent,
-           count(DISTINCT e.enrollment_id::text || ':' || coalesce(e.step_index, -1)::text)
-               FILTER (WHERE e.event_type = 'PROVIDER_EVENT' AND e.content->>'event' = ANY(:delivered)) AS delivered,
-           count(DISTINCT e.enrollment_id::text || ':' || coalesce(e.step_index, -1)::text)
-               FILTER (WHERE e.event_type = 'PROVIDER_EVENT' AND e.content->>'event' = ANY(:opened)) AS opened,
-           count(DISTINCT e.enrollment_id::text || ':' || coalesce(e.step_index, -1)::text)
-               FILTER (WHERE e.event_type = 'PROVIDER_EVENT' AND e.content->>'event' = ANY(:bounced)) AS bounced,
-           count(DISTINCT e.enrollment_id) FILTER (WHERE e.event_type = 'REPLY_RECEIVED') AS replied,
-           count(DISTINCT e.enrollment_id) FILTER (WHERE e.event_type = 'OPTED_OUT') AS unsubscribed
-    FROM follow_up_events e
-    JOIN enrollments en ON en.id = e.enrollment_id
-    WHERE en.sequence_id = :sequence_id
+    WITH seq_events AS (
+        SELECT e.enrollment_id, e.step_index, e.event_type, e.content->>'event' AS provider_event
+        FROM follow_up_events e
+        JOIN enrollments en ON en.id = e.enrollment_id
+        WHERE en.sequence_id = :sequence_id
+        UNION ALL
+        SELECT s.enrollment_id, s.step_index, p.event_type, p.content->>'event'
+        FROM follow_up_events s
+        JOIN enrollments en ON en.id = s.enrollment_id
+        JOIN follow_up_events p
+          ON p.provider_message_id = s.provider_message_id
+         AND p.event_type = 'PROVIDER_EVENT'
+         AND p.enrollment_id IS NULL
+        WHERE en.sequence_id = :sequence_id
+          AND s.event_type IN ('EMAIL_SENT', 'SMS_SENT')
+          AND s.provider_message_id IS NOT NULL
+    )
+    SELECT count(*) FILTER (WHERE event_type IN ('EMAIL_SENT', 'SMS_SENT')) AS sent,
+           count(DISTINCT enrollment_id::text || ':' || coalesce(step_index, -1)::text)
+               FILTER (WHERE event_type = 'PROVIDER_EVENT' AND provider_event = ANY(:delivered)) AS delivered,
+           count(DISTINCT enrollment_id::text || ':' || coalesce(step_index, -1)::text)
+               FILTER (WHERE event_type = 'PROVIDER_EVENT' AND provider_event = ANY(:opened)) AS opened,
+           count(DISTINCT enrollment_id::text || ':' || coalesce(step_index, -1)::text)
+               FILTER (WHERE event_type = 'PROVIDER_EVENT' AND provider_event = ANY(:bounced)) AS bounced,
+           count(DISTINCT enrollment_id) FILTER (WHERE event_type = 'REPLY_RECEIVED') AS replied,
+           count(DISTINCT enrollment_id) FILTER (WHERE event_type = 'OPTED_OUT') AS unsubscribed
+    FROM seq_events
     """
 )
 

@@ -25,7 +25,6 @@ app.add_typer(users_app, name="users")
 app.add_typer(tokens_app, name="tokens")
 
 console = Console()
-err_console = Console(stderr=True)
 
 Owner = Annotated[str, typer.Option("--owner", envvar="FOLLOWUPS_OWNER", help="User who owns the sequences and deals")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
@@ -40,13 +39,14 @@ def _load_file(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except OSError as exc:
-        raise InvalidInputError(f"cannot read {path}: {exc.strerror}", field="file") from exc
+        raise InvalidInputError(f"cannot read {path}: {exc.strerror}") from exc
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise InvalidInputError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}".splitlines()[0], field="file") from exc
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise InvalidInputError(f"{path} is not valid {kind}: {str(exc).splitlines()[0]}") from exc
     if not isinstance(data, dict):
-        raise InvalidInputError(f"{path} must hold a mapping with name and steps", field="file")
+        raise InvalidInputError(f"{path} must hold a mapping of fields")
     return data
 
 
@@ -347,11 +347,15 @@ def main() -> None:
     try:
         app()
     except FollowupsError as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False)
-        sys.exit(1)
+        _fail(str(exc))
     except Exception as exc:  # one line for the user; the details are in Prefect/the DB logs
-        err_console.print(f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", markup=False, highlight=False)
-        sys.exit(1)
+        _fail(f"{type(exc).__name__}: {exc}")
+
+
+def _fail(message: str) -> None:
+    one_line = " ".join(message.split())
+    print(f"error: {one_line}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

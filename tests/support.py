@@ -48,7 +48,7 @@ def deal_input(**overrides: Any) -> DealInput:
         "external_id": unique("D"),
         "property_address": "12 Elm Street, Springfield",
         "seller_name": "Pat Seller",
-        "seller_email": "pat@example.com",
+        "seller_email": f"{unique('pat')}@example.com",
         "seller_phone": unique_phone(),
         "offer_amount": "250000",
     }

@@ -1,0 +1,285 @@
+"""SendGrid webhooks: the signed event webhook and inbound parse (email replies).
+
+Events are verified (ECDSA over timestamp + raw body, timestamp within
+`webhook_max_age_seconds`), stored once each (dedupe on sg_message_id + event + timestamp) and
+matched to the step through our custom_args (`enrollment_id`, `step_index`) or, failing that,
+the X-Message-Id prefix of sg_message_id. Unsubscribes and spam reports opt the seller out.
+
+Inbound parse is not signed: a reply is matched by its unguessable per-enrollment address
+`reply+<token>@<reply_domain>`; mail that matches no enrollment is accepted and dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from followups.api.errors import error_responses
+from followups.api.forms import FormError, parse_form
+from followups.api.replies import (
+    Outcome,
+    deliver,
+    dedupe_key,
+    is_opt_out,
+    open_enrollments_for_email,
+)
+from followups.api.schemas import WebhookResult
+from followups.api.signatures import SignatureError, verify_sendgrid
+from followups.db.events import record_event
+from followups.db.models import Enrollment, EventType, FollowUpEvent
+from followups.db.session import session_scope
+from followups.settings import get_settings
+
+log = logging.getLogger("followups.api.sendgrid")
+
+router = APIRouter(prefix="/webhooks/sendgrid", tags=["webhooks"])
+
+SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
+TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
+OPT_OUT_EVENTS = {"unsubscribe", "group_unsubscribe", "spamreport"}
+MAX_EVENTS = 5000
+MAX_STORED_TEXT = 20_000
+MAX_ID = 2**63 - 1
+
+
+def _small_int(value: Any) -> int | None:
+    text = str(value).strip() if value is not None else ""
+    if text.isdigit() and len(text) <= 18:
+        number = int(text)
+        return number if 0 <= number <= MAX_ID else None
+    return None
+
+
+# --- event webhook ---------------------------------------------------------------------------
+
+
+def _match(session: Session, item: dict[str, Any], x_message_id: str | None) -> tuple[int | None, int | None]:
+    """(enrollment id, step index) of the email an event is about, or (None, None)."""
+    enrollment_id = _small_int(item.get("enrollment_id"))
+    step_index = _small_int(item.get("step_index"))
+    if enrollment_id is not None and session.get(Enrollment, enrollment_id) is None:
+        enrollment_id = None
+    if (enrollment_id is None or step_index is None) and x_message_id:
+        sent = session.execute(
+            select(FollowUpEvent.enrollment_id, FollowUpEvent.step_index)
+            .where(
+                FollowUpEvent.provider_message_id == x_message_id,
+                FollowUpEvent.event_type == EventType.EMAIL_SENT.value,
+            )
+            .limit(1)
+        ).first()
+        if sent is not None:
+            return sent.enrollment_id, sent.step_index
+    if enrollment_id is None:
+        return None, None
+    return enrollment_id, step_index
+
+
+def _event_key(item: dict[str, Any], event: str) -> str:
+    sg_message_id = str(item.get("sg_message_id") or "")
+    if sg_message_id:
+        return dedupe_key("sg", sg_message_id, event, item.get("timestamp"))
+    if item.get("sg_event_id"):
+        return dedupe_key("sg", "event", item["sg_event_id"])
+    digest = hashlib.sha256(json.dumps(item, sort_keys=True, default=str).encode()).hexdigest()
+    return dedupe_key("sg", "h", digest)
+
+
+def record_events(events: list[Any]) -> Outcome:
+    outcome = Outcome(received=len(events))
+    opt_outs: list[tuple[list[int], str, dict[str, Any]]] = []
+    with session_scope() as session:
+        for item in events:
+            if not isinstance(item, dict):
+                continue
+            event = str(item.get("event") or "unknown")[:64]
+            sg_message_id = str(item.get("sg_message_id") or "")
+            x_message_id = sg_message_id.split(".", 1)[0][:200] or None
+            enrollment_id, step_index = _match(session, item, x_message_id)
+            key = _event_key(item, event)
+            event_id = record_event(
+                session,
+                enrollment_id=enrollment_id,
+                event_type=EventType.PROVIDER_EVENT,
+                step_index=step_index,
+                status=event[:32],
+                content={
+                    "provider": "sendgrid",
+                    "event": event,
+                    "email": item.get("email"),
+                    "timestamp": item.get("timestamp"),
+                    "sg_message_id": sg_message_id or None,
+                    "payload": item,
+                },
+                failure_reason=str(item["reason"])[:2000] if item.get("reason") else None,
+                provider_message_id=x_message_id,
+                dedupe_key=key,
+            )
+            outcome.count(event_id)
+            if event in OPT_OUT_EVENTS:
+                targets = [enrollment_id] if enrollment_id is not None else []
+                email = item.get("email")
+                if isinstance(email, str) and email.strip():
+                    targets += open_enrollments_for_email(session, email)
+                content = {"channel": "email", "provider_event": event, "email": email, "sg_message_id": sg_message_id or None}
+                opt_outs.append((targets, dedupe_key("sg", "optout", key), content))
+    # The provider events are committed; now the opt-outs (each its own transaction).
+    for targets, key, content in opt_outs:
+        if not targets:
+            continue
+        facts = Outcome()
+        deliver(facts, targets, event_type=EventType.OPTED_OUT, key=key, reason=f"email {content['provider_event']}", content=content)
+        outcome.stopped += facts.stopped
+    return outcome
+
+
+@router.post(
+    "/events",
+    response_model=WebhookResult,
+    responses=error_responses(403, 413, 422, 503),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}},
+        },
+        "parameters": [
+            {"name": SIGNATURE_HEADER, "in": "header", "required": False, "schema": {"type": "string"}},
+            {"name": TIMESTAMP_HEADER, "in": "header", "required": False, "schema": {"type": "string"}},
+        ],
+    },
+)
+async def sendgrid_events(request: Request) -> WebhookResult:
+    """SendGrid event webhook (delivered, open, bounce, dropped, unsubscribe, ...): signed with
+    ECDSA; a bad, missing or stale (over 5 minutes) signature is a 403 and nothing is stored."""
+    body = await request.body()
+    settings = get_settings()
+    try:
+        verify_sendgrid(
+            body,
+            request.headers.get(SIGNATURE_HEADER),
+            request.headers.get(TIMESTAMP_HEADER),
+            public_key=settings.sendgrid_webhook_public_key.get_secret_value().strip(),
+            max_age_seconds=settings.webhook_max_age_seconds,
+        )
+    except SignatureError as exc:
+        log.warning("rejected SendGrid event webhook: %s", exc)
+        raise HTTPException(status_code=403, detail="invalid or missing SendGrid signature") from exc
+    try:
+        events = json.loads(body)
+    except ValueError as exc:
+        raise HTTPException(status_code=422, detail="the body is not JSON") from exc
+    if not isinstance(events, list) or len(events) > MAX_EVENTS:
+        raise HTTPException(status_code=422, detail=f"expected a JSON array of at most {MAX_EVENTS} events")
+    outcome = await run_in_threadpool(record_events, events)
+    return WebhookResult(**outcome.as_dict())
+
+
+# --- inbound parse ---------------------------------------------------------------------------
+
+
+def reply_tokens(fields: dict[str, str], reply_domain: str) -> list[str]:
+    """Tokens of every reply+<token>@<reply_domain> address the mail was sent to."""
+    pattern = re.compile(r"reply\+([A-Za-z0-9_\-]{8,64})@" + re.escape(reply_domain) + r"(?![A-Za-z0-9\-]|\.[A-Za-z0-9])", re.IGNORECASE)
+    sources = [fields.get("to", ""), fields.get("cc", "")]
+    try:
+        envelope = json.loads(fields.get("envelope") or "{}")
+    except ValueError:
+        envelope = {}
+    if isinstance(envelope, dict):
+        to = envelope.get("to")
+        sources.extend(str(address) for address in (to if isinstance(to, list) else [to]) if address)
+    tokens: list[str] = []
+    for source in sources:
+        for token in pattern.findall(source or ""):
+            if token not in tokens:
+                tokens.append(token)
+    return tokens
+
+
+def _message_key(fields: dict[str, str]) -> str:
+    match = re.search(r"^message-id:\s*(\S.*?)\s*$", fields.get("headers", ""), re.IGNORECASE | re.MULTILINE)
+    source = match.group(1) if match else "\n".join(fields.get(k, "") for k in ("from", "to", "subject", "text"))
+    return hashlib.sha256(source.encode("utf-8", errors="replace")).hexdigest()[:40]
+
+
+def _first_line(text: str) -> str:
+    return next((line for line in text.splitlines() if line.strip()), "")
+
+
+def record_inbound_email(fields: dict[str, str]) -> Outcome:
+    outcome = Outcome(received=1)
+    tokens = reply_tokens(fields, get_settings().reply_domain)
+    if not tokens:
+        return outcome
+    with session_scope() as session:
+        enrollment_ids = list(
+            session.scalars(select(Enrollment.id).where(Enrollment.reply_token.in_(tokens)).order_by(Enrollment.id))
+        )
+    if not enrollment_ids:
+        return outcome  # unsigned endpoint: store nothing for addresses we never handed out
+    text = fields.get("text", "")
+    content = {
+        "channel": "email",
+        "from": fields.get("from"),
+        "to": fields.get("to"),
+        "subject": fields.get("subject", "")[:1000],
+        "text": text[:MAX_STORED_TEXT],
+        "spam_score": fields.get("spam_score"),
+    }
+    opted_out = is_opt_out(fields.get("subject")) or is_opt_out(_first_line(text))
+    deliver(
+        outcome,
+        enrollment_ids,
+        event_type=EventType.OPTED_OUT if opted_out else EventType.REPLY_RECEIVED,
+        key=dedupe_key("sg", "in", _message_key(fields)),
+        reason="the seller opted out by email" if opted_out else "the seller replied by email",
+        content=content,
+    )
+    return outcome
+
+
+@router.post(
+    "/inbound",
+    response_model=WebhookResult,
+    responses=error_responses(413, 503) | {415: {"description": "Not a form body"}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "to": {"type": "string"},
+                            "from": {"type": "string"},
+                            "subject": {"type": "string"},
+                            "text": {"type": "string"},
+                            "headers": {"type": "string"},
+                            "envelope": {"type": "string"},
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
+async def sendgrid_inbound(request: Request) -> WebhookResult:
+    """SendGrid Inbound Parse: an email reply, matched by its `reply+<token>@` address (in `to`,
+    `cc` or the envelope). A match records REPLY_RECEIVED (OPTED_OUT when the subject or first
+    line is an opt-out keyword) and stops the enrollment; anything else is accepted and dropped
+    (a non-2xx answer would make SendGrid retry for days)."""
+    body = await request.body()
+    try:
+        fields = parse_form(body, request.headers.get("content-type"))
+    except FormError as exc:
+        raise HTTPException(status_code=415, detail=str(exc)) from exc
+    outcome = await run_in_threadpool(record_inbound_email, fields)
+    return WebhookResult(**outcome.as_dict())

@@ -1,0 +1,142 @@
+"""The `followups` CLI, called in-process through its real entry point (`main`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from followups.cli import main
+from support import unique
+
+SEQUENCE_YAML = """
+name: {name}
+description: three touches
+steps:
+  - type: email
+    subject: Our offer on {{{{ deal.property_address }}}}
+    text: Hi {{{{ seller.first_name }}}}
+  - type: WAIT
+    days: 3
+  - type: SMS
+    body: Any thoughts, {{{{ seller.first_name }}}}?
+"""
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["followups", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def owner() -> str:
+    return unique("cli-user")
+
+
+def test_sequence_commands_round_trip(db, cli, owner, tmp_path):
+    name = unique("seq")
+    path = tmp_path / "seq.yaml"
+    path.write_text(SEQUENCE_YAML.format(name=name))
+    code, out, _ = cli("sequences", "create", "-f", str(path), "--owner", owner, "--json")
+    assert code == 0
+    created = json.loads(out)
+    assert created["name"] == name and [s["type"] for s in created["steps"]] == ["EMAIL", "WAIT", "SMS"]
+
+    code, out, _ = cli("sequences", "list", "--owner", owner, "--json")
+    assert code == 0 and [s["id"] for s in json.loads(out)] == [created["id"]]
+
+    edited = tmp_path / "edit.json"
+    edited.write_text(json.dumps({"steps": [{"type": "SMS", "body": "only this"}]}))
+    code, out, _ = cli("sequences", "update", str(created["id"]), "-f", str(edited), "--owner", owner, "--json")
+    assert code == 0 and json.loads(out)["version"] == 2
+
+    code, out, _ = cli("sequences", "show", str(created["id"]), "--owner", owner)
+    assert code == 0 and "SMS" in out and "version 2" in out
+
+    code, out, _ = cli("sequences", "delete", str(created["id"]), "--owner", owner)
+    assert code == 0 and "deleted" in out
+    code, _, err = cli("sequences", "show", str(created["id"]), "--owner", owner)
+    assert code == 1 and err.strip() == f"error: sequence {created['id']} not found"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("name: x\nsteps: []\n", "steps: List should have at least 1 item"),
+        ("name: x\nsteps:\n  - type: SMS\n", "steps.0.body: Field required"),
+        ("name: x\nsteps:\n  - {type: SMS, body: '{{ deal.nope }}'}\n", "steps.0.body: template error"),
+        ("name: [unclosed\n", "is not valid YAML"),
+        ("- just a list\n", "must hold a mapping of fields"),
+        ("name: x\ncolour: red\nsteps: []\n", "unknown field(s) colour"),
+    ],
+)
+def test_bad_sequence_files_exit_1_with_one_line(db, cli, owner, tmp_path, content, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    code, out, err = cli("sequences", "create", "-f", str(path), "--owner", owner)
+    assert code == 1 and out == ""
+    assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_missing_file_and_unknown_ids_exit_1(db, cli, owner, tmp_path):
+    code, _, err = cli("sequences", "create", "-f", str(tmp_path / "nope.yaml"), "--owner", owner)
+    assert code == 1 and "cannot read" in err
+    code, _, err = cli("status", "999999999")
+    assert code == 1 and err.strip() == "error: enrollment 999999999 not found"
+    code, _, err = cli("events")
+    assert code == 1 and "exactly one of" in err
+
+
+def test_enrollment_commands(prefect_api, cli, owner, tmp_path):
+    path = tmp_path / "seq.yaml"
+    path.write_text(SEQUENCE_YAML.format(name=unique("seq")))
+    _, out, _ = cli("sequences", "create", "-f", str(path), "--owner", owner, "--json")
+    sequence_id = json.loads(out)["id"]
+    from followups.deployments.definitions import sequence_deployment
+
+    sequence_deployment().apply()
+    deal = unique("D")
+    code, out, err = cli(
+        "enroll", "--sequence", str(sequence_id), "--owner", owner, "--deal", deal, "--address", "1 Main St",
+        "--seller-name", "Ann Lee", "--seller-email", "ann@example.com", "--json",
+    )
+    assert code == 0, err
+    enrollment_id = json.loads(out)["enrollment_id"]
+
+    code, out, _ = cli("status", str(enrollment_id), "--json")
+    assert code == 0 and json.loads(out)["status"] == "ACTIVE"
+    code, out, _ = cli("pause", str(enrollment_id), "--json")
+    assert code == 0 and json.loads(out)["status"] == "PAUSED"
+    code, _, err = cli("pause", str(enrollment_id))
+    assert code == 1 and "only an ACTIVE enrollment can be paused" in err and len(err.strip().splitlines()) == 1
+    code, out, _ = cli("resume", str(enrollment_id), "--json")
+    assert code == 0 and json.loads(out)["status"] == "ACTIVE"
+    code, out, _ = cli("cancel", str(enrollment_id))
+    assert code == 0 and "CANCELLED" in out
+    code, out, _ = cli("events", "--enrollment", str(enrollment_id), "--json")
+    types = [e["event_type"] for e in json.loads(out)]
+    assert types[0] == "ENROLLED" and types[-3:] == ["PAUSED", "RESUMED", "CANCELLED"] or "CANCELLED" in types
+    code, out, _ = cli("events", "--deal", deal)
+    assert code == 0 and "ENROLLED" in out
+
+    code, _, err = cli("enroll", "--sequence", str(sequence_id), "--owner", owner, "--deal", unique("D"), "--address", "x", "--seller-name", "x")
+    assert code == 1 and "email address or a phone number" in err
+
+    code, out, _ = cli(
+        "offer-sent", "offer-9", "--sequence", str(sequence_id), "--owner", owner, "--deal", unique("D"),
+        "--address", "2 Main St", "--seller-name", "Bo Kim", "--seller-phone", "+15035550100", "--json",
+    )
+    result = json.loads(out)
+    assert code == 0 and result["enrolled"] is True
+    cli("cancel", str(result["enrollment_id"]))
