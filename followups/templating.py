@@ -13,10 +13,28 @@ from decimal import Decimal
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, Undefined
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
-_env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-_html_env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=True)
+MAX_RENDERED_LENGTH = 100_000
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox also bounds `*` and `**`: `{{ 'x' * 10**9 }}` must not exhaust memory on save."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "**" and isinstance(right, int | float) and abs(right) > 100:
+            raise SecurityError("exponent too large")
+        if operator == "*":
+            for seq, count in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(count, int) and len(seq) * count > MAX_RENDERED_LENGTH:
+                    raise SecurityError("repetition too large")
+        return super().call_binop(context, operator, left, right)
+
+
+_env = _BoundedSandbox(undefined=StrictUndefined, autoescape=False)
+_html_env = _BoundedSandbox(undefined=StrictUndefined, autoescape=True)
 
 
 class TemplateRenderError(ValueError):

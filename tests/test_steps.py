@@ -202,3 +202,12 @@ def test_sandbox_blocks_unsafe_access(deal: DealView, seller: SellerView, source
         render(source, build_context(deal, seller))
     with pytest.raises(TemplateRenderError):
         templating.check(source)
+
+
+def test_the_sandbox_bounds_repetition_and_exponents():
+    from followups.templating import TemplateRenderError, check
+
+    for source in ("{{ 'x' * 10**9 }}", "{{ 2 ** 100000 }}", "{{ [1] * 1000000 }}"):
+        with pytest.raises(TemplateRenderError):
+            check(source)
+    check("{{ '-' * 20 }}")
