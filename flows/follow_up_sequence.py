@@ -43,32 +43,43 @@ def _read_own_run(flow_run_id: uuid.UUID | None):
         return client.read_flow_run(flow_run_id)
 
 
-def _set_status(enrollment_id: int, status: EnrollmentStatus, event: EventType, flow_run_id, **content) -> None:
+def _transition(
+    enrollment_id: int, from_status: EnrollmentStatus, to_status: EnrollmentStatus, event: EventType, flow_run_id
+) -> None:
+    """Move the enrollment between statuses once: a concurrent sync that got there first wins."""
     with session_scope() as session:
-        session.execute(update(Enrollment).where(Enrollment.id == enrollment_id).values(status=status.value))
-        record_event(session, enrollment_id=enrollment_id, event_type=event, content=content, flow_run_id=flow_run_id)
+        moved = session.execute(
+            update(Enrollment)
+            .where(Enrollment.id == enrollment_id, Enrollment.status == from_status.value)
+            .values(status=to_status.value)
+        ).rowcount
+        if moved:
+            record_event(
+                session, enrollment_id=enrollment_id, event_type=event, content={"source": "prefect"}, flow_run_id=flow_run_id
+            )
 
 
 def _honour_prefect_controls(plan: EnrollmentPlan, flow_run_id: uuid.UUID | None, *, starting: bool) -> EnrollmentPlan:
     """Make the enrollment agree with what was done to this run in Prefect (UI, CLI, API).
 
-    - Started as a resumed run while the enrollment is PAUSED: someone resumed it in Prefect.
+    - This run, the enrollment's pending one, starts while the enrollment is PAUSED: a
+      suspended run only runs again when resumed, so someone resumed it in Prefect.
     - Suspended in Prefect while the enrollment is ACTIVE: someone paused it in Prefect.
     - Enrollment PAUSED while this run still runs: stop here, suspended, until resumed.
     """
     run = _read_own_run(flow_run_id)
     if run is None:
         return plan
-    if starting and plan.status == EnrollmentStatus.PAUSED and run.empirical_policy.resuming:
-        _set_status(plan.enrollment_id, EnrollmentStatus.ACTIVE, EventType.RESUMED, flow_run_id, source="prefect")
+    is_pending_run = plan.prefect_flow_run_id == flow_run_id
+    if starting and plan.status == EnrollmentStatus.PAUSED and is_pending_run:
+        _transition(plan.enrollment_id, EnrollmentStatus.PAUSED, EnrollmentStatus.ACTIVE, EventType.RESUMED, flow_run_id)
         with session_scope() as session:
             return load_plan(session, plan.enrollment_id)
     run_suspended = run.state is not None and run.state.is_paused()
-    if run_suspended and plan.status == EnrollmentStatus.ACTIVE:
-        _set_status(plan.enrollment_id, EnrollmentStatus.PAUSED, EventType.PAUSED, flow_run_id, source="prefect")
     if run_suspended:
+        _transition(plan.enrollment_id, EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED, EventType.PAUSED, flow_run_id)
         raise Pause(state=run.state)
-    if plan.status == EnrollmentStatus.PAUSED:
+    if plan.status == EnrollmentStatus.PAUSED and is_pending_run:
         # Paused through our API while this run was between steps: suspend ourselves so that
         # resuming (from our API or the Prefect UI) restarts this very run.
         suspend_flow_run(key=f"pause-{plan.current_step}-{time.time_ns()}")
@@ -173,9 +184,8 @@ def follow_up_sequence(enrollment_id: int) -> str:
         plan = _honour_prefect_controls(plan, flow_run_id, starting=starting)
         starting = False
         if plan.status != EnrollmentStatus.ACTIVE:
+            # Paused (and this is not its pending run), or finished: another run owns it, or nobody.
             logger.info("Enrollment %s is %s: nothing to do", enrollment_id, plan.status)
-            if plan.status == EnrollmentStatus.FAILED:
-                raise RuntimeError(f"enrollment {enrollment_id} failed; see its STEP_FAILED event")
             return plan.status
         if plan.finished_steps:
             _complete(enrollment_id, flow_run_id)

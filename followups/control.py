@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from prefect.client.schemas.objects import StateType
 from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -172,11 +173,17 @@ def _sync_with_prefect(session: Session, plan: EnrollmentPlan) -> EnrollmentPlan
         return plan
     if plan.status == EnrollmentStatus.ACTIVE and is_suspended(run):
         _set_status(session, plan, EnrollmentStatus.PAUSED, EventType.PAUSED, source="prefect")
-    elif plan.status == EnrollmentStatus.PAUSED and is_live(run) and not is_suspended(run):
+    elif plan.status == EnrollmentStatus.PAUSED and is_live(run) and not is_suspended(run) and _resumed_in_prefect(run):
         _set_status(session, plan, EnrollmentStatus.ACTIVE, EventType.RESUMED, source="prefect")
     else:
         return plan
     return load_plan(session, plan.enrollment_id, lock=True)
+
+
+def _resumed_in_prefect(run) -> bool:
+    """A paused enrollment's run that is live and not suspended was resumed in Prefect, unless
+    it is still running the step that was in flight when our pause came (it stops by itself)."""
+    return run.state is not None and run.state.type != StateType.RUNNING
 
 
 def get_enrollment(enrollment_id: int, *, owner_id: int | None = None) -> EnrollmentDetails:
