@@ -24,7 +24,8 @@ app.add_typer(sequences_app, name="sequences")
 app.add_typer(users_app, name="users")
 app.add_typer(tokens_app, name="tokens")
 
-console = Console()
+# Piped output (scripts, CI logs) gets wide tables instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 Owner = Annotated[str, typer.Option("--owner", envvar="FOLLOWUPS_OWNER", help="User who owns the sequences and deals")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]

@@ -1,0 +1,49 @@
+"""`followups demo` and `followups db upgrade`, the commands a new user runs first."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+from rich.console import Console
+
+from conftest import PG_ADMIN_URL, _admin_engine, _with_database
+
+
+def test_demo_runs_a_sequence_to_completion_and_prints_its_events(prefect_api, fake_providers, monkeypatch):
+    from followups.demo import run_demo
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+    output = io.StringIO()
+    status = run_demo(Console(file=output, width=200), timeout=120)
+    text = output.getvalue()
+    assert status == "COMPLETED", text
+    for expected in ("ENROLLED", "EMAIL_SENT", "WAIT_STARTED", "WAIT_COMPLETED", "SMS_SENT", "COMPLETED"):
+        assert expected in text
+
+
+def test_db_upgrade_creates_and_migrates_the_configured_database(db, monkeypatch, capsys):
+    import sys
+
+    from followups.cli import main
+    from followups.db.session import dispose_engines
+    from followups.settings import reset_settings
+
+    name = f"followups_cli_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("FOLLOWUPS_DATABASE_URL", _with_database(PG_ADMIN_URL, name))
+    monkeypatch.setattr(sys, "argv", ["followups", "db", "upgrade"])
+    reset_settings()
+    try:
+        try:
+            main()
+        except SystemExit as exc:
+            assert exc.code in (0, None)
+        assert "up to date" in capsys.readouterr().out
+        with _admin_engine().connect() as conn:
+            assert conn.exec_driver_sql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'").scalar() == 1
+    finally:
+        monkeypatch.undo()  # back to the session's database before the settings are re-read
+        reset_settings()
+        dispose_engines()
+        with _admin_engine().connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
