@@ -13,10 +13,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from followups.db.events import record_event
-from followups.db.models import Deal, Enrollment, EnrollmentStatus, EventType, Sequence
+from followups.db.models import Enrollment, EnrollmentStatus, EventType, Sequence
 from followups.db.session import session_scope
 from followups.deals import DealInput, upsert_deal
-from followups.errors import InvalidInputError, InvalidStateError, NotFoundError
+from followups.errors import InvalidStateError, NotFoundError
 from followups.scheduling import schedule_sequence_run
 from followups.sequences import latest_version_id
 from followups.steps import invalid_input_from
@@ -106,19 +106,12 @@ def enroll_deal(owner_id: int, deal: DealInput | dict[str, Any], sequence_id: in
         # The run is created before the commit: if Prefect is unreachable nothing is stored;
         # if the commit failed instead, the orphan run finds no enrollment and ends at once.
         flow_run_id = start_enrollment(session, enrollment, deal_input.external_id)
-        version = session.get(Deal, enrollment.deal_id)
         return EnrollmentRef(
             id=enrollment.id,
             deal_id=enrollment.deal_id,
-            deal_external_id=version.external_id if version else deal_input.external_id,
+            deal_external_id=deal_input.external_id,
             sequence_id=sequence_id,
-            sequence_version=latest_version_id(session, sequence_id)[1],
+            sequence_version=enrollment.sequence_version.version,
             status=enrollment.status,
             flow_run_id=flow_run_id,
         )
-
-
-def require_valid_owner(owner_id: Any) -> int:
-    if not isinstance(owner_id, int) or owner_id <= 0:
-        raise InvalidInputError("must be a positive user id", field="owner_id")
-    return owner_id
