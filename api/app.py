@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from followups.api import health, routes_enrollments, routes_sequences, stats, webhooks_sendgrid, webhooks_twilio
 from followups.api.errors import LastResortMiddleware, install_error_handlers
 from followups.api.limits import BodySizeLimitMiddleware
+from followups.api.openapi import install_openapi
+from followups.api.strict_query import reject_unknown_query
 from followups.settings import get_settings
 
 DESCRIPTION = """
@@ -38,8 +40,10 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         openapi_url="/openapi.json",
+        dependencies=[Depends(reject_unknown_query)],
     )
     install_error_handlers(app)
+    install_openapi(app)
     for module in (routes_sequences, stats, routes_enrollments, webhooks_sendgrid, webhooks_twilio, health):
         app.include_router(module.router)
     # Added last = outermost: the last-resort guard wraps the size limit, which wraps the app.

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from followups.errors import FollowupsError, InvalidInputError, InvalidStateError, NotFoundError
@@ -26,6 +27,7 @@ from followups.errors import FollowupsError, InvalidInputError, InvalidStateErro
 log = logging.getLogger("followups.api")
 
 UNION_TAGS = {"EMAIL", "SMS", "WAIT"}
+BODY_PARSE_ERROR = "There was an error parsing the body"
 
 
 class ErrorBody(BaseModel):
@@ -109,9 +111,32 @@ async def _followups_error(request: Request, exc: FollowupsError) -> JSONRespons
     return _json(409, {"detail": str(exc)})
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        route_methods = getattr(route, "methods", None)
+        if match != Match.NONE and route_methods:
+            methods |= set(route_methods)
+    return sorted(methods)
+
+
 async def _http_exception(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail, default=str)
-    return _json(exc.status_code, {"detail": detail}, headers=getattr(exc, "headers", None))
+    if exc.status_code == 400 and detail == BODY_PARSE_ERROR:
+        # FastAPI's answer to a body it cannot decode: bad input, like malformed JSON.
+        return _json(
+            422,
+            {
+                "detail": "invalid input: the body cannot be decoded",
+                "errors": [{"field": "", "location": "body", "message": "the body cannot be decoded", "type": "json_invalid"}],
+            },
+        )
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return _json(exc.status_code, {"detail": detail}, headers=headers or None)
 
 
 async def _database_down(request: Request, exc: Exception) -> JSONResponse:

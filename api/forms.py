@@ -66,6 +66,8 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, str]:
         payload = part.get_payload(decode=True)
         raw[name] = payload if isinstance(payload, bytes) else b""
         part_charsets[name] = part.get_content_charset()
+    if not raw:
+        raise FormError("a form without fields")
     charsets = _charset_map(raw)
     return {name: _decode(data, charsets.get(name) or part_charsets.get(name)) for name, data in raw.items()}
 

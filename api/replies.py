@@ -12,19 +12,17 @@ half-way (say the Prefect API was down), its transaction rolled back and the ret
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from followups import control
 from followups.db.events import record_event
-from followups.db.models import Deal, Enrollment, EventType, FollowUpEvent
+from followups.db.models import Deal, Enrollment, EventType
 from followups.db.session import session_scope
 from followups.sequences import OPEN_STATUSES
-
-log = logging.getLogger("followups.api.replies")
 
 # Twilio's opt-out keywords on long codes (the message is the keyword alone, any case).
 OPT_OUT_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"})
@@ -92,21 +90,6 @@ def open_enrollments_for_email(session: Session, email: str) -> list[int]:
     )
 
 
-def _already_recorded(session: Session, enrollment_id: int, event_type: EventType, key: str) -> bool:
-    return (
-        session.scalar(
-            select(FollowUpEvent.id)
-            .where(
-                FollowUpEvent.enrollment_id == enrollment_id,
-                FollowUpEvent.event_type == event_type.value,
-                or_(FollowUpEvent.dedupe_key == key, FollowUpEvent.content["dedupe_key"].astext == key),
-            )
-            .limit(1)
-        )
-        is not None
-    )
-
-
 def deliver(
     outcome: Outcome,
     enrollment_ids: list[int],
@@ -120,34 +103,30 @@ def deliver(
 ) -> None:
     """Record a reply/opt-out once for each enrollment (once unmatched when there is none) and
     stop the enrollments still open. Call it outside any transaction of the caller."""
-    from followups import control
-
     targets: list[int | None] = list(dict.fromkeys(enrollment_ids)) or [None]
     for enrollment_id in targets:
         event_key = dedupe_key(key, enrollment_id if enrollment_id is not None else "unmatched")
-        body = {**content, "dedupe_key": event_key}
-        if enrollment_id is not None:
-            with session_scope() as session:
-                if _already_recorded(session, enrollment_id, event_type, event_key):
-                    outcome.duplicates += 1
-                    continue
-            if control.stop_enrollment(enrollment_id, reason=reason, event_type=event_type, content=body):
-                outcome.stored += 1
-                outcome.stopped += 1
-                continue
+        if enrollment_id is not None and control.stop_enrollment(
+            enrollment_id,
+            reason=reason,
+            event_type=event_type,
+            content=content,
+            dedupe_key=event_key,
+            step_index=step_index,
+            provider_message_id=provider_message_id,
+        ):
+            outcome.stored += 1
+            outcome.stopped += 1
+            continue
+        # Not open any more (or a repeat): still keep the fact once; the unique key drops repeats.
         with session_scope() as session:
-            # Locks nothing; a concurrent stop of the same message wrote its fact before it
-            # released the enrollment row, so re-check, then insert under the unique key.
-            if enrollment_id is not None and _already_recorded(session, enrollment_id, event_type, event_key):
-                outcome.duplicates += 1
-                continue
             event_id = record_event(
                 session,
                 enrollment_id=enrollment_id,
                 event_type=event_type,
                 step_index=step_index,
                 status="received",
-                content=body,
+                content=content,
                 provider_message_id=provider_message_id,
                 dedupe_key=event_key,
             )

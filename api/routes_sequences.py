@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from followups import sequences
+from followups import control, sequences
 from followups.api.auth import CurrentUser
 from followups.api.errors import error_responses
 from followups.api.schemas import (
@@ -151,8 +151,6 @@ def act_on_enrollment(sequence_id: SequenceId, body: SequenceAction, user_id: Cu
     """Pause or resume one enrollment of this sequence (the original plan's shape; the same as
     `POST /api/enrollments/{id}/pause|resume`). The enrollment must belong to this sequence
     **and** to the caller; otherwise 404."""
-    from followups import control
-
     with session_scope() as session:
         sequences.get_sequence(session, user_id, sequence_id)
         found = session.scalars(

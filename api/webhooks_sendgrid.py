@@ -22,8 +22,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from followups.api.errors import error_responses
-from followups.api.forms import FormError, parse_form
+from followups.api.errors import ErrorBody, error_responses
+from followups.api.forms import FormError, media_type, parse_form
 from followups.api.replies import (
     Outcome,
     deliver,
@@ -46,6 +46,7 @@ SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
 OPT_OUT_EVENTS = {"unsubscribe", "group_unsubscribe", "spamreport"}
 MAX_EVENTS = 5000
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 MAX_STORED_TEXT = 20_000
 MAX_ID = 2**63 - 1
 
@@ -249,7 +250,11 @@ def record_inbound_email(fields: dict[str, str]) -> Outcome:
 @router.post(
     "/inbound",
     response_model=WebhookResult,
-    responses=error_responses(413, 503) | {415: {"description": "Not a form body"}},
+    responses=error_responses(413, 503)
+    | {
+        415: {"description": "Not a form body", "model": ErrorBody},
+        422: {"description": "A form without any field", "model": ErrorBody},
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -277,9 +282,12 @@ async def sendgrid_inbound(request: Request) -> WebhookResult:
     line is an opt-out keyword) and stops the enrollment; anything else is accepted and dropped
     (a non-2xx answer would make SendGrid retry for days)."""
     body = await request.body()
+    content_type = request.headers.get("content-type")
+    if media_type(content_type) not in FORM_TYPES:
+        raise HTTPException(status_code=415, detail="expected multipart/form-data")
     try:
-        fields = parse_form(body, request.headers.get("content-type"))
+        fields = parse_form(body, content_type)
     except FormError as exc:
-        raise HTTPException(status_code=415, detail=str(exc)) from exc
+        raise HTTPException(status_code=422, detail=str(exc)) from exc
     outcome = await run_in_threadpool(record_inbound_email, fields)
     return WebhookResult(**outcome.as_dict())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client

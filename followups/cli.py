@@ -89,6 +89,42 @@ def demo() -> None:
         raise FollowupsError(f"the demo sequence ended {status}")
 
 
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+) -> None:
+    """Run the HTTP API (uvicorn); OpenAPI at /openapi.json, docs at /docs."""
+    from followups.api.app import run_api
+
+    run_api(host, port)
+
+
+@users_app.command("create")
+def users_create(name: str, as_json: JsonFlag = False) -> None:
+    """Create a user (no-op if it exists)."""
+    from followups.api_tokens import create_user
+
+    user_id = create_user(name)
+    _print_json({"id": user_id, "name": name}) if as_json else console.print(f"user {name} has id {user_id}")
+
+
+@tokens_app.command("create")
+def tokens_create(user: str, label: Annotated[str, typer.Option(help="What the token is for")] = "") -> None:
+    """Create an API token for USER (created if missing). It is printed once, stored hashed."""
+    from followups.api_tokens import create_token
+
+    print(create_token(user, label))
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(user: str, label: Annotated[Optional[str], typer.Option(help="Only tokens with this label")] = None) -> None:
+    """Revoke USER's tokens."""
+    from followups.api_tokens import revoke_tokens
+
+    console.print(f"revoked {revoke_tokens(user, label)} token(s)")
+
+
 # -- sequences ----------------------------------------------------------------------------
 
 

@@ -294,19 +294,37 @@ def cancel_enrollment(enrollment_id: int, *, owner_id: int | None = None) -> Enr
         return _details(session, load_plan(session, enrollment_id))
 
 
-def stop_enrollment(enrollment_id: int, *, reason: str, event_type: EventType, content: dict[str, Any] | None = None) -> bool:
-    """Stop an open enrollment because the seller replied or opted out. False if not open."""
+def stop_enrollment(
+    enrollment_id: int,
+    *,
+    reason: str,
+    event_type: EventType,
+    content: dict[str, Any] | None = None,
+    dedupe_key: str | None = None,
+    step_index: int | None = None,
+    provider_message_id: str | None = None,
+) -> bool:
+    """Stop an open enrollment because the seller replied or opted out.
+
+    Returns False, recording nothing, when it is not open or this very fact (same
+    `dedupe_key`) was recorded before.
+    """
     with session_scope() as session:
         plan = load_plan(session, enrollment_id, lock=True)
         if plan.status not in (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED):
             return False
-        record_event(
+        fact = record_event(
             session,
             enrollment_id=enrollment_id,
             event_type=event_type,
+            step_index=step_index,
+            status="received",
             content=content or {},
-            failure_reason=None,
+            provider_message_id=provider_message_id,
+            dedupe_key=dedupe_key,
         )
+        if fact is None:
+            return False
         _set_status(session, plan, EnrollmentStatus.STOPPED, EventType.STOPPED, reason=reason)
         session.execute(update(Enrollment).where(Enrollment.id == enrollment_id).values(next_due_at=None))
         run = read_run(plan.prefect_flow_run_id)

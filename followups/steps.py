@@ -11,6 +11,7 @@ from followups import templating
 from followups.errors import InvalidInputError
 
 SMS_MAX_CHARS = 1600
+MAX_WAIT_DAYS = 365
 
 
 class _Step(BaseModel):
@@ -57,10 +58,13 @@ class SmsStep(_Step):
 
 class WaitStep(_Step):
     type: Literal["WAIT"] = "WAIT"
-    days: float = Field(default=0, ge=0)
-    hours: float = Field(default=0, ge=0)
-    minutes: float = Field(default=0, ge=0)
-    seconds: float = Field(default=0, ge=0)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    # A follow-up waits days or weeks; a year is a generous bound that keeps dates valid.
+    days: float = Field(default=0, ge=0, le=MAX_WAIT_DAYS)
+    hours: float = Field(default=0, ge=0, le=MAX_WAIT_DAYS * 24)
+    minutes: float = Field(default=0, ge=0, le=MAX_WAIT_DAYS * 24 * 60)
+    seconds: float = Field(default=0, ge=0, le=MAX_WAIT_DAYS * 24 * 3600)
 
     @property
     def duration(self) -> timedelta:
@@ -70,6 +74,8 @@ class WaitStep(_Step):
     def _positive(self) -> WaitStep:
         if self.duration <= timedelta(0):
             raise ValueError("a WAIT must last longer than zero")
+        if self.duration > timedelta(days=MAX_WAIT_DAYS):
+            raise ValueError(f"a WAIT can last at most {MAX_WAIT_DAYS} days")
         return self
 
 

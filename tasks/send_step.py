@@ -32,8 +32,9 @@ from followups.errors import InvalidStateError
 from followups.plan import EnrollmentPlan, load_plan
 from followups.settings import Settings, get_settings
 from followups.steps import EmailStep, SmsStep
+from followups.suppression import email_opted_out, sms_opted_out
 from followups.tasks.messages import OutgoingEmail, OutgoingSms
-from followups.tasks.provider_errors import PermanentProviderError, ProviderError, TransientProviderError
+from followups.tasks.provider_errors import ProviderError, TransientProviderError
 from followups.tasks.providers import Providers
 from followups.templating import TemplateRenderError, build_context, render
 
@@ -120,6 +121,16 @@ def _fail(session: Session, enrollment_id: int, step_index: int, reason: str, **
     )
 
 
+def _skip_reason(session: Session, step: EmailStep | SmsStep, message: OutgoingEmail | OutgoingSms | None) -> str | None:
+    if message is None:
+        return f"the seller has no {'email address' if isinstance(step, EmailStep) else 'phone number'}"
+    if isinstance(message, OutgoingSms) and sms_opted_out(session, message.to):
+        return "the seller opted out of SMS (STOP)"
+    if isinstance(message, OutgoingEmail) and email_opted_out(session, message.to_email):
+        return "the seller unsubscribed from email"
+    return None
+
+
 def _orphan_attempt(events: list) -> Any:
     """The attempt with no recorded outcome, if any (its sender died mid-send)."""
     concluded = {e.content.get("attempt_event_id") for e in events if e.event_type != EventType.STEP_ATTEMPT}
@@ -196,14 +207,15 @@ def execute_send_step(
         except TemplateRenderError as exc:
             _fail(session, enrollment_id, step_index, f"template: {exc}", **ids)
             return StepResult("failed")
-        if message is None:
+        skip_reason = _skip_reason(session, step, message)
+        if skip_reason:
             record_event(
                 session,
                 enrollment_id=enrollment_id,
                 event_type=EventType.STEP_SKIPPED,
                 step_index=step_index,
                 status="skipped",
-                failure_reason=f"the seller has no {'email address' if isinstance(step, EmailStep) else 'phone number'}",
+                failure_reason=skip_reason,
                 **ids,
             )
             _advance(session, enrollment_id, step_index)

@@ -140,3 +140,16 @@ def test_enrollment_commands(prefect_api, cli, owner, tmp_path):
     result = json.loads(out)
     assert code == 0 and result["enrolled"] is True
     cli("cancel", str(result["enrollment_id"]))
+
+
+def test_users_and_tokens(db, cli):
+    from followups.api_tokens import verify_token
+
+    name = unique("api-user")
+    code, out, _ = cli("users", "create", name, "--json")
+    assert code == 0 and json.loads(out)["name"] == name
+    code, out, _ = cli("tokens", "create", name, "--label", "ci")
+    token = out.strip()
+    assert code == 0 and verify_token(token) == json.loads(cli("users", "create", name, "--json")[1])["id"]
+    code, out, _ = cli("tokens", "revoke", name)
+    assert code == 0 and "revoked 1" in out and verify_token(token) is None

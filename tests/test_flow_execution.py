@@ -16,7 +16,7 @@ from followups.db.session import session_scope
 from followups.flows.follow_up_sequence import follow_up_sequence
 from followups.scheduling import schedule_sequence_run
 from followups.tasks.send_step import backoff_delays, execute_send_step
-from support import enrollment_row, event_types, events_of, new_enrollment, new_owner, new_sequence, unique
+from support import enrollment_row, event_types, events_of, new_enrollment, new_owner, new_sequence, unique, unique_phone
 
 ONE_EMAIL = [{"type": "EMAIL", "subject": "Offer on {{ deal.property_address }}", "text": "Hi {{ seller.first_name }}"}]
 EMAIL_THEN_SMS = ONE_EMAIL + [{"type": "SMS", "body": "Hi {{ seller.first_name }}"}]
@@ -170,3 +170,31 @@ def test_an_email_step_for_a_seller_without_email_is_skipped_not_failed(db, fake
     enrollment_id = new_enrollment(owner, new_sequence(owner, EMAIL_THEN_SMS), seller_email=None)
     assert execute_send_step(enrollment_id, 0).outcome == "skipped"
     assert event_types(enrollment_id)[-1] == "STEP_SKIPPED"
+
+
+def test_a_seller_who_texted_stop_gets_no_more_sms_until_start(db, fake_providers):
+    owner = new_owner()
+    sms_only = [{"type": "SMS", "body": "Hi"}, {"type": "WAIT", "days": 1}, {"type": "SMS", "body": "Again"}]
+    phone = unique_phone()
+    earlier = new_enrollment(owner, new_sequence(owner, sms_only), seller_phone=phone)
+    with session_scope() as session:
+        record_event(session, enrollment_id=earlier, event_type=EventType.OPTED_OUT, content={"channel": "sms", "from": phone})
+    later = new_enrollment(owner, new_sequence(owner, sms_only), seller_phone=phone)
+    assert execute_send_step(later, 0).outcome == "skipped"
+    assert "opted out" in events_of(later)[-1].failure_reason
+    assert fake_providers.for_recipient(phone) == []
+
+    with session_scope() as session:  # START: Twilio lifts its block, so do we
+        record_event(session, enrollment_id=earlier, event_type=EventType.PROVIDER_EVENT, status="opt_in", content={"from": phone})
+    third = new_enrollment(owner, new_sequence(owner, sms_only), seller_phone=phone)
+    assert execute_send_step(third, 0).outcome == "sent"
+
+
+def test_an_unsubscribed_email_is_not_written_to_again(db, fake_providers, seller_email):
+    owner = new_owner()
+    earlier = _enroll(ONE_EMAIL, seller_email)
+    with session_scope() as session:
+        record_event(session, enrollment_id=earlier, event_type=EventType.OPTED_OUT, content={"channel": "email", "email": seller_email.upper()})
+    later = _enroll(ONE_EMAIL, seller_email)
+    assert execute_send_step(later, 0).outcome == "skipped"
+    assert fake_providers.for_recipient(seller_email) == []

@@ -211,3 +211,10 @@ def test_the_sandbox_bounds_repetition_and_exponents():
         with pytest.raises(TemplateRenderError):
             check(source)
     check("{{ '-' * 20 }}")
+
+
+@pytest.mark.parametrize("wait", [{"days": 1e300}, {"days": float("inf")}, {"days": 366}, {"days": 200, "hours": 24 * 200}])
+def test_absurd_waits_are_validation_errors(wait):
+    with pytest.raises(InvalidInputError) as info:
+        parse_steps([{"type": "SMS", "body": "x"}, {"type": "WAIT", **wait}, {"type": "SMS", "body": "y"}])
+    assert info.value.field.startswith("steps.1")
