@@ -27,7 +27,7 @@ def test_migrations_create_the_database_and_apply_to_it():
         tables = set(inspect(engine).get_table_names())
         assert {"users", "sequences", "sequence_versions", "deals", "enrollments", "offers", "follow_up_events"} <= tables
         with engine.connect() as conn:
-            assert conn.scalar(text("SELECT version_num FROM alembic_version")) == "0001"
+            assert conn.scalar(text("SELECT version_num FROM alembic_version")) == "0002"
         engine.dispose()
         upgrade(url)  # a second run is a no-op
     finally:
