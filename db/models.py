@@ -50,6 +50,7 @@ class EventType(StrEnum):
     STEP_FAILED = "STEP_FAILED"
     STEP_SKIPPED = "STEP_SKIPPED"  # e.g. no email address on the deal
     STEP_OUTCOME_UNKNOWN = "STEP_OUTCOME_UNKNOWN"  # a worker died mid-send: not resent
+    STEP_DEFERRED = "STEP_DEFERRED"  # an SMS held back by quiet hours in the seller's time zone
     WAIT_STARTED = "WAIT_STARTED"
     WAIT_COMPLETED = "WAIT_COMPLETED"
     PAUSED = "PAUSED"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
@@ -23,7 +23,9 @@ from followups.db.events import first_event, record_event
 from followups.db.models import Enrollment, EnrollmentStatus, EventType
 from followups.db.session import session_scope
 from followups.plan import EnrollmentPlan, load_plan
+from followups.quiet_hours import next_allowed_time
 from followups.scheduling import schedule_sequence_run
+from followups.settings import get_settings
 from followups.steps import EmailStep, WaitStep
 from followups.tasks.send_step import configured_send_step
 
@@ -172,6 +174,41 @@ def _run_wait(plan: EnrollmentPlan, step_index: int, step: WaitStep, flow_run_id
     return "continue"
 
 
+def _defer_for_quiet_hours(plan: EnrollmentPlan, step_index: int, flow_run_id: uuid.UUID | None) -> bool:
+    """Hold an SMS step until the seller's quiet hours end. True when deferred."""
+    settings = get_settings()
+    if not settings.quiet_hours_enabled:
+        return False
+    until = next_allowed_time(
+        datetime.now(UTC), plan.seller.timezone, settings.quiet_hours_start, settings.quiet_hours_end
+    )
+    if until is None:
+        return False
+    with session_scope() as session:
+        current = load_plan(session, plan.enrollment_id, lock=True)
+        if current.status != EnrollmentStatus.ACTIVE or current.current_step != step_index:
+            return False
+        record_event(
+            session,
+            enrollment_id=plan.enrollment_id,
+            event_type=EventType.STEP_DEFERRED,
+            step_index=step_index,
+            status="deferred",
+            content={"until": until.isoformat(), "reason": f"quiet hours in {plan.seller.timezone}"},
+            flow_run_id=flow_run_id,
+            dedupe_key=f"enrollment:{plan.enrollment_id}:quiet:{step_index}:{until.isoformat()}",
+        )
+        next_run = schedule_sequence_run(
+            plan.enrollment_id, plan.deal_ref, step_index, scheduled_time=until, key_suffix=f":quiet:{until.isoformat()}"
+        )
+        session.execute(
+            update(Enrollment)
+            .where(Enrollment.id == plan.enrollment_id)
+            .values(next_due_at=until, prefect_flow_run_id=next_run)
+        )
+    return True
+
+
 @flow(name="follow-up-sequence", log_prints=True, persist_result=False)
 def follow_up_sequence(enrollment_id: int) -> str:
     """Run enrollment `enrollment_id` from its current step until it ends or waits."""
@@ -200,4 +237,7 @@ def follow_up_sequence(enrollment_id: int) -> str:
                 return "WAITING"
             continue
         channel = "email" if isinstance(step, EmailStep) else "sms"
+        if channel == "sms" and _defer_for_quiet_hours(plan, index, flow_run_id):
+            logger.info("Enrollment %s: SMS step %s waits for the seller's quiet hours to end", enrollment_id, index)
+            return "WAITING"
         configured_send_step(enrollment_id, index, channel, plan.deal_ref)(enrollment_id, index, channel, plan.deal_ref)

@@ -67,7 +67,13 @@ def run_demo(console: Console, timeout: float = 180) -> str:
     console.print(f"[bold]2/4[/] Prefect API at [cyan]{api_url}[/]" + (" (started for you, left running)" if started else ""))
 
     console.print("[bold]3/4[/] Serving the follow-up-sequence deployment (stock runner, 1 s poll)")
-    env = {**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "1", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    # The demo must finish at any hour, so its SMS ignores the seller's quiet hours.
+    env = {
+        **os.environ,
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "FOLLOWUPS_QUIET_HOURS_ENABLED": "false",
+    }
     runner = subprocess.Popen([sys.executable, "-m", "followups.cli", "serve", "--limit", "4"], env=env, start_new_session=True)
     try:
         _wait_for_deployment(settings.deployment_name)

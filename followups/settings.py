@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     step_retry_base_seconds: float = Field(default=2.0, ge=0)
     step_retry_jitter_factor: float = Field(default=0.2, ge=0)
 
+    # TCPA: SMS steps wait out 21:00–08:00 in the seller's time zone.
+    quiet_hours_enabled: bool = True
+    quiet_hours_start: int = Field(default=21, ge=0, le=23)
+    quiet_hours_end: int = Field(default=8, ge=0, le=23)
+
     webhook_max_age_seconds: int = 300
     api_max_body_bytes: int = 1_000_000
 

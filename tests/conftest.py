@@ -30,6 +30,8 @@ TEST_ENV = {
     "FOLLOWUPS_TWILIO_AUTH_TOKEN": "twilio-test-token",
     "FOLLOWUPS_STEP_RETRY_BASE_SECONDS": "0.3",
     "FOLLOWUPS_STEP_RETRY_JITTER_FACTOR": "0.1",
+    # Tests send at any hour; quiet hours have their own tests.
+    "FOLLOWUPS_QUIET_HOURS_ENABLED": "false",
     "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     "PREFECT_LOGGING_TO_API_ENABLED": "false",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
