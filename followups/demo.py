@@ -73,6 +73,9 @@ def run_demo(console: Console, timeout: float = 180) -> str:
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "FOLLOWUPS_QUIET_HOURS_ENABLED": "false",
+        # `python -m` (the runner, and each flow run it starts) must import the installed
+        # package even when started from a checkout of this repository.
+        "PYTHONSAFEPATH": "1",
     }
     runner = subprocess.Popen([sys.executable, "-m", "followups.cli", "serve", "--limit", "4"], env=env, start_new_session=True)
     try:

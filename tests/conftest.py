@@ -152,7 +152,8 @@ def _wait_for_deployment(name: str, timeout: float = 60) -> None:
 def sequence_runner(prefect_api: str, tmp_path_factory) -> Iterator[subprocess.Popen]:
     """`followups serve` in its own process: the stock Prefect runner executing deployment runs."""
     log = tmp_path_factory.mktemp("runner") / "runner.log"
-    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    # PYTHONSAFEPATH: `python -m` must import the installed package, not a checkout in the cwd.
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONSAFEPATH": "1"}
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "followups.cli", "serve", "--limit", "4"],
