@@ -91,9 +91,21 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else math.nan
 
 
+def cpu_calibration_seconds() -> float:
+    """Seconds for a fixed pure-Python loop: how fast this (shared, virtual) machine was when a
+    benchmark ran. 0.22 s when the figures in BENCHMARKS.md were taken on an idle machine."""
+    started = time.perf_counter()
+    total = 0
+    for i in range(3_000_000):
+        total += i * i
+    return time.perf_counter() - started
+
+
 def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "cores": os.cpu_count(),
+        "cpu_calibration_seconds": cpu_calibration_seconds(),
+        "loadavg": loadavg(),
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
@@ -158,6 +170,19 @@ def process_cpu_seconds(pid: int, *, with_children: bool = True) -> float:
     return ticks / CLK_TCK
 
 
+def machine_busy_seconds() -> float:
+    """CPU-seconds the whole machine spent busy (all cores, /proc/stat), to show how much of
+    the machine other work took during a measurement (this machine is shared)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    values = [int(v) for v in fields]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / CLK_TCK
+
+
+def loadavg() -> list[float]:
+    return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+
+
 def children_of(pid: int) -> list[int]:
     kids: list[int] = []
     task_dir = Path(f"/proc/{pid}/task")
@@ -193,7 +218,7 @@ class TreeCpuSampler:
     """Samples a process tree's CPU often: a child that exits un-reaped by a live parent is lost
     at the moment it dies, so we keep the max seen per pid plus the root's reaped total."""
 
-    def __init__(self, pid: int, interval: float = 0.2):
+    def __init__(self, pid: int, interval: float = 0.5):
         self.pid = pid
         self.interval = interval
         self._seen: dict[int, float] = {}
@@ -218,6 +243,12 @@ class TreeCpuSampler:
             self._seen = alive
             return sum(alive.values())
 
+    def root_and_rest(self) -> tuple[float, float]:
+        """(root process without reaped children, everything else in the tree)."""
+        total = self.total()
+        root = process_cpu_seconds(self.pid, with_children=False)
+        return root, total - root
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             with contextlib.suppress(Exception):
@@ -236,43 +267,52 @@ class TreeCpuSampler:
 
 
 class PgBackendCpu:
-    """CPU of the PostgreSQL backends connected to the given databases (via /proc cmdline:
-    'postgres: <user> <db> <client> ...'), sampled every `interval` s; exited backends keep
-    their last sampled value."""
+    """CPU of the PostgreSQL backends connected to the given databases, sampled every
+    `interval` s. Backends are the postmaster's children whose process title reads
+    'postgres: [cluster: ]<user> <database> ...'; an exited backend keeps its last sample."""
 
-    def __init__(self, databases: list[str], interval: float = 0.1):
+    def __init__(self, databases: list[str], interval: float = 0.2):
         self.databases = set(databases)
         self.interval = interval
-        self._cpu: dict[tuple[int, float], float] = {}  # (pid, starttime) -> cpu
+        self._cpu: dict[tuple[int, str], float] = {}  # (pid, starttime) -> cpu
+        self._is_ours: dict[tuple[int, str], bool] = {}
+        self._postmasters = self._find_postmasters()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def _backends(self) -> list[int]:
-        pids = []
+    @staticmethod
+    def _find_postmasters() -> list[int]:
+        found = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
-            try:
-                cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
-            except (FileNotFoundError, ProcessLookupError, PermissionError):
-                continue
-            if cmd.startswith("postgres: "):
-                # 'postgres: [cluster: ]<user> <database> <client> <state>'
-                parts = cmd.replace("\0", " ").split()
-                if any(part in self.databases for part in parts[1:5]):
-                    pids.append(int(entry.name))
-        return pids
+            with contextlib.suppress(OSError):
+                argv0 = (entry / "cmdline").read_bytes().split(b"\0", 1)[0]
+                if argv0.endswith(b"/postgres") or argv0 == b"postgres":
+                    found.append(int(entry.name))
+        return found
 
     def sample(self) -> None:
-        for pid in self._backends():
-            fields = _stat_fields(pid)
-            if fields is None:
-                continue
-            key = (pid, float(fields[19]))  # starttime distinguishes a reused pid
-            cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
-            with self._lock:
-                self._cpu[key] = max(cpu, self._cpu.get(key, 0.0))
+        for postmaster in self._postmasters:
+            for pid in children_of(postmaster):
+                fields = _stat_fields(pid)
+                if fields is None:
+                    continue
+                key = (pid, fields[19])  # starttime distinguishes a reused pid
+                ours = self._is_ours.get(key)
+                if ours is None:
+                    try:
+                        title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                    except OSError:
+                        continue
+                    parts = title.replace("\0", " ").split()
+                    ours = self._is_ours[key] = any(part in self.databases for part in parts[1:5])
+                if not ours:
+                    continue
+                cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+                with self._lock:
+                    self._cpu[key] = max(cpu, self._cpu.get(key, 0.0))
 
     def total(self) -> float:
         self.sample()
@@ -362,6 +402,8 @@ class BenchWorld:
     provider_latency: float = 0.0
     keep_databases: bool = False
     server_env: dict[str, str] = field(default_factory=dict)
+    # write a pyinstrument profile of the Prefect server process here (bench/profile_server.py)
+    profile_server: Path | None = None
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     env: dict[str, str] = field(default_factory=dict)
     api_url: str = ""
@@ -423,10 +465,18 @@ class BenchWorld:
             **self.server_env,
         }
         server_env.pop("PREFECT_API_URL", None)
+        # e.g. a folder with uvloop + httptools (`pip install --target DIR uvloop httptools`),
+        # which uvicorn then uses for the Prefect server; see BENCHMARKS.md
+        extra_path = os.environ.get("FOLLOWUPS_BENCH_SERVER_PYTHONPATH")
+        if extra_path:
+            server_env["PYTHONPATH"] = os.pathsep.join(filter(None, [extra_path, server_env.get("PYTHONPATH")]))
         server_log = open(self.tmp / "prefect-server.log", "wb")
         log(f"starting the Prefect server on {self.api_url} (PostgreSQL database {self.prefect_db})")
+        command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+        if self.profile_server is not None:
+            command[1:1] = ["-m", "pyinstrument", "-r", "pyisession", "-o", str(self.profile_server)]
         self.server = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            command,
             env=server_env,
             stdout=server_log,
             stderr=subprocess.STDOUT,
@@ -463,7 +513,8 @@ class BenchWorld:
             if sampler is not None:
                 sampler.stop()
         if self.server is not None:
-            stop_process(self.server, timeout=30)
+            # SIGINT: the server (and pyinstrument, when profiling) shut down cleanly
+            stop_process(self.server, timeout=60, sig=signal.SIGINT)
         if self.fake is not None:
             self.fake.stop()
         for key, value in self._saved_env.items():
@@ -480,16 +531,27 @@ class BenchWorld:
                 if db:
                     with contextlib.suppress(Exception):
                         drop_database(db)
+            if self.tmp is not None:
+                import shutil
+
+                shutil.rmtree(self.tmp, ignore_errors=True)
 
     # -- resources shared by the benchmarks --
 
     def cpu_snapshot(self, executor: Executor | None = None) -> dict[str, float]:
+        services, api = self.server_cpu.root_and_rest() if self.server_cpu else (0.0, 0.0)
         snap = {
-            "prefect_server": self.server_cpu.total() if self.server_cpu else 0.0,
+            "bench_driver": process_cpu_seconds(os.getpid(), with_children=False),
+            "machine_busy": machine_busy_seconds(),
+            # `prefect server start` runs the background services itself and the API in a
+            # uvicorn child process
+            "prefect_server_api": api,
+            "prefect_server_services": services,
+            "prefect_server": services + api,
             "postgresql": self.pg_cpu.total() if self.pg_cpu else 0.0,
             "executor": executor.cpu() if executor else 0.0,
         }
-        snap["total"] = sum(snap.values())
+        snap["total"] = snap["prefect_server"] + snap["postgresql"] + snap["executor"]
         return snap
 
 
@@ -502,20 +564,24 @@ class Executor:
     concurrency: int = FAST_CONCURRENCY
     poll: float = FAST_POLL_SECONDS
     extra_env: dict[str, str] = field(default_factory=dict)
+    nice: int = 0  # run the executor at a lower CPU priority than the Prefect server
     process: subprocess.Popen | None = None
     sampler: TreeCpuSampler | None = None
     log_path: Path | None = None
 
     @property
     def label(self) -> str:
+        extra = "".join(f", {k}={v}" for k, v in self.extra_env.items()) + (f", nice {self.nice}" if self.nice else "")
         if self.kind == "stock":
-            return f"stock serve(limit={STOCK_LIMIT}, poll={STOCK_POLL_SECONDS}s)"
-        return f"fast worker (concurrency={self.concurrency}, poll={self.poll}s)"
+            return f"stock serve(limit={STOCK_LIMIT}, poll={STOCK_POLL_SECONDS}s{extra})"
+        return f"fast worker (concurrency={self.concurrency}, poll={self.poll}s{extra})"
 
     def command(self) -> list[str]:
+        prefix = ["nice", "-n", str(self.nice)] if self.nice else []
         if self.kind == "stock":
-            return [sys.executable, "-m", "followups.cli", "serve", "--limit", str(STOCK_LIMIT)]
+            return [*prefix, sys.executable, "-m", "followups.cli", "serve", "--limit", str(STOCK_LIMIT)]
         return [
+            *prefix,
             sys.executable,
             "-m",
             "followups.deployments.fast_worker",
@@ -560,6 +626,16 @@ class Executor:
                 time.sleep(0.3)
         raise RuntimeError(f"{self.label} did not become ready in {timeout}s; see {self.log_path}")
 
+    def pause(self) -> None:
+        """SIGSTOP the executor's process group (so a backlog can be built that becomes
+        available to it at one instant)."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGCONT)
+
     def cpu(self) -> float:
         return self.sampler.total() if self.sampler else 0.0
 
@@ -597,8 +673,10 @@ def new_owner_and_sequence(steps: list[dict[str, Any]] | None = None) -> tuple[i
 
 
 def deal(i: int, prefix: str) -> dict[str, Any]:
+    import re
+
     return {
-        "external_id": f"{prefix}-{i}",
+        "external_id": re.sub(r"[^A-Za-z0-9._:\-]", "-", f"{prefix}-{i}"),
         "property_address": f"{i} Bench Street, Springfield",
         "seller_name": "Pat Seller",
         "seller_email": f"seller{i}@example.com",

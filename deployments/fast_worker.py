@@ -1,12 +1,16 @@
-"""The fast execution path: run the deployment's flow runs inside one long-lived process.
+"""The fast execution path: run the deployments' flow runs inside one long-lived process.
 
 `python -m followups.deployments.fast_worker --concurrency 8 --poll 0.5`
 
-Same deployment (`follow-up-sequence/followups`), same flow and task runs, states, logs and
-retries in the Prefect UI as the stock runner (`followups serve`), but no new Python process per
-flow run: a flow run is executed by Prefect's own flow engine (`prefect.flow_engine.run_flow`)
-on one of N threads of this process. The stock runner keeps working; both can serve the same
-deployment at once (the server lets exactly one of them claim each run).
+Same deployments as `followups serve` (follow-up-sequence/followups, and the two small ones in
+deployments.definitions.local_deployments() that its triggers start), same flow and task runs,
+states, logs and retries in the Prefect UI, but no new Python process per flow run: a flow run
+is executed by Prefect's own flow engine (`prefect.flow_engine.run_flow`) on one of N threads of
+this process. The stock runner and the process worker keep working; any of them can serve the
+same deployments at the same time (the server lets exactly one of them claim each run), so the
+fast worker can also take over deployments registered with `prefect deploy` for a work pool.
+
+Our flows and tasks are synchronous (SQLAlchemy, httpx): threads, not asyncio tasks, run them.
 
 How it works
 - Poll: `get_scheduled_flow_runs_for_deployments(scheduled_before=now, limit=<free threads>)`
@@ -22,8 +26,12 @@ How it works
   its whole life (`SyncClientContext`); the flow gets an explicit result storage so the engine
   does not GET the server's default storage block per run; `PREFECT_FLOWS_HEARTBEAT_FREQUENCY`
   is None inside runs and one worker thread emits the same `prefect.flow-run.heartbeat` events
-  for every run in flight; the per-run suspension observer is skipped (engine_patches.py, the
-  only private patch; the flow checks its own run state at each step, so pause still works).
+  for every run in flight; when the server does not enforce CSRF (its default), client CSRF
+  support is off, saving a GET per new client. Private patches (engine_patches.py, the only
+  module with any): the per-run suspension observer is skipped (the flow checks its own run
+  state at each step, so pause still works), and the task engine asks only for the tag
+  concurrency limits that exist (one API call, one client and one leaked thread per task run
+  otherwise). Idle per-tag-set concurrency services are drained.
 
 Guarantees
 - Bounded concurrency: at most `concurrency` runs at once (plus replacements for hung runs, see
@@ -52,6 +60,7 @@ import contextlib
 import contextvars
 import ctypes
 import fcntl
+import importlib
 import logging
 import os
 import queue
@@ -83,9 +92,10 @@ from prefect.exceptions import Abort, ObjectNotFound, Pause
 from prefect.flow_engine import run_flow
 from prefect.flows import Flow
 from prefect.logging.loggers import patch_print
+from prefect.exceptions import PrefectHTTPStatusError
 from prefect.settings import (
+    PREFECT_CLIENT_CSRF_SUPPORT_ENABLED,
     PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
-    PREFECT_RESULTS_PERSIST_BY_DEFAULT,
     get_current_settings,
     temporary_settings,
 )
@@ -99,6 +109,8 @@ logger = logging.getLogger("followups.fast_worker")
 CLAIM_PREFIX = "claimed by fast-worker"
 DEFAULT_CONCURRENCY = 8
 DEFAULT_POLL_SECONDS = 0.5
+# Task-run tags naming one enrollment or deal (followups.tasks.send_step.configured_send_step).
+PER_ENTITY_TAG_PREFIXES = ("tag:enrollment:", "tag:deal:")
 
 
 # --- worker identity and liveness ------------------------------------------------------------
@@ -149,25 +161,60 @@ class WorkerIdentity:
 # --- the flow as the fast path runs it --------------------------------------------------------
 
 
-def _fast_flow(result_dir: Path) -> Flow[..., Any]:
-    """The deployment's flow, with an explicit (unused: persist_result=False) result storage so
-    the engine does not ask the server for its default storage block on every run."""
-    from followups.flows.follow_up_sequence import follow_up_sequence
+def _fast_flow(flow: Flow[..., Any], result_dir: Path) -> Flow[..., Any]:
+    """The deployment's flow with an explicit result storage, so the engine does not ask the
+    server for its default storage block on every run. Whether results are persisted stays as
+    it was (the flow's own setting, else PREFECT_RESULTS_PERSIST_BY_DEFAULT)."""
+    if flow.result_storage is not None:
+        return flow
+    persist = flow.persist_result
+    if persist is None:
+        persist = get_current_settings().results.persist_by_default
+    return flow.with_options(result_storage=result_dir, persist_result=persist)
 
-    return follow_up_sequence.with_options(result_storage=result_dir)
+
+def _load_entrypoint(entrypoint: str) -> Flow[..., Any]:
+    module_name, _, attribute = entrypoint.replace(":", ".").rpartition(".")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def server_uses_csrf(client: SyncPrefectClient) -> bool:
+    """Whether the Prefect server enforces CSRF tokens (off by default). When it does not, every
+    new API client would still GET /csrf-token once, so the worker turns client CSRF support
+    off in that case (PREFECT_CLIENT_CSRF_SUPPORT_ENABLED)."""
+    try:
+        client.request("GET", "/csrf-token", params={"client": str(uuid.uuid4())})  # type: ignore[arg-type]
+    except PrefectHTTPStatusError as exc:
+        return exc.response.status_code != 422
+    except Exception:  # noqa: BLE001 - keep Prefect's default when in doubt
+        return True
+    return True
+
+
+def ensure_deployments(client: SyncPrefectClient) -> dict[uuid.UUID, Flow[..., Any]]:
+    """The product's deployments (deployments.definitions.local_deployments(): the ones
+    `followups serve` serves), by id, with their flows. A deployment that does not exist yet is
+    registered (with its triggers); an existing one, e.g. from `prefect deploy`, is left as is."""
+    from followups.deployments.definitions import local_deployments
+
+    found: dict[uuid.UUID, Flow[..., Any]] = {}
+    for deployment in local_deployments():
+        name = f"{deployment.flow_name}/{deployment.name}"
+        try:
+            deployment_id = client.read_deployment_by_name(name).id
+        except ObjectNotFound:
+            logger.info("Deployment %s does not exist: registering it", name)
+            deployment_id = deployment.apply()
+        found[deployment_id] = _load_entrypoint(deployment.entrypoint)
+    return found
 
 
 def ensure_deployment(client: SyncPrefectClient) -> uuid.UUID:
-    """The deployment's id; registered with deployments.definitions if it does not exist yet."""
-    from followups.deployments.definitions import sequence_deployment
+    """The id of follow-up-sequence/followups (registering the product's deployments if missing)."""
     from followups.settings import get_settings
 
-    name = get_settings().deployment_name
-    try:
-        return client.read_deployment_by_name(name).id
-    except ObjectNotFound:
-        logger.info("Deployment %s does not exist: registering it", name)
-        return sequence_deployment().apply()
+    ensure_deployments(client)
+    return client.read_deployment_by_name(get_settings().deployment_name).id
 
 
 class _CancelledByPrefect(Abort):
@@ -208,6 +255,7 @@ class FastWorker:
         hang_seconds: float = 600.0,
         recover_seconds: float = 30.0,
         cancel_check_seconds: float = 2.0,
+        tag_limit_refresh_seconds: float = 10.0,
         shutdown_grace_seconds: float | None = None,
     ) -> None:
         if concurrency < 1:
@@ -218,17 +266,22 @@ class FastWorker:
         self.hang_seconds = hang_seconds
         self.recover_seconds = recover_seconds
         self.cancel_check_seconds = cancel_check_seconds
+        self.tag_limit_refresh_seconds = tag_limit_refresh_seconds
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self.identity = WorkerIdentity.current()
-        self.deployment_id: uuid.UUID | None = None
-        self.counts = {"claimed": 0, "skipped": 0, "completed": 0, "failed": 0, "crashed": 0, "recovered": 0}
+        self.flows: dict[uuid.UUID, Flow[..., Any]] = {}  # deployment id -> flow
+        self.counts = {"claimed": 0, "skipped": 0, "completed": 0, "failed": 0, "crashed": 0, "recovered": 0, "cancelled": 0}
+        self._counts_lock = threading.Lock()
         self._idle: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
         self._slots: list[_Slot] = []
         self._lock = threading.Lock()
         self._slot_freed = threading.Event()
-        self._flow: Flow[..., Any] | None = None
         self._context: contextvars.Context | None = None
         self._result_dir = Path(tempfile.gettempdir()) / "followups-fast-worker-results"
+
+    def _count(self, what: str) -> None:
+        with self._counts_lock:
+            self.counts[what] += 1
 
     # -- public ------------------------------------------------------------------------------
 
@@ -241,23 +294,27 @@ class FastWorker:
         """Serve until `stop_event` is set; then finish the runs in flight and return."""
         engine_patches.apply()
         self._result_dir.mkdir(parents=True, exist_ok=True)
-        self._flow = _fast_flow(self._result_dir)
         heartbeat = get_current_settings().flows.heartbeat_frequency
+        updates: dict[Any, Any] = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+        with get_client(sync_client=True) as probe:
+            if not server_uses_csrf(probe):
+                updates[PREFECT_CLIENT_CSRF_SUPPORT_ENABLED] = False
         with (
-            temporary_settings(
-                updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_RESULTS_PERSIST_BY_DEFAULT: False}
-            ),
+            temporary_settings(updates=updates),
             # print → run log for the whole process, instead of each run swapping builtins.print
             # in and out (which races between threads).
             patch_print(),
             get_client(sync_client=True) as client,
         ):
             self._context = contextvars.copy_context()
-            self.deployment_id = ensure_deployment(client)
+            self.flows = {
+                deployment_id: _fast_flow(flow, self._result_dir)
+                for deployment_id, flow in ensure_deployments(client).items()
+            }
             logger.info(
-                "Fast worker %s serving deployment %s with %s threads, polling every %ss",
+                "Fast worker %s serving %s with %s threads, polling every %ss",
                 self.identity.marker,
-                self.deployment_id,
+                ", ".join(f"{f.name} ({d})" for d, f in self.flows.items()),
                 self.concurrency,
                 self.poll_seconds,
             )
@@ -265,6 +322,7 @@ class FastWorker:
                 self._idle.put(self._new_slot())
             if heartbeat:
                 self._start_thread(self._heartbeat_loop, "fast-worker-heartbeat", heartbeat)
+            self._refresh_tag_limits(client)
             self._recover(client)
             try:
                 self._serve(client)
@@ -277,6 +335,7 @@ class FastWorker:
     def _serve(self, client: SyncPrefectClient) -> None:
         next_recover = time.monotonic() + self.recover_seconds
         next_cancel_check = time.monotonic() + self.cancel_check_seconds
+        next_tag_limits = time.monotonic() + self.tag_limit_refresh_seconds
         while not self.stop_event.is_set():
             backlog = False
             try:
@@ -290,6 +349,10 @@ class FastWorker:
                 next_cancel_check = now + self.cancel_check_seconds
                 with contextlib.suppress(Exception):
                     self._check_cancellations(client)
+                self._drain_idle_services()
+            if now >= next_tag_limits:
+                next_tag_limits = now + self.tag_limit_refresh_seconds
+                self._refresh_tag_limits(client)
             if now >= next_recover:
                 next_recover = now + self.recover_seconds
                 with contextlib.suppress(Exception):
@@ -306,9 +369,9 @@ class FastWorker:
         free = self._idle.qsize()
         if free == 0:
             return True
-        assert self.deployment_id is not None
+        assert self.flows, "no deployments to serve"
         runs = client.get_scheduled_flow_runs_for_deployments(
-            deployment_ids=[self.deployment_id],
+            deployment_ids=list(self.flows),
             scheduled_before=datetime.now(UTC),
             limit=free,
         )
@@ -333,17 +396,17 @@ class FastWorker:
             state = propose_state_sync(client, Pending(message=self.identity.marker), flow_run_id=flow_run.id)
         except Abort as exc:
             logger.debug("Flow run %s was claimed elsewhere: %s", flow_run.id, exc)
-            self.counts["skipped"] += 1
+            self._count("skipped")
             return False
         except Exception:
             logger.exception("Could not claim flow run %s", flow_run.id)
-            self.counts["skipped"] += 1
+            self._count("skipped")
             return False
         if not state.is_pending():
-            self.counts["skipped"] += 1
+            self._count("skipped")
             return False
         flow_run.state = state
-        self.counts["claimed"] += 1
+        self._count("claimed")
         return True
 
     # -- slots -----------------------------------------------------------------------------------
@@ -390,9 +453,12 @@ class FastWorker:
                     return
 
     def _execute(self, flow_run: FlowRun) -> None:
-        assert self._flow is not None
+        flow = self.flows.get(flow_run.deployment_id) if flow_run.deployment_id else None
+        if flow is None:
+            self._mark_crashed_if_unfinished(flow_run, "fast worker: this worker does not serve the run's deployment")
+            return
         try:
-            state = run_flow(self._flow, flow_run=flow_run, return_type="state")
+            state = run_flow(flow, flow_run=flow_run, return_type="state")
         except Pause:
             return  # suspended/paused: the server holds it until resumed
         except _CancelledByPrefect:
@@ -406,18 +472,19 @@ class FastWorker:
             self._mark_crashed_if_unfinished(flow_run, f"fast worker: the engine failed: {exc!r}")
             return
         if state is not None and state.is_completed():
-            self.counts["completed"] += 1
+            self._count("completed")
         elif state is not None and state.is_failed():
-            self.counts["failed"] += 1
+            self._count("failed")
 
     def _mark_crashed_if_unfinished(self, flow_run: FlowRun, message: str) -> None:
-        self.counts["crashed"] += 1
+        self._count("crashed")
         with contextlib.suppress(Exception), get_client(sync_client=True) as client:
             current = client.read_flow_run(flow_run.id)
             if current.state is not None and not current.state.is_final() and not current.state.is_paused():
                 propose_state_sync(client, Crashed(message=message), flow_run_id=flow_run.id)
 
     def _finish_cancelled(self, flow_run: FlowRun) -> None:
+        self._count("cancelled")
         with contextlib.suppress(Exception), get_client(sync_client=True) as client:
             current = client.read_flow_run(flow_run.id)
             if current.state is not None and current.state.type == StateType.CANCELLING:
@@ -471,6 +538,25 @@ class FastWorker:
                 delivered = _raise_in_thread(slot.thread.ident, _CancelledByPrefect)
             logger.info("Flow run %s was cancelled in Prefect: stopping it (%s)", flow_run.id, delivered)
 
+    @staticmethod
+    def _refresh_tag_limits(client: SyncPrefectClient) -> None:
+        try:
+            engine_patches.TAG_LIMITS.refresh(client)
+        except Exception:  # noqa: BLE001 - unknown: ask the server for every tag, as Prefect does
+            logger.warning("Could not read the tag concurrency limits; not filtering tags", exc_info=True)
+            engine_patches.TAG_LIMITS.set(None)
+
+    def _drain_idle_services(self) -> None:
+        """Stop Prefect's per-tag-set concurrency services that no run in flight can use (see
+        engine_patches.drain_idle_concurrency_services): one would otherwise stay per task run."""
+        busy = {f"tag:{tag}" for run in self.in_flight for tag in (run.tags or [])}
+
+        def in_use(names: frozenset[str]) -> bool:
+            per_entity = {n for n in names if n.startswith(PER_ENTITY_TAG_PREFIXES)}
+            return not per_entity or bool(per_entity & busy)
+
+        engine_patches.drain_idle_concurrency_services(in_use)
+
     def _heartbeat_loop(self, frequency: int) -> None:
         """One thread emits Prefect's flow-run heartbeat for every run in flight."""
         from prefect import __version__
@@ -499,8 +585,7 @@ class FastWorker:
     # -- recovery of runs a dead fast worker left behind ---------------------------------------
 
     def _recover(self, client: SyncPrefectClient) -> None:
-        assert self.deployment_id is not None
-        lock_path = Path(tempfile.gettempdir()) / f"followups-fast-worker-recover-{self.deployment_id}.lock"
+        lock_path = Path(tempfile.gettempdir()) / "followups-fast-worker-recover.lock"
         with open(lock_path, "a+") as lock_file:
             try:
                 fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -515,7 +600,7 @@ class FastWorker:
         ours = {r.id for r in self.in_flight}
         candidates = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
-                deployment_id=FlowRunFilterDeploymentId(any_=[self.deployment_id]),
+                deployment_id=FlowRunFilterDeploymentId(any_=list(self.flows)),
                 state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])),
             ),
             limit=200,
@@ -561,7 +646,7 @@ class FastWorker:
             ),
             force=True,
         )
-        self.counts["recovered"] += 1
+        self._count("recovered")
 
     # -- shutdown ------------------------------------------------------------------------------
 
@@ -593,6 +678,7 @@ def run_fast_worker(
     concurrency: int = DEFAULT_CONCURRENCY,
     poll_seconds: float = DEFAULT_POLL_SECONDS,
     stop_event: threading.Event | None = None,
+    **options: Any,
 ) -> None:
     """Run the deployment's flow runs in this process until stopped (SIGTERM/SIGINT/stop_event).
 
@@ -600,7 +686,7 @@ def run_fast_worker(
     finish; a second one exits at once (the runs it abandons are recovered by the next worker).
     """
     stop = stop_event or threading.Event()
-    worker = FastWorker(concurrency, poll_seconds, stop)
+    worker = FastWorker(concurrency, poll_seconds, stop, **options)
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
 
@@ -627,6 +713,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="flow runs at once (threads)")
     parser.add_argument("--poll", type=float, default=DEFAULT_POLL_SECONDS, help="seconds between polls for due runs")
+    parser.add_argument(
+        "--hang-seconds", type=float, default=600.0, help="a run in flight longer than this gets its slot replaced"
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=None,
+        help="seconds to wait for runs in flight after SIGTERM (default: as long as they take)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("FOLLOWUPS_FAST_WORKER_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     if args.concurrency < 1:
@@ -635,7 +730,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--poll must be positive")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger.setLevel(args.log_level.upper())
-    run_fast_worker(concurrency=args.concurrency, poll_seconds=args.poll)
+    run_fast_worker(
+        concurrency=args.concurrency,
+        poll_seconds=args.poll,
+        hang_seconds=args.hang_seconds,
+        shutdown_grace_seconds=args.shutdown_grace,
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,300 @@
+"""Scale: many enrollments parked in a WAIT.
+
+    python bench/scale.py [--n 500] [--stock-n 20] [--bulk 1500] [--samples 100]
+
+The issue asks for 100,000 waiting enrollments; at the ~9 flow runs/s this machine executes
+(and ~50 runs/s it creates), that is hours of setup, so N is a flag and the default is smaller;
+the printed figures and the JSON say exactly what was run.
+
+Sequence: EMAIL, WAIT 30 days, EMAIL. Phases, in one Prefect server:
+
+1. the stock runner parks `--stock-n` enrollments (enroll_deal; the first run sends the EMAIL,
+   starts the WAIT, schedules the next run for the due time and ends);
+2. the fast worker parks `--n` more the same way;
+3. optionally `--bulk` more are parked directly, without executing a flow: create_enrollment +
+   WAIT_STARTED + one run scheduled 30 days ahead (what a WAIT leaves behind; used only to load
+   the Prefect and followups databases with more waiting enrollments quickly);
+4. with everything parked and the fast worker serving, API latency: /api/health, the poll
+   query every executor makes (get_scheduled_flow_runs_for_deployments, scheduled_before=now),
+   read_deployment_by_name, counting the scheduled runs, and enroll_deal; the same calls are
+   measured once before anything was parked, for comparison.
+
+Per parked enrollment: Prefect runs left Scheduled, flow runs Running/Pending (must be 0),
+executor processes held (child processes of the executor, must be 0), rows and bytes in the
+followups database (by table) and in the Prefect database (by table).
+
+Writes bench/results/scale-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _harness as h  # noqa: E402
+
+PARK_SEQUENCE = [
+    {"type": "EMAIL", "subject": "Offer on {{ deal.property_address }}", "text": "Hi {{ seller.first_name }}."},
+    {"type": "WAIT", "days": 30},
+    {"type": "EMAIL", "subject": "Following up", "text": "Still interested?"},
+]
+
+
+def table_stats(url: str) -> dict[str, dict[str, int]]:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    out: dict[str, dict[str, int]] = {}
+    with engine.connect() as conn:
+        tables = conn.execute(
+            text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename")
+        ).scalars().all()
+        for table in tables:
+            rows = conn.scalar(text(f'SELECT count(*) FROM "{table}"'))
+            size = conn.scalar(text("SELECT pg_total_relation_size(:t)"), {"t": f'public."{table}"'})
+            out[table] = {"rows": rows, "bytes": size}
+    engine.dispose()
+    return out
+
+
+def per_enrollment(before: dict, after: dict, n: int) -> dict:
+    tables = {}
+    for table, stats in after.items():
+        base = before.get(table, {"rows": 0, "bytes": 0})
+        rows = stats["rows"] - base["rows"]
+        size = stats["bytes"] - base["bytes"]
+        if rows or size > 0:
+            tables[table] = {"rows": rows / n, "bytes": size / n}
+    return {
+        "rows": sum(t["rows"] for t in tables.values()),
+        "bytes": sum(t["bytes"] for t in tables.values()),
+        "by_table": dict(sorted(tables.items(), key=lambda kv: -kv[1]["rows"])),
+    }
+
+
+def run_counts(deployment_id) -> dict[str, int]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    counts = {}
+    with get_client(sync_client=True) as client:
+        for state in (StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.COMPLETED, StateType.FAILED, StateType.CRASHED):
+            counts[state.value] = client.count_flow_runs(
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[state]))),
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            )
+    return counts
+
+
+def waiting_count(enrollment_ids: list[int]) -> int:
+    from sqlalchemy import text
+
+    from followups.db.session import session_scope
+
+    with session_scope() as session:
+        return session.scalar(
+            text(
+                "SELECT count(DISTINCT enrollment_id) FROM follow_up_events "
+                "WHERE enrollment_id = ANY(:ids) AND event_type = 'WAIT_STARTED'"
+            ),
+            {"ids": enrollment_ids},
+        )
+
+
+def park_with_flows(world, ex, owner: int, sequence_id: int, n: int, label: str, timeout: float) -> dict:
+    from followups.enrollment import enroll_deal
+
+    started = time.perf_counter()
+    prefix = f"park-{label}-{time.time_ns()}"
+    refs = h.parallel(lambda i: enroll_deal(owner, h.deal(i, prefix), sequence_id), n, threads=4)
+    ids = [r.id for r in refs]
+    ok = h.wait_until(lambda: waiting_count(ids) >= n, timeout=timeout, interval=1)
+    elapsed = time.perf_counter() - started
+    # processes held while they wait: sample for a few seconds, once the last runs ended
+    time.sleep(2)
+    children = []
+    for _ in range(6):
+        children.append(ex.children())
+        time.sleep(0.5)
+    h.log(f"  {label}: parked {waiting_count(ids)}/{n} in {elapsed:.1f}s ({n / elapsed:.1f}/s){'' if ok else ' TIMED OUT'}")
+    return {"n": n, "ids": ids, "seconds": elapsed, "parked_per_second": n / elapsed, "executor_child_processes_max": max(children)}
+
+
+def park_directly(owner: int, sequence_id: int, n: int) -> dict:
+    """What a WAIT leaves behind, without executing the flow (to reach large N quickly)."""
+    from followups.db.events import record_event
+    from followups.db.models import Enrollment, EventType
+    from followups.db.session import session_scope
+    from followups.enrollment import as_deal_input, create_enrollment
+    from followups.scheduling import schedule_sequence_run
+
+    due = datetime.now(UTC) + timedelta(days=30)
+    prefix = f"bulk-{time.time_ns()}"
+
+    def one(i: int) -> int:
+        deal_in = as_deal_input(h.deal(i, prefix))
+        with session_scope() as session:
+            enrollment = create_enrollment(session, owner, deal_in, sequence_id)
+            enrollment.current_step = 1
+            record_event(
+                session,
+                enrollment_id=enrollment.id,
+                event_type=EventType.WAIT_STARTED,
+                step_index=1,
+                content={"due_at": due.isoformat(), "duration_seconds": 30 * 86400},
+                dedupe_key=f"enrollment:{enrollment.id}:wait-started:1",
+            )
+            run_id = schedule_sequence_run(enrollment.id, deal_in.external_id, 1, scheduled_time=due)
+            session.query(Enrollment).filter(Enrollment.id == enrollment.id).update(
+                {"prefect_flow_run_id": run_id, "next_due_at": due}
+            )
+            return enrollment.id
+
+    started = time.perf_counter()
+    ids = h.parallel(one, n, threads=4, timeout=3600)
+    elapsed = time.perf_counter() - started
+    h.log(f"  bulk: parked {n} directly in {elapsed:.1f}s ({n / elapsed:.1f}/s)")
+    return {"n": n, "seconds": elapsed, "parked_per_second": n / elapsed}
+
+
+def api_latency(deployment_id, owner: int, sequence_id: int, samples: int) -> dict:
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.settings import PREFECT_API_URL
+
+    from followups.control import cancel_enrollment
+    from followups.enrollment import enroll_deal
+
+    api = PREFECT_API_URL.value()
+    enrolled: list[int] = []
+    timings: dict[str, list[float]] = {}
+
+    def timed(name: str, call) -> None:
+        t = time.perf_counter()
+        call()
+        timings.setdefault(name, []).append(time.perf_counter() - t)
+
+    prefix = f"api-{time.time_ns()}"
+    with get_client(sync_client=True) as client, httpx.Client() as http:
+        for i in range(samples):
+            timed("GET /health", lambda: http.get(f"{api}/health").raise_for_status())
+            timed(
+                "executor poll (get_scheduled_flow_runs_for_deployments, due now)",
+                lambda: client.get_scheduled_flow_runs_for_deployments(
+                    deployment_ids=[deployment_id], scheduled_before=datetime.now(UTC), limit=8
+                ),
+            )
+            timed("read_deployment_by_name", lambda: client.read_deployment_by_name("follow-up-sequence/followups"))
+            if i % 2 == 0:
+                timed(
+                    "count scheduled runs of the deployment",
+                    lambda: client.count_flow_runs(
+                        flow_run_filter=FlowRunFilter(
+                            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+                        ),
+                        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                    ),
+                )
+                timed("enroll_deal", lambda: enrolled.append(enroll_deal(owner, h.deal(i, prefix), sequence_id).id))
+    for enrollment_id in enrolled:  # not part of the parked population: cancel their runs
+        cancel_enrollment(enrollment_id)
+    return {name: h.summary(values) for name, values in timings.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=500, help="enrollments parked by the fast worker (flows executed)")
+    parser.add_argument("--stock-n", type=int, default=20, help="enrollments parked by the stock runner")
+    parser.add_argument("--bulk", type=int, default=1500, help="more enrollments parked directly (no flow executed)")
+    parser.add_argument("--samples", type=int, default=100, help="API latency samples per call")
+    parser.add_argument("--concurrency", type=int, default=h.FAST_CONCURRENCY)
+    parser.add_argument("--poll", type=float, default=h.FAST_POLL_SECONDS)
+    args = parser.parse_args(argv)
+
+    results: dict = {"command": "python bench/scale.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    with h.BenchWorld("scale") as world:
+        deployment_id = h.register_deployment()
+        owner, sequence_id = h.new_owner_and_sequence(PARK_SEQUENCE)
+        followups_url = h.with_database(h.PG_ADMIN_URL, world.followups_db)
+        prefect_url = h.with_database(h.PG_ADMIN_URL, world.prefect_db)
+
+        h.log("API latency with nothing parked")
+        results["api_latency_empty"] = api_latency(deployment_id, owner, sequence_id, args.samples)
+
+        phases = {}
+        for kind, n in (("stock", args.stock_n), ("fast", args.n)):
+            if n <= 0:
+                continue
+            with h.executor(kind, world, concurrency=args.concurrency, poll=args.poll) as ex:
+                h.log(f"{ex.label}: parking {n}")
+                f0, p0 = table_stats(followups_url), table_stats(prefect_url)
+                parked = park_with_flows(world, ex, owner, sequence_id, n, kind, timeout=60 + n / (0.3 if kind == "stock" else 2))
+                time.sleep(2)  # let the last runs' final states and logs land
+                f1, p1 = table_stats(followups_url), table_stats(prefect_url)
+                counts = run_counts(deployment_id)
+                phases[kind] = {
+                    "executor": ex.label,
+                    "parked": {k: v for k, v in parked.items() if k != "ids"},
+                    "followups_db_per_enrollment": per_enrollment(f0, f1, n),
+                    "prefect_db_per_enrollment": per_enrollment(p0, p1, n),
+                    "flow_runs_by_state_after": counts,
+                }
+                if kind == "fast" and args.bulk > 0:
+                    h.log(f"parking {args.bulk} more directly")
+                    phases["bulk"] = park_directly(owner, sequence_id, args.bulk)
+                if kind == "fast":
+                    total_parked = args.stock_n + args.n + max(args.bulk, 0)
+                    h.log(f"API latency with {total_parked} parked, the fast worker serving")
+                    results["api_latency_parked"] = api_latency(deployment_id, owner, sequence_id, args.samples)
+                    results["total_parked"] = total_parked
+                    counts = run_counts(deployment_id)
+                    results["flow_runs_by_state_at_end"] = counts
+                    results["scheduled_runs_per_waiting_enrollment"] = counts["SCHEDULED"] / max(total_parked, 1)
+                    results["running_or_pending_runs"] = counts["RUNNING"] + counts["PENDING"]
+        results["phases"] = phases
+        f_end, p_end = table_stats(followups_url), table_stats(prefect_url)
+        results["followups_db_bytes_total"] = sum(t["bytes"] for t in f_end.values())
+        results["prefect_db_bytes_total"] = sum(t["bytes"] for t in p_end.values())
+
+    print(f"\n== scale: enrollments parked in a 30-day WAIT (total {results.get('total_parked')}) ==")
+    for kind, phase in results["phases"].items():
+        if kind == "bulk":
+            print(f"bulk (no flow executed): {phase['n']} at {phase['parked_per_second']:.1f}/s")
+            continue
+        fdb, pdb = phase["followups_db_per_enrollment"], phase["prefect_db_per_enrollment"]
+        print(f"{phase['executor']}: parked {phase['parked']['n']} at {phase['parked']['parked_per_second']:.2f}/s; "
+              f"executor child processes while waiting: {phase['parked']['executor_child_processes_max']}")
+        print(f"  followups DB per enrollment: {fdb['rows']:.2f} rows, {fdb['bytes'] / 1024:.1f} KiB  "
+              + ", ".join(f"{t} {v['rows']:.2f}" for t, v in fdb["by_table"].items()))
+        print(f"  Prefect DB per enrollment:   {pdb['rows']:.2f} rows, {pdb['bytes'] / 1024:.1f} KiB  "
+              + ", ".join(f"{t} {v['rows']:.2f}" for t, v in list(pdb["by_table"].items())[:8]))
+    if "scheduled_runs_per_waiting_enrollment" in results:
+        print(f"scheduled Prefect runs per waiting enrollment: {results['scheduled_runs_per_waiting_enrollment']:.3f}; "
+              f"runs Running/Pending: {results['running_or_pending_runs']}")
+    if "api_latency_parked" in results:
+        print("API latency (empty -> parked):")
+        for name, stats in results["api_latency_parked"].items():
+            empty = results["api_latency_empty"].get(name)
+            before = f"p50 {empty['median'] * 1000:.1f} ms p95 {empty['p95'] * 1000:.1f} ms" if empty else "-"
+            print(f"  {name:<66} {before}  ->  p50 {stats['median'] * 1000:.1f} ms p95 {stats['p95'] * 1000:.1f} ms")
+    if "stock" in results["phases"] and "fast" in results["phases"]:
+        results["ratio_parking_rate_fast_over_stock"] = h.ratio(
+            results["phases"]["fast"]["parked"]["parked_per_second"], results["phases"]["stock"]["parked"]["parked_per_second"]
+        )
+        print(f"ratio fast/stock enrollments parked per second: {results['ratio_parking_rate_fast_over_stock']:.1f}x")
+    path = h.write_results("scale", results)
+    print(f"results: {path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

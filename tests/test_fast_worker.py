@@ -1,0 +1,360 @@
+"""The fast execution path (deployments/fast_worker.py): the same sequence tests as the stock
+runner, run by the fast worker process instead, plus what only the fast path has to prove
+(bounded threads, hung and failing runs, graceful shutdown, SIGKILL + restart, patched names).
+
+The stock-path tests in test_sequence_e2e.py and test_control.py are called here as they are,
+with the fast worker standing where their `sequence_runner` stood (they only use it as "some
+executor serves the deployment"). A stock runner of the same session is paused meanwhile (see
+fast_worker_fixtures.py); exactly-one-send-per-step would hold even if it were not.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import signal
+import threading
+import time
+import uuid
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.exceptions import Abort
+from prefect.states import Pending
+
+import test_control as stock_control
+import test_sequence_e2e as stock_e2e
+from fast_worker_fixtures import fast_worker, fast_workers  # noqa: F401 - fixtures
+from followups.control import cancel_enrollment
+from followups.deployments import engine_patches
+from followups.deployments import fast_worker as fw
+from followups.enrollment import enroll_deal
+from followups.scheduling import schedule_sequence_run
+from support import FAST_SEQUENCE, deal_input, enrollment_row, event_types, events_of, new_owner, new_sequence, unique, wait_for
+
+ONE_EMAIL = [{"type": "EMAIL", "subject": "Offer on {{ deal.property_address }}", "text": "Hi {{ seller.first_name }}"}]
+
+pytestmark = pytest.mark.slow
+
+
+def runs_of(enrollment_id: int) -> list[FlowRun]:
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"enrollment:{enrollment_id}"]))
+        )
+
+
+def claimers_of(flow_run_id) -> list[fw.WorkerIdentity | None]:
+    """Who claimed the run, in order (a Pending state per claim)."""
+    with get_client(sync_client=True) as client:
+        states = sorted(client.read_flow_run_states(flow_run_id), key=lambda s: s.timestamp)
+    return [fw.WorkerIdentity.parse(s.message) for s in states if s.type == StateType.PENDING]
+
+
+def state_names(flow_run_id) -> list[str]:
+    with get_client(sync_client=True) as client:
+        return [s.name for s in sorted(client.read_flow_run_states(flow_run_id), key=lambda s: s.timestamp)]
+
+
+# --- no Prefect server needed ------------------------------------------------------------------
+
+
+def test_patched_prefect_names_still_exist():
+    """Fails loudly when a Prefect upgrade removes or reshapes a name engine_patches replaces."""
+    engine_patches.verify()
+    import importlib
+
+    for module_name, names in engine_patches.PATCHED_NAMES.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            assert callable(getattr(module, name)), f"{module_name}.{name} is gone"
+    cls = engine_patches._concurrency_service_class()
+    assert isinstance(cls._instances, dict)
+    was_applied = engine_patches.applied()
+    engine_patches.apply()
+    try:
+        assert engine_patches.applied()
+    finally:
+        if not was_applied:
+            engine_patches.restore()
+    assert not engine_patches.applied() or was_applied
+
+
+def test_the_tag_filter_keeps_existing_limits_only():
+    engine_patches.TAG_LIMITS.set(frozenset({"tag:followups"}))
+    try:
+        assert engine_patches._keep_existing(["tag:followups", "tag:deal:D-1", "tag:step:0"]) == ["tag:followups"]
+        engine_patches.TAG_LIMITS.set(None)  # unknown: ask for every tag, as Prefect does
+        assert engine_patches._keep_existing(["tag:deal:D-1"]) == ["tag:deal:D-1"]
+    finally:
+        engine_patches.TAG_LIMITS.set(None)
+
+
+def test_worker_identity_round_trips_and_knows_a_dead_process():
+    me = fw.WorkerIdentity.current()
+    parsed = fw.WorkerIdentity.parse(me.marker)
+    assert parsed == me and parsed.is_alive_here() is True
+    dead = fw.WorkerIdentity(me.host, me.pid, "1", me.token)  # same pid, other start time
+    assert dead.is_alive_here() is False
+    assert fw.WorkerIdentity("elsewhere", 1, "1", "x").is_alive_here() is None
+    assert fw.WorkerIdentity.parse("Pending") is None
+
+
+class _FakeClient:
+    """What the main loop asks the API, for the thread-pool test below."""
+
+    def __init__(self, runs: list[FlowRun]):
+        self.runs = runs
+        self.lock = threading.Lock()
+
+    def get_scheduled_flow_runs_for_deployments(self, deployment_ids, scheduled_before, limit):
+        with self.lock:
+            return list(self.runs[:limit])
+
+    def read_flow_runs(self, **kwargs):
+        return []
+
+    def read_global_concurrency_limits(self, limit, offset):
+        return []
+
+
+def test_threads_are_bounded_and_a_hung_or_failing_run_does_not_stop_the_others(prefect_api, monkeypatch):
+    runs = [FlowRun(flow_id=uuid.uuid4(), name=name) for name in ["hang", "boom", "taken", *[f"ok-{i}" for i in range(10)]]]
+    client = _FakeClient(runs)
+    executed: list[str] = []
+    active = {"now": 0, "max": 0}  # runs in flight other than the hung one
+    release_hung = threading.Event()
+    guard = threading.Lock()
+
+    def claim(client_, state, flow_run_id, force=False):
+        run = next(r for r in runs if r.id == flow_run_id)
+        with client.lock:
+            client.runs.remove(run)  # the server moves it out of Scheduled
+        if run.name == "taken":
+            raise Abort("claimed by another worker")
+        return Pending()
+
+    def execute(self, flow_run):
+        with guard:
+            executed.append(flow_run.name)
+        if flow_run.name == "hang":
+            release_hung.wait(20)
+            return
+        with guard:
+            active["now"] += 1
+            active["max"] = max(active["max"], active["now"])
+        try:
+            if flow_run.name == "boom":
+                raise RuntimeError("a run that raises")
+            time.sleep(0.05)
+        finally:
+            with guard:
+                active["now"] -= 1
+
+    monkeypatch.setattr(fw, "propose_state_sync", claim)
+    monkeypatch.setattr(fw.FastWorker, "_execute", execute)
+    stop = threading.Event()
+    worker = fw.FastWorker(concurrency=2, poll_seconds=0.05, stop_event=stop, hang_seconds=0.5)
+    worker.flows = {uuid.uuid4(): None}
+    worker._context = contextvars.copy_context()
+    for _ in range(worker.concurrency):
+        worker._idle.put(worker._new_slot())
+    loop = threading.Thread(target=worker._serve, args=(client,), daemon=True)
+    loop.start()
+    try:
+        wait_for(lambda: sum(n.startswith("ok-") for n in executed) == 10, timeout=20, what="the other runs")
+        # the hung run kept its thread, a replacement took its slot; never more than 2 at once
+        assert len(worker._slots) == 3 and sum(s.retired for s in worker._slots) == 1
+        assert active["max"] <= 2
+        assert "taken" not in executed and executed.count("boom") == 1
+        assert worker.counts["skipped"] == 1 and worker.counts["claimed"] == 12
+    finally:
+        release_hung.set()
+        stop.set()
+        loop.join(10)
+        worker._drain(client)
+    assert not loop.is_alive()
+    assert all(not (s.thread and s.thread.is_alive()) for s in worker._slots)
+
+
+# --- the stock path's sequence tests, on the fast worker ---------------------------------------
+
+
+def test_full_sequence_through_the_deployment(fast_worker, fake_providers):
+    stock_e2e.test_email_wait_email_wait_sms_runs_through_the_deployment(fast_worker, fake_providers)
+
+
+def test_every_run_of_a_sequence_was_claimed_by_the_fast_worker(fast_worker, fake_providers):
+    owner = new_owner()
+    deal = deal_input(seller_email=f"{unique('fw')}@example.com")
+    enrollment = enroll_deal(owner, deal, new_sequence(owner, FAST_SEQUENCE))
+    wait_for(lambda: enrollment_row(enrollment.id).status == "COMPLETED", timeout=60, what="COMPLETED")
+    runs = runs_of(enrollment.id)
+    assert len(runs) == 3 and all(r.state.is_completed() for r in runs)
+    for run in runs:
+        claimers = claimers_of(run.id)
+        assert len(claimers) == 1 and claimers[0] is not None and claimers[0].pid == fast_worker.pid
+        assert state_names(run.id)[-3:] == ["Pending", "Running", "Completed"]
+    with get_client(sync_client=True) as client:
+        task_runs = [t for r in runs for t in client.read_task_runs() if t.flow_run_id == r.id]
+    assert len(task_runs) == 3 and all(t.state.is_completed() for t in task_runs)
+    assert len(fake_providers.for_recipient(str(deal.seller_email))) == 2
+    assert len(fake_providers.for_recipient(deal.seller_phone)) == 1
+
+
+def test_two_server_errors_then_success_retries_and_sends_once(fast_worker, fake_providers):
+    email = f"{unique('retry')}@example.com"
+    fake_providers.script(email, [500, 500])
+    owner = new_owner()
+    enrollment = enroll_deal(owner, deal_input(seller_email=email), new_sequence(owner, ONE_EMAIL))
+    wait_for(lambda: enrollment_row(enrollment.id).status == "COMPLETED", timeout=60, what="COMPLETED")
+
+    requests = fake_providers.for_recipient(email)
+    assert [r.status for r in requests] == [500, 500, 202]
+    types = event_types(enrollment.id)
+    assert types.count("STEP_RETRY") == 2 and types.count("EMAIL_SENT") == 1
+    [run] = runs_of(enrollment.id)
+    with get_client(sync_client=True) as client:
+        [task_run] = [t for t in client.read_task_runs() if t.flow_run_id == run.id]
+        task_states = [s.name for s in sorted(client.read_task_run_states(task_run.id), key=lambda s: s.timestamp)]
+    assert task_run.state.is_completed() and task_run.run_count == 3  # Prefect's own task retries
+    assert task_states.count("AwaitingRetry") == 2
+
+
+def test_a_run_that_fails_is_reported_failed_and_the_others_go_on(fast_worker, fake_providers):
+    broken = schedule_sequence_run(10**9, "no-such-deal", 0, scheduled_time=None)  # no such enrollment
+    owner = new_owner()
+    deal = deal_input(seller_email=f"{unique('ok')}@example.com")
+    enrollment = enroll_deal(owner, deal, new_sequence(owner, ONE_EMAIL))
+    wait_for(lambda: enrollment_row(enrollment.id).status == "COMPLETED", timeout=60, what="COMPLETED")
+    with get_client(sync_client=True) as client:
+        wait_for(lambda: client.read_flow_run(broken).state.is_final(), timeout=30, what="the broken run to end")
+        assert client.read_flow_run(broken).state.is_failed()
+    assert fast_worker.alive()
+
+
+def test_pause_during_a_wait_then_resume(fast_worker, fake_providers):
+    """test_control's pause/resume-before-due test, minus its check that the run is still
+    Scheduled right after resume_enrollment: resume_run() resumes the run (Scheduled, due now)
+    and only then moves it to the due time, and a worker polling every 0.2 s claims it in
+    between. The flow handles that (it schedules the rest of the wait as another run), which is
+    what is checked here: the second email still goes out at the due time, once."""
+    owner, deal, enrollment_id, due = stock_control._start_and_reach_wait(8)
+    details = stock_control.pause_enrollment(enrollment_id)
+    assert details.status == "PAUSED"
+    assert stock_control.run_state(details.flow_run_id).name == "Suspended"
+    stock_control.resume_enrollment(enrollment_id)
+    wait_for(lambda: enrollment_row(enrollment_id).status == "COMPLETED", timeout=60, what="COMPLETED")
+    emails = fake_providers.for_recipient(str(deal.seller_email))
+    assert len(emails) == 2
+    assert emails[1].received_at >= due.timestamp()
+    assert event_types(enrollment_id).count("PAUSED") == 1 and event_types(enrollment_id).count("RESUMED") == 1
+
+
+def test_pause_while_a_step_is_sending(fast_worker, fake_providers):
+    stock_control.test_pause_while_a_step_is_sending_lets_it_finish_once_and_stops_before_the_next(
+        fast_worker, fake_providers
+    )
+
+
+def test_suspend_and_resume_done_in_prefect(fast_worker, fake_providers):
+    stock_control.test_suspend_and_resume_done_in_prefect_are_reflected(fast_worker, fake_providers)
+
+
+def test_cancel_during_a_wait(fast_worker, fake_providers):
+    stock_control.test_cancel_during_a_wait_cancels_the_run_and_sends_nothing_more(fast_worker, fake_providers)
+
+
+def test_cancelling_a_running_run_in_prefect_stops_it_and_the_worker_goes_on(fast_worker, fake_providers):
+    """What the UI's "Cancel" does to a running run: Cancelling, then the executor stops the run
+    (the stock runner kills its process; the fast worker raises in the run's thread) and
+    reports Cancelled."""
+    from prefect.states import Cancelling
+
+    owner = new_owner()
+    sequence = new_sequence(owner, ONE_EMAIL)
+    fake_providers.latency_seconds = 3
+    try:
+        enrollment = enroll_deal(owner, deal_input(seller_email=f"{unique('cancel')}@example.com"), sequence)
+        wait_for(lambda: "STEP_ATTEMPT" in event_types(enrollment.id), timeout=30, what="the send to start")
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(enrollment.flow_run_id, Cancelling(), force=True)
+            wait_for(
+                lambda: client.read_flow_run(enrollment.flow_run_id).state.is_cancelled(), timeout=30, what="Cancelled"
+            )
+    finally:
+        fake_providers.latency_seconds = 0
+    assert fast_worker.alive()
+    other = enroll_deal(owner, deal_input(seller_email=f"{unique('after')}@example.com"), sequence)
+    wait_for(lambda: enrollment_row(other.id).status == "COMPLETED", timeout=60, what="the next enrollment")
+
+
+# --- shutdown and crashes (each with its own worker process) -----------------------------------
+
+
+def test_sigterm_stops_claiming_and_lets_the_run_in_flight_finish(fast_workers, fake_providers):
+    worker = fast_workers.dedicated("graceful")
+    owner = new_owner()
+    sequence = new_sequence(owner, ONE_EMAIL)
+    first = deal_input(seller_email=f"{unique('inflight')}@example.com")
+    fake_providers.latency_seconds = 2
+    try:
+        in_flight = enroll_deal(owner, first, sequence)
+        wait_for(lambda: "STEP_ATTEMPT" in event_types(in_flight.id), timeout=30, what="the send to start")
+        stopping = time.monotonic()
+        os.killpg(worker.pid, signal.SIGTERM)
+        later = enroll_deal(owner, deal_input(seller_email=f"{unique('later')}@example.com"), sequence)
+        assert worker.process.wait(timeout=30) == 0
+    finally:
+        fake_providers.latency_seconds = 0
+    assert time.monotonic() - stopping >= 1  # it waited for the step in flight
+    assert "EMAIL_SENT" in event_types(in_flight.id) and enrollment_row(in_flight.id).status == "COMPLETED"
+    [run] = runs_of(in_flight.id)
+    assert run.state.is_completed()
+    # the run that became due after SIGTERM was not claimed: still scheduled for the next worker
+    [waiting] = runs_of(later.id)
+    assert waiting.state.is_scheduled() and claimers_of(waiting.id) == []
+    cancel_enrollment(later.id)
+
+
+def test_sigkill_mid_send_then_a_restarted_worker_finishes_with_one_send_per_step(fast_workers, fake_providers, monkeypatch):
+    owner = new_owner()
+    deal = deal_input(seller_email=f"{unique('killed')}@example.com")
+    arrived = threading.Event()
+    handle = fake_providers._handle
+
+    def noting_arrival(handler, body):  # the request reached the provider (before its latency)
+        if str(deal.seller_email).encode() in body:
+            arrived.set()
+        return handle(handler, body)
+
+    monkeypatch.setattr(fake_providers, "_handle", noting_arrival)
+    first = fast_workers.dedicated("killed")
+    fake_providers.latency_seconds = 2
+    try:
+        enrollment = enroll_deal(owner, deal, new_sequence(owner, FAST_SEQUENCE))
+        assert arrived.wait(30), "the first send never reached the provider"
+        first.kill()  # while the provider is still answering
+    finally:
+        fake_providers.latency_seconds = 0
+    [killed_run] = runs_of(enrollment.id)
+    assert killed_run.state.type == StateType.RUNNING  # nobody told Prefect
+
+    second = fast_workers.dedicated("restarted")
+    wait_for(lambda: enrollment_row(enrollment.id).status == "COMPLETED", timeout=60, what="COMPLETED after restart")
+
+    # one provider request per step, the in-flight one included (it reached the provider)
+    assert len(fake_providers.for_recipient(str(deal.seller_email))) == 2
+    assert len(fake_providers.for_recipient(deal.seller_phone)) == 1
+    types = event_types(enrollment.id)
+    assert types.count("STEP_OUTCOME_UNKNOWN") == 1 and types.count("EMAIL_SENT") == 1 and types.count("SMS_SENT") == 1
+    unknown = [e for e in events_of(enrollment.id) if e.event_type == "STEP_OUTCOME_UNKNOWN"][0]
+    assert unknown.step_index == 0
+    # Prefect shows what happened to the killed run: Crashed, rescheduled, run again, Completed
+    names = state_names(killed_run.id)
+    assert names[names.index("Crashed") :] == ["Crashed", "AwaitingRetry", "Pending", "Running", "Completed"]
+    assert [c.pid for c in claimers_of(killed_run.id)] == [first.pid, second.pid]
+    runs = runs_of(enrollment.id)
+    assert len(runs) == 3 and all(r.state.is_completed() for r in runs)
