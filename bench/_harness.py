@@ -93,7 +93,7 @@ def ratio(a: float, b: float) -> float:
 
 def cpu_calibration_seconds() -> float:
     """Seconds for a fixed pure-Python loop: how fast this (shared, virtual) machine was when a
-    benchmark ran. 0.22 s when the figures in BENCHMARKS.md were taken on an idle machine."""
+    benchmark ran (recorded in every results file; see BENCHMARKS.md)."""
     started = time.perf_counter()
     total = 0
     for i in range(3_000_000):
@@ -539,15 +539,12 @@ class BenchWorld:
     # -- resources shared by the benchmarks --
 
     def cpu_snapshot(self, executor: Executor | None = None) -> dict[str, float]:
-        services, api = self.server_cpu.root_and_rest() if self.server_cpu else (0.0, 0.0)
         snap = {
             "bench_driver": process_cpu_seconds(os.getpid(), with_children=False),
             "machine_busy": machine_busy_seconds(),
-            # `prefect server start` runs the background services itself and the API in a
-            # uvicorn child process
-            "prefect_server_api": api,
-            "prefect_server_services": services,
-            "prefect_server": services + api,
+            # `prefect server start` (3.9) serves the API and runs the background services in
+            # one process (with its children, if any)
+            "prefect_server": self.server_cpu.total() if self.server_cpu else 0.0,
             "postgresql": self.pg_cpu.total() if self.pg_cpu else 0.0,
             "executor": executor.cpu() if executor else 0.0,
         }
@@ -594,7 +591,7 @@ class Executor:
     def start(self, timeout: float = 90) -> Executor:
         assert self.world.tmp is not None
         self.log_path = self.world.tmp / f"{self.kind}-{uuid.uuid4().hex[:6]}.log"
-        env = {**os.environ, **self.world.env, **self.extra_env}
+        env = {**os.environ, **self.world.env, "PYTHONSAFEPATH": "1", **self.extra_env}
         with open(self.log_path, "wb") as out:
             self.process = subprocess.Popen(
                 self.command(),

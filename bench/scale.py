@@ -164,7 +164,10 @@ def park_directly(owner: int, sequence_id: int, n: int) -> dict:
     return {"n": n, "seconds": elapsed, "parked_per_second": n / elapsed}
 
 
-def api_latency(deployment_id, owner: int, sequence_id: int, samples: int) -> dict:
+def api_latency(deployment_id, owner: int, sequence_id: int, samples: int, ex: h.Executor | None = None) -> dict:
+    """Read-only API calls first (the executor, if any, is idle but polling), then enroll_deal
+    with the executor paused (so the runs the samples create do not load the server while it
+    is measured); those enrollments are cancelled afterwards."""
     import httpx
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
@@ -194,19 +197,25 @@ def api_latency(deployment_id, owner: int, sequence_id: int, samples: int) -> di
                 ),
             )
             timed("read_deployment_by_name", lambda: client.read_deployment_by_name("follow-up-sequence/followups"))
-            if i % 2 == 0:
-                timed(
-                    "count scheduled runs of the deployment",
-                    lambda: client.count_flow_runs(
-                        flow_run_filter=FlowRunFilter(
-                            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
-                        ),
-                        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            timed(
+                "count scheduled runs of the deployment",
+                lambda: client.count_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
                     ),
-                )
-                timed("enroll_deal", lambda: enrolled.append(enroll_deal(owner, h.deal(i, prefix), sequence_id).id))
-    for enrollment_id in enrolled:  # not part of the parked population: cancel their runs
-        cancel_enrollment(enrollment_id)
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                ),
+            )
+    if ex is not None:
+        ex.pause()
+    try:
+        for i in range(max(10, samples // 2)):
+            timed("enroll_deal", lambda: enrolled.append(enroll_deal(owner, h.deal(i, prefix), sequence_id).id))
+        for enrollment_id in enrolled:  # not part of the parked population
+            cancel_enrollment(enrollment_id)
+    finally:
+        if ex is not None:
+            ex.resume()
     return {name: h.summary(values) for name, values in timings.items()}
 
 
@@ -254,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
                 if kind == "fast":
                     total_parked = args.stock_n + args.n + max(args.bulk, 0)
                     h.log(f"API latency with {total_parked} parked, the fast worker serving")
-                    results["api_latency_parked"] = api_latency(deployment_id, owner, sequence_id, args.samples)
+                    results["api_latency_parked"] = api_latency(deployment_id, owner, sequence_id, args.samples, ex)
                     results["total_parked"] = total_parked
                     counts = run_counts(deployment_id)
                     results["flow_runs_by_state_at_end"] = counts

@@ -112,7 +112,7 @@ def run_path(world, kind: str, n: int, repeats: int, args) -> dict:
         "cpu_seconds_per_step": h.summary([r["cpu_seconds_per_step"]["total"] for r in reps]),
         "cpu_seconds_per_step_by_process": {
             k: h.summary([r["cpu_seconds_per_step"][k] for r in reps])
-            for k in ("prefect_server_api", "prefect_server_services", "postgresql", "executor", "bench_driver")
+            for k in ("prefect_server", "postgresql", "executor", "bench_driver")
         },
         "other_load_cores": h.summary([r["other_load_cores"] for r in reps]),
         "latency_p95_seconds": h.summary([r["latency_seconds"]["p95"] for r in reps]),

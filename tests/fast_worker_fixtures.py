@@ -63,7 +63,8 @@ class FastWorkerProcess:
         from prefect.client.orchestration import get_client
 
         started = datetime.now(UTC)
-        env = {**os.environ, "PREFECT_API_URL": self.prefect_api}
+        # PYTHONSAFEPATH: `python -m` must import the installed package, not a checkout in the cwd.
+        env = {**os.environ, "PREFECT_API_URL": self.prefect_api, "PYTHONSAFEPATH": "1"}
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(
                 [

@@ -122,6 +122,7 @@ class _FakeClient:
 
 def test_threads_are_bounded_and_a_hung_or_failing_run_does_not_stop_the_others(prefect_api, monkeypatch):
     runs = [FlowRun(flow_id=uuid.uuid4(), name=name) for name in ["hang", "boom", "taken", *[f"ok-{i}" for i in range(10)]]]
+    late = [FlowRun(flow_id=uuid.uuid4(), name=f"late-{i}") for i in range(6)]  # due after the replacement
     client = _FakeClient(runs)
     executed: list[str] = []
     active = {"now": 0, "max": 0}  # runs in flight other than the hung one
@@ -129,7 +130,7 @@ def test_threads_are_bounded_and_a_hung_or_failing_run_does_not_stop_the_others(
     guard = threading.Lock()
 
     def claim(client_, state, flow_run_id, force=False):
-        run = next(r for r in runs if r.id == flow_run_id)
+        run = next(r for r in runs + late if r.id == flow_run_id)
         with client.lock:
             client.runs.remove(run)  # the server moves it out of Scheduled
         if run.name == "taken":
@@ -148,7 +149,7 @@ def test_threads_are_bounded_and_a_hung_or_failing_run_does_not_stop_the_others(
         try:
             if flow_run.name == "boom":
                 raise RuntimeError("a run that raises")
-            time.sleep(0.05)
+            time.sleep(0.2 if flow_run.name.startswith("late-") else 0.01)
         finally:
             with guard:
                 active["now"] -= 1
@@ -156,7 +157,8 @@ def test_threads_are_bounded_and_a_hung_or_failing_run_does_not_stop_the_others(
     monkeypatch.setattr(fw, "propose_state_sync", claim)
     monkeypatch.setattr(fw.FastWorker, "_execute", execute)
     stop = threading.Event()
-    worker = fw.FastWorker(concurrency=2, poll_seconds=0.05, stop_event=stop, hang_seconds=0.5)
+    # a short-but-not-too-short hang threshold: the other runs take 10 ms, even on a loaded machine
+    worker = fw.FastWorker(concurrency=2, poll_seconds=0.05, stop_event=stop, hang_seconds=2.0)
     worker.flows = {uuid.uuid4(): None}
     worker._context = contextvars.copy_context()
     for _ in range(worker.concurrency):
@@ -164,12 +166,18 @@ def test_threads_are_bounded_and_a_hung_or_failing_run_does_not_stop_the_others(
     loop = threading.Thread(target=worker._serve, args=(client,), daemon=True)
     loop.start()
     try:
-        wait_for(lambda: sum(n.startswith("ok-") for n in executed) == 10, timeout=20, what="the other runs")
-        # the hung run kept its thread, a replacement took its slot; never more than 2 at once
+        wait_for(lambda: sum(n.startswith("ok-") for n in executed) == 10, timeout=30, what="the other runs")
+        # the hung run keeps its thread; after hang_seconds a replacement takes its slot
+        wait_for(lambda: len(worker._slots) == 3, timeout=15, what="a replacement for the hung run's thread")
+        time.sleep(0.3)
         assert len(worker._slots) == 3 and sum(s.retired for s in worker._slots) == 1
-        assert active["max"] <= 2
+        assert [s.run.name for s in worker._slots if s.retired] == ["hang"]
+        with client.lock:
+            client.runs.extend(late)
+        wait_for(lambda: sum(n.startswith("late-") for n in executed) == 6, timeout=15, what="runs on the new thread")
+        assert active["max"] == 2  # two threads besides the hung one, never more
         assert "taken" not in executed and executed.count("boom") == 1
-        assert worker.counts["skipped"] == 1 and worker.counts["claimed"] == 12
+        assert worker.counts["skipped"] == 1 and worker.counts["claimed"] == 18
     finally:
         release_hung.set()
         stop.set()
