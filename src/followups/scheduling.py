@@ -7,13 +7,38 @@ single run no matter how many times it is asked for.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import datetime
 
-from prefect.client.schemas.objects import FlowRun
-from prefect.deployments import run_deployment
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL
+from prefect.states import Scheduled
 
 from followups.settings import get_settings
+
+_local = threading.local()
+_deployment_ids: dict[tuple[str, str], uuid.UUID] = {}
+
+
+def _client() -> SyncPrefectClient:
+    """One Prefect client per thread and API: building one (its SSL context) costs more than
+    the call itself, and enrolling or scheduling is on the hot path."""
+    api_url = str(PREFECT_API_URL.value())
+    cached = getattr(_local, "client", None)
+    if cached is None or cached[0] != api_url:
+        client = get_client(sync_client=True)
+        client.__enter__()  # lives as long as the thread
+        _local.client = cached = (api_url, client)
+    return cached[1]
+
+
+def _deployment_id(client: SyncPrefectClient, name: str, *, refresh: bool = False) -> uuid.UUID:
+    key = (str(client.api_url), name)
+    if refresh or key not in _deployment_ids:
+        _deployment_ids[key] = client.read_deployment_by_name(name).id
+    return _deployment_ids[key]
 
 FLOW_NAME = "follow-up-sequence"
 
@@ -35,15 +60,21 @@ def schedule_sequence_run(
     scheduled_time: datetime | None,
     key_suffix: str = "",
 ) -> uuid.UUID:
-    """Create (or find, by idempotency key) the flow run that continues at `step_index`."""
-    flow_run: FlowRun = run_deployment(
-        get_settings().deployment_name,
+    """Create (or find, by idempotency key) the flow run that continues at `step_index`.
+
+    The client equivalent of `run_deployment(..., timeout=0, as_subflow=False)`: a top-level
+    run (a child run could never be suspended on its own) that returns at once.
+    """
+    client = _client()
+    name = get_settings().deployment_name
+    options = dict(
         parameters={"enrollment_id": enrollment_id},
-        scheduled_time=scheduled_time,
-        flow_run_name=run_name(enrollment_id, deal_ref, step_index),
-        timeout=0,
-        as_subflow=False,  # a child run could never be suspended on its own
+        state=Scheduled(scheduled_time=scheduled_time) if scheduled_time else Scheduled(),
+        name=run_name(enrollment_id, deal_ref, step_index),
         tags=run_tags(enrollment_id, deal_ref),
         idempotency_key=f"followups:enrollment:{enrollment_id}:step:{step_index}{key_suffix}",
     )
-    return flow_run.id
+    try:
+        return client.create_flow_run_from_deployment(_deployment_id(client, name), **options).id
+    except ObjectNotFound:  # the deployment was deleted and registered again: new id
+        return client.create_flow_run_from_deployment(_deployment_id(client, name, refresh=True), **options).id
