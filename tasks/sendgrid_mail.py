@@ -9,8 +9,6 @@ right here, at the boundary.
 from __future__ import annotations
 
 import time
-from datetime import timezone
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -20,6 +18,7 @@ from sendgrid.helpers.mail.exceptions import ApiKeyIncludedException
 from followups.settings import Settings
 from followups.tasks.messages import OutgoingEmail, ProviderReceipt
 from followups.tasks.provider_errors import PermanentProviderError, TransientProviderError
+from followups.tasks.provider_http import parse_retry_after, post, redact
 
 PROVIDER = "sendgrid"
 MAIL_SEND_PATH = "/v3/mail/send"
@@ -68,25 +67,19 @@ def send_email(client: httpx.Client, settings: Settings, email: OutgoingEmail) -
         raise PermanentProviderError("SendGrid API key is not configured", provider=PROVIDER)
     payload = build_mail_payload(settings, email)
     url = settings.sendgrid_base_url.rstrip("/") + MAIL_SEND_PATH
-    try:
-        response = client.post(
-            url,
-            json=payload,
-            headers={
-                "Authorization": f"Bearer {api_key}",
-                "Content-Type": "application/json",
-                "Accept": "application/json",
-            },
-            timeout=settings.provider_timeout_seconds,
-        )
-    except httpx.TimeoutException as exc:
-        # The mail may or may not have been accepted; de-duplication is the caller's job.
-        raise TransientProviderError(f"request timed out: {type(exc).__name__}", provider=PROVIDER) from exc
-    except httpx.UnsupportedProtocol as exc:
-        # A malformed base URL is configuration, not a network hiccup: retrying cannot help.
-        raise PermanentProviderError(f"bad SendGrid base URL: {exc}", provider=PROVIDER) from exc
-    except httpx.TransportError as exc:
-        raise TransientProviderError(f"connection error: {type(exc).__name__}: {exc}", provider=PROVIDER) from exc
+    response = post(
+        client,
+        url,
+        provider=PROVIDER,
+        label="SendGrid",
+        json=payload,
+        headers={
+            "Authorization": f"Bearer {api_key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        },
+        timeout=settings.provider_timeout_seconds,
+    )
     return _receipt_or_raise(response, secret=api_key)
 
 
@@ -100,7 +93,7 @@ def _receipt_or_raise(response: httpx.Response, *, secret: str) -> ProviderRecei
             message_id=response.headers.get("X-Message-Id", ""),
             status_code=status,
         )
-    message = _redact(_first_error(response), secret)
+    message = redact(_first_error(response), secret)
     if status == 429:
         raise TransientProviderError(
             f"rate limited: {message}",
@@ -139,26 +132,4 @@ def _retry_after(headers: httpx.Headers) -> float | None:
             pass
         else:
             return max(0.0, value - now if value >= _EPOCH_FLOOR else value)
-    return _parse_retry_after(headers.get("Retry-After"), now=now)
-
-
-def _parse_retry_after(value: str | None, *, now: float) -> float | None:
-    """RFC 9110 Retry-After: delay in seconds or an HTTP date; None when absent or unreadable."""
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value.strip()))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # "-0000" parses naive; HTTP dates are always GMT
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, when.timestamp() - now)
-
-
-def _redact(text: str, secret: str) -> str:
-    # Provider messages should never echo the key, but a message is logged and stored: be sure.
-    return text.replace(secret, "[redacted]") if secret else text
+    return parse_retry_after(headers.get("Retry-After"), now=now)

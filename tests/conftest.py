@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from followups.fake_providers import FakeProviderServer
+from followups.prefect_server import wait_for_deployment
 
 PG_ADMIN_URL = os.environ.get("FOLLOWUPS_TEST_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 MIGRATIONS = Path(__file__).resolve().parents[1] / "db" / "migrations" / "versions"
@@ -133,21 +133,6 @@ def db(database_url: str) -> str:
     return database_url
 
 
-def _wait_for_deployment(name: str, timeout: float = 60) -> None:
-    from prefect.client.orchestration import get_client
-
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while True:
-            try:
-                client.read_deployment_by_name(name)
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-
-
 @pytest.fixture(scope="session")
 def sequence_runner(prefect_api: str, tmp_path_factory) -> Iterator[subprocess.Popen]:
     """`followups serve` in its own process: the stock Prefect runner executing deployment runs."""
@@ -163,7 +148,7 @@ def sequence_runner(prefect_api: str, tmp_path_factory) -> Iterator[subprocess.P
             start_new_session=True,
         )
     try:
-        _wait_for_deployment("follow-up-sequence/followups")
+        wait_for_deployment("follow-up-sequence/followups", timeout=60)
         yield process
     finally:
         os.killpg(process.pid, signal.SIGTERM)

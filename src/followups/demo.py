@@ -22,7 +22,7 @@ from followups.deals import DealInput
 from followups.enrollment import enroll_deal
 from followups.event_table import events_table
 from followups.plan import load_plan
-from followups.prefect_server import ensure_prefect_api
+from followups.prefect_server import ensure_prefect_api, wait_for_deployment
 from followups.sequences import create_sequence
 from followups.settings import get_settings
 from followups.users import ensure_user
@@ -41,21 +41,6 @@ DEMO_STEPS = [
 ]
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "STOPPED"}
-
-
-def _wait_for_deployment(name: str, timeout: float = 90) -> None:
-    from prefect.client.orchestration import get_client
-
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while True:
-            try:
-                client.read_deployment_by_name(name)
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the runner did not register the deployment in time") from None
-                time.sleep(0.5)
 
 
 def run_demo(console: Console, timeout: float = 180) -> str:
@@ -79,7 +64,7 @@ def run_demo(console: Console, timeout: float = 180) -> str:
     }
     runner = subprocess.Popen([sys.executable, "-m", "followups.cli", "serve", "--limit", "4"], env=env, start_new_session=True)
     try:
-        _wait_for_deployment(settings.deployment_name)
+        wait_for_deployment(settings.deployment_name)
         with session_scope() as session:
             owner = ensure_user(session, "demo")
             sequence = create_sequence(session, owner, name=f"demo-{uuid.uuid4().hex[:6]}", steps=DEMO_STEPS)

@@ -58,3 +58,19 @@ def ensure_prefect_api(start_timeout: float = 90) -> tuple[str, bool]:
             raise RuntimeError(f"the local Prefect server did not start; see {log_path}")
         time.sleep(0.5)
     return LOCAL_API_URL, True
+
+
+def wait_for_deployment(name: str, timeout: float = 90) -> None:
+    """Block until a runner or worker has registered deployment `name` (e.g. right after `serve`)."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            try:
+                client.read_deployment_by_name(name)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"deployment {name} was not registered within {timeout:.0f}s") from None
+                time.sleep(0.5)
