@@ -19,7 +19,7 @@ class _Request(BaseModel):
 
 
 class _Response(BaseModel):
-    pass
+    """Base of every response body (lenient: responses are built by us, not parsed)."""
 
 
 # --- sequences -------------------------------------------------------------------------------

@@ -53,8 +53,8 @@ class FakeProviderServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, *args):  # quiet
-                pass
+            def log_message(self, *args):
+                """Quiet: tests and benchmarks print their own figures."""
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
