@@ -106,7 +106,8 @@ def _advance(session: Session, enrollment_id: int, step_index: int) -> None:
     )
 
 
-def _fail(session: Session, enrollment_id: int, step_index: int, reason: str, **ids: Any) -> None:
+def _fail(session: Session, enrollment_id: int, step_index: int, reason: str, **details: Any) -> None:
+    """STEP_FAILED and the enrollment FAILED, in the caller's transaction."""
     record_event(
         session,
         enrollment_id=enrollment_id,
@@ -114,7 +115,7 @@ def _fail(session: Session, enrollment_id: int, step_index: int, reason: str, **
         step_index=step_index,
         status="failed",
         failure_reason=reason,
-        **ids,
+        **details,
     )
     session.execute(
         update(Enrollment).where(Enrollment.id == enrollment_id).values(status=EnrollmentStatus.FAILED.value)
@@ -259,22 +260,7 @@ def execute_send_step(
                 )
             else:
                 why = exc.describe() if not last_attempt else f"gave up after {attempt} attempts: {exc.describe()}"
-                record_event(
-                    session,
-                    enrollment_id=enrollment_id,
-                    event_type=EventType.STEP_FAILED,
-                    step_index=step_index,
-                    status="failed",
-                    attempt=attempt,
-                    failure_reason=why,
-                    content=outcome,
-                    **ids,
-                )
-                session.execute(
-                    update(Enrollment)
-                    .where(Enrollment.id == enrollment_id)
-                    .values(status=EnrollmentStatus.FAILED.value)
-                )
+                _fail(session, enrollment_id, step_index, why, attempt=attempt, content=outcome, **ids)
         else:
             record_event(
                 session,

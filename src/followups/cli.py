@@ -223,8 +223,21 @@ def sequences_delete(
 # -- enrollments --------------------------------------------------------------------------
 
 
-def _deal_from_options(deal_file: Path | None, **options: Any) -> dict[str, Any]:
+def _deal_from_options(
+    deal_file: Path | None,
+    external_id: str | None,
+    address: str | None,
+    seller_name: str | None,
+    seller_email: str | None,
+    seller_phone: str | None,
+    amount: str | None,
+) -> dict[str, Any]:
+    """The deal's fields: the file's, overridden by any option given on the command line."""
     deal = _load_file(deal_file) if deal_file else {}
+    options = {
+        "external_id": external_id, "property_address": address, "seller_name": seller_name,
+        "seller_email": seller_email, "seller_phone": seller_phone, "offer_amount": amount,
+    }
     deal.update({k: v for k, v in options.items() if v is not None})
     return deal
 
@@ -254,10 +267,7 @@ def enroll(
     """Enroll a deal's seller in a sequence and start it."""
     from followups.control import enroll_deal
 
-    fields = _deal_from_options(
-        deal_file, external_id=deal, property_address=address, seller_name=seller_name,
-        seller_email=seller_email, seller_phone=seller_phone, offer_amount=amount,
-    )
+    fields = _deal_from_options(deal_file, deal, address, seller_name, seller_email, seller_phone, amount)
     ref = enroll_deal(_owner_id(owner), fields, sequence)
     if as_json:
         _print_json({"enrollment_id": ref.id, "deal": ref.deal_external_id, "flow_run_id": str(ref.flow_run_id)})
@@ -284,10 +294,7 @@ def offer_sent(
     from followups.control import record_offer_sent
     from followups.enrollment import as_deal_input
 
-    fields = _deal_from_options(
-        deal_file, external_id=deal, property_address=address, seller_name=seller_name,
-        seller_email=seller_email, seller_phone=seller_phone, offer_amount=amount,
-    )
+    fields = _deal_from_options(deal_file, deal, address, seller_name, seller_email, seller_phone, amount)
     owner_id = _owner_id(owner)
     if via_event:
         from followups.offer_events import emit_offer_sent
