@@ -4,7 +4,7 @@ Every benchmark builds its own world and tears it down again:
 
 - a followups database and a Prefect database on the local PostgreSQL (127.0.0.1:5432),
 - `prefect server start` on a free loopback port, backed by that PostgreSQL database,
-- the fake SendGrid/Twilio server (followups.fake_providers) in this process,
+- the fake SendGrid/Twilio server (followups.providers.fake_server) in this process,
 - one executor at a time: the stock runner (`python -m followups.cli serve --limit 4`,
   one process per flow run) or the fast worker (`python -m followups.deployments.fast_worker`).
 
@@ -426,7 +426,7 @@ class BenchWorld:
 
     def _start(self) -> None:
         from followups.db.migrate import upgrade
-        from followups.fake_providers import FakeProviderServer
+        from followups.providers.fake_server import FakeProviderServer
 
         self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
         self.followups_db = f"bench_followups_{self.name}_{self.tag}"

@@ -1,1 +1,1 @@
-"""Prefect tasks and the provider clients they call (installed as followups.tasks)."""
+"""Prefect tasks (installed as followups.tasks): one task per EMAIL / SMS step."""

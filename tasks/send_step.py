@@ -33,9 +33,9 @@ from followups.plan import EnrollmentPlan, load_plan
 from followups.settings import Settings, get_settings
 from followups.steps import EmailStep, SmsStep
 from followups.suppression import email_opted_out, sms_opted_out
-from followups.tasks.messages import OutgoingEmail, OutgoingSms
-from followups.tasks.provider_errors import ProviderError, TransientProviderError
-from followups.tasks.providers import Providers
+from followups.providers.messages import OutgoingEmail, OutgoingSms
+from followups.errors import ProviderError, TransientProviderError
+from followups.providers.facade import Providers
 from followups.templating import TemplateRenderError, build_context, render
 
 _providers: tuple[Settings, Providers] | None = None

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from followups.fake_providers import FakeProviderServer
+from followups.providers.fake_server import FakeProviderServer
 from followups.prefect_server import wait_for_deployment
 
 PG_ADMIN_URL = os.environ.get("FOLLOWUPS_TEST_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")

@@ -10,10 +10,10 @@ import respx
 from rich.console import Console
 
 from followups.settings import Settings
-from followups.tasks.console_provider import send_email_console, send_sms_console
-from followups.tasks.messages import OutgoingEmail, OutgoingSms
-from followups.tasks.provider_errors import PermanentProviderError
-from followups.tasks.providers import Providers
+from followups.providers.console import send_email_console, send_sms_console
+from followups.providers.messages import OutgoingEmail, OutgoingSms
+from followups.errors import PermanentProviderError
+from followups.providers.facade import Providers
 
 CONSOLE_ID = re.compile(r"^console-[0-9a-f]{32}$")
 

@@ -12,9 +12,9 @@ import pytest
 import respx
 
 from followups.settings import Settings
-from followups.tasks.messages import OutgoingEmail
-from followups.tasks.provider_errors import PermanentProviderError, TransientProviderError
-from followups.tasks.sendgrid_mail import build_mail_payload, send_email
+from followups.providers.messages import OutgoingEmail
+from followups.errors import PermanentProviderError, TransientProviderError
+from followups.providers.sendgrid_mail import build_mail_payload, send_email
 
 API_KEY = "SG.test"
 SEND_URL = "https://sendgrid.test/v3/mail/send"

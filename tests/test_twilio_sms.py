@@ -10,9 +10,9 @@ import pytest
 import respx
 
 from followups.settings import Settings
-from followups.tasks.messages import OutgoingSms
-from followups.tasks.provider_errors import PermanentProviderError, TransientProviderError
-from followups.tasks.twilio_sms import send_sms
+from followups.providers.messages import OutgoingSms
+from followups.errors import PermanentProviderError, TransientProviderError
+from followups.providers.twilio_sms import send_sms
 
 TOKEN = "tok"
 MESSAGES_URL = "https://twilio.test/2010-04-01/Accounts/AC123/Messages.json"

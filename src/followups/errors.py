@@ -1,4 +1,4 @@
-"""The product's small exception tree. Provider errors live in followups.tasks.provider_errors."""
+"""The product's exception tree: everything it raises on purpose is a FollowupsError."""
 
 from __future__ import annotations
 
@@ -27,3 +27,37 @@ class InvalidInputError(FollowupsError):
         super().__init__(f"{field}: {message}" if field else message)
         self.field = field
         self.message = message
+
+class ProviderError(FollowupsError):
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status_code: int | None = None,
+        code: int | str | None = None,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+        self.status_code = status_code
+        self.code = code
+        # Seconds from now before which a retry must not happen (429 reset / Retry-After).
+        self.retry_after = retry_after
+
+    def describe(self) -> str:
+        parts = [self.provider]
+        if self.status_code is not None:
+            parts.append(str(self.status_code))
+        if self.code is not None:
+            parts.append(f"code {self.code}")
+        return f"{' '.join(parts)}: {self.message}"
+
+
+class TransientProviderError(ProviderError):
+    """429, 5xx, timeouts, connection errors, Twilio 20429: worth retrying."""
+
+
+class PermanentProviderError(ProviderError):
+    """Bad request, bad credentials, opted-out recipient...: retrying cannot help."""

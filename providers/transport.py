@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from followups.tasks.provider_errors import PermanentProviderError, TransientProviderError
+from followups.errors import PermanentProviderError, TransientProviderError
 
 
 def post(client: httpx.Client, url: str, *, provider: str, label: str, **request: Any) -> httpx.Response:

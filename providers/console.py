@@ -9,7 +9,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from followups.tasks.messages import OutgoingEmail, OutgoingSms, ProviderReceipt
+from followups.providers.messages import OutgoingEmail, OutgoingSms, ProviderReceipt
 
 PROVIDER = "console"
 

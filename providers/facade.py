@@ -9,8 +9,8 @@ import httpx
 from rich.console import Console
 
 from followups.settings import ProviderMode, Settings
-from followups.tasks import console_provider, sendgrid_mail, twilio_sms
-from followups.tasks.messages import OutgoingEmail, OutgoingSms, ProviderReceipt
+from followups.providers import console as console_provider, sendgrid_mail, twilio_sms
+from followups.providers.messages import OutgoingEmail, OutgoingSms, ProviderReceipt
 
 
 class Providers:

@@ -16,9 +16,9 @@ from sendgrid.helpers.mail import Category, Content, CustomArg, From, Mail, Repl
 from sendgrid.helpers.mail.exceptions import ApiKeyIncludedException
 
 from followups.settings import Settings
-from followups.tasks.messages import OutgoingEmail, ProviderReceipt
-from followups.tasks.provider_errors import PermanentProviderError, TransientProviderError
-from followups.tasks.provider_http import parse_retry_after, post, redact
+from followups.providers.messages import OutgoingEmail, ProviderReceipt
+from followups.errors import PermanentProviderError, TransientProviderError
+from followups.providers.transport import parse_retry_after, post, redact
 
 PROVIDER = "sendgrid"
 MAIL_SEND_PATH = "/v3/mail/send"

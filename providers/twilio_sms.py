@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 
 from followups.settings import Settings
-from followups.tasks.messages import OutgoingSms, ProviderReceipt
-from followups.tasks.provider_errors import PermanentProviderError, TransientProviderError
-from followups.tasks.provider_http import parse_retry_after, post, redact
+from followups.providers.messages import OutgoingSms, ProviderReceipt
+from followups.errors import PermanentProviderError, TransientProviderError
+from followups.providers.transport import parse_retry_after, post, redact
 
 PROVIDER = "twilio"
 TOO_MANY_REQUESTS = 20429  # never processed by Twilio: always safe to retry
