@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import Depends, FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from followups.api import health, routes_enrollments, routes_sequences, stats, webhooks_sendgrid, webhooks_twilio
 from followups.api.errors import LastResortMiddleware, install_error_handlers
@@ -10,6 +11,7 @@ from followups.api.limits import BodySizeLimitMiddleware
 from followups.api.openapi import install_openapi
 from followups.api.strict_query import reject_unknown_query
 from followups.settings import get_settings
+from followups.steps import deferred_templates
 
 DESCRIPTION = """
 Offer follow-up sequences: sequence templates, enrollments of deals in them, and the provider
@@ -47,9 +49,23 @@ def create_app() -> FastAPI:
     for module in (routes_sequences, stats, routes_enrollments, webhooks_sendgrid, webhooks_twilio, health):
         app.include_router(module.router)
     # Added last = outermost: the last-resort guard wraps the size limit, which wraps the app.
+    app.add_middleware(DeferTemplateChecks)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.api_max_body_bytes)
     app.add_middleware(LastResortMiddleware)
     return app
+
+
+class DeferTemplateChecks:
+    """Request bodies are parsed on the event loop: rendering a sequence's templates there would
+    stall every other request, so parsing skips them and the core (in the threadpool, where
+    sync routes run) renders them with its time limit."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with deferred_templates():
+            await self.app(scope, receive, send)
 
 
 def run_api(host: str = "127.0.0.1", port: int = 8000) -> None:

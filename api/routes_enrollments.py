@@ -10,11 +10,12 @@ from fastapi import APIRouter, Path, Response
 from followups import control
 from followups.api.auth import CurrentUser
 from followups.api.errors import error_responses
-from followups.api.schemas import MAX_ID, EnrollmentOut, EnrollRequest, EventOut, OfferOut, OfferRequest
+from followups.api.schemas import EnrollmentOut, EnrollRequest, EventOut, OfferOut, OfferRequest
+from followups.inputs import EXTERNAL_ID_PATTERN, MAX_NAME, Id
 
 router = APIRouter(tags=["enrollments"])
 
-EnrollmentId = Annotated[int, Path(ge=1, le=MAX_ID, description="Enrollment id")]
+EnrollmentId = Annotated[Id, Path(description="Enrollment id")]
 CONTROL_ERRORS = error_responses(401, 404, 409, 422, 503)
 
 
@@ -71,7 +72,7 @@ def enrollment_events(enrollment_id: EnrollmentId, user_id: CurrentUser) -> list
     responses=error_responses(401, 404, 422, 503),
 )
 def deal_events(
-    deal_external_id: Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:\-]+$")],
+    deal_external_id: Annotated[str, Path(min_length=1, max_length=MAX_NAME, pattern=EXTERNAL_ID_PATTERN)],
     user_id: CurrentUser,
 ) -> list[dict[str, Any]]:
     """The event log of every enrollment of one of the caller's deals, oldest first."""

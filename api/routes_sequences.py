@@ -12,7 +12,6 @@ from followups import control, sequences
 from followups.api.auth import CurrentUser
 from followups.api.errors import error_responses
 from followups.api.schemas import (
-    MAX_ID,
     DeleteResult,
     EnrollmentOut,
     EnrollmentSummary,
@@ -23,19 +22,15 @@ from followups.api.schemas import (
     SequencePage,
     SequenceUpdate,
 )
-from followups.db.models import Deal, Enrollment, SequenceVersion
+from followups.db.models import OPEN_STATUSES, Deal, Enrollment, SequenceVersion
 from followups.db.session import session_scope
 from followups.errors import NotFoundError
-from followups.sequences import OPEN_STATUSES
+from followups.inputs import Id
 
 router = APIRouter(prefix="/api/sequences", tags=["sequences"])
 
-SequenceId = Annotated[int, Path(ge=1, le=MAX_ID, description="Sequence id")]
+SequenceId = Annotated[Id, Path(description="Sequence id")]
 ACTIVE_ENROLLMENTS_SHOWN = 1000
-
-
-def _steps_json(steps: list[Any]) -> list[dict[str, Any]]:
-    return [step.model_dump(mode="json", exclude_none=True) for step in steps]
 
 
 def _open_enrollments(session: Session, sequence_id: int) -> list[EnrollmentSummary]:
@@ -43,7 +38,7 @@ def _open_enrollments(session: Session, sequence_id: int) -> list[EnrollmentSumm
         select(Enrollment, Deal.external_id, SequenceVersion.version)
         .join(Deal, Deal.id == Enrollment.deal_id)
         .join(SequenceVersion, SequenceVersion.id == Enrollment.sequence_version_id)
-        .where(Enrollment.sequence_id == sequence_id, Enrollment.status.in_(OPEN_STATUSES))
+        .where(Enrollment.sequence_id == sequence_id, Enrollment.status.in_(sorted(OPEN_STATUSES)))
         .order_by(Enrollment.id.desc())
         .limit(ACTIVE_ENROLLMENTS_SHOWN)
     )
@@ -84,16 +79,7 @@ def list_sequences(
 def create_sequence(body: SequenceCreate, user_id: CurrentUser) -> SequenceDetail:
     """Create a sequence template (version 1)."""
     with session_scope() as session:
-        info = sequences.create_sequence(
-            session,
-            user_id,
-            name=body.name,
-            steps=_steps_json(body.steps),
-            description=body.description,
-            enabled=body.enabled,
-            is_default=body.is_default,
-        )
-        return _detail(session, info)
+        return _detail(session, sequences.create_sequence(session, user_id, body))
 
 
 @router.get("/{sequence_id}", response_model=SequenceDetail, responses=error_responses(401, 404, 422, 503))
@@ -108,17 +94,7 @@ def update_sequence(sequence_id: SequenceId, body: SequenceUpdate, user_id: Curr
     """Edit a sequence. Changed `steps` create a new version; enrollments already running keep
     the version they started with. Fields left out keep their value."""
     with session_scope() as session:
-        info = sequences.update_sequence(
-            session,
-            user_id,
-            sequence_id,
-            name=body.name,
-            steps=_steps_json(body.steps) if body.steps is not None else None,
-            description=body.description,
-            enabled=body.enabled,
-            is_default=body.is_default,
-        )
-        return _detail(session, info)
+        return _detail(session, sequences.update_sequence(session, user_id, sequence_id, body))
 
 
 @router.delete("/{sequence_id}", response_model=DeleteResult, responses=error_responses(401, 404, 409, 422, 503))

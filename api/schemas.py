@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from followups.deals import DealInput
-from followups.steps import Step
+# Request bodies are the core's own input models: HTTP, the CLI and the Python API accept
+# exactly the same values and name a wrong one by the same field path.
+from followups.inputs import MAX_ID as MAX_ID
+from followups.inputs import EnrollRequest as EnrollRequest
+from followups.inputs import Id, OfferInput, SequenceInput, SequencePatch
 
-MAX_ID = 2**63 - 1  # bigint
+SequenceCreate = SequenceInput
+SequenceUpdate = SequencePatch
+OfferRequest = OfferInput
 
 
 class _Request(BaseModel):
@@ -25,28 +29,9 @@ class _Response(BaseModel):
 # --- sequences -------------------------------------------------------------------------------
 
 
-class SequenceCreate(_Request):
-    name: str = Field(min_length=1, max_length=200)
-    description: str = Field(default="", max_length=10_000)
-    steps: list[Step] = Field(min_length=1, max_length=100, description="EMAIL, SMS and WAIT steps, in order")
-    enabled: bool = True
-    is_default: bool = Field(default=False, description="The sequence `POST /api/offers` uses when none is named")
-
-
-class SequenceUpdate(_Request):
-    """Fields left out keep their value. New `steps` make a new version of the sequence; running
-    enrollments keep the version they started with."""
-
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    description: str | None = Field(default=None, max_length=10_000)
-    steps: list[Step] | None = Field(default=None, min_length=1, max_length=100)
-    enabled: bool | None = None
-    is_default: bool | None = None
-
-
 class SequenceAction(_Request):
     action: Literal["pause", "resume"]
-    enrollment_id: int = Field(ge=1, le=MAX_ID, description="An enrollment of this sequence, owned by the caller")
+    enrollment_id: Id = Field(description="An enrollment of this sequence, owned by the caller")
 
 
 class SequenceOut(_Response):
@@ -105,20 +90,6 @@ class SequenceStats(_Response):
 
 
 # --- enrollments and offers ------------------------------------------------------------------
-
-
-class EnrollRequest(_Request):
-    sequence_id: int = Field(ge=1, le=MAX_ID)
-    deal: DealInput
-
-
-class OfferRequest(_Request):
-    offer_id: str = Field(
-        min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:\-]+$", description="The app's own id of the offer"
-    )
-    deal: DealInput
-    sequence_id: int | None = Field(default=None, ge=1, le=MAX_ID, description="Defaults to the caller's default sequence")
-    amount: Decimal | None = Field(default=None, ge=0, max_digits=14, decimal_places=2)
 
 
 class TimelineStepOut(_Response):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
 from functools import lru_cache
 from urllib.parse import urlsplit, urlunsplit
@@ -28,6 +29,11 @@ def _sendgrid_verifier(public_key: str) -> EventWebhook:
     return EventWebhook(public_key)
 
 
+# A DER ECDSA P-256 signature is at most 72 bytes: 96 base64 characters.
+_SENDGRID_SIGNATURE = re.compile(r"[A-Za-z0-9+/]{4,200}={0,2}")
+_SENDGRID_TIMESTAMP = re.compile(r"[0-9]{1,12}")  # ASCII digits only: str.isdigit() accepts "²"
+
+
 def verify_sendgrid(
     body: bytes,
     signature: str | None,
@@ -43,16 +49,20 @@ def verify_sendgrid(
     if not signature or not timestamp:
         raise SignatureError("missing SendGrid signature headers")
     timestamp = timestamp.strip()
-    if not timestamp.isdigit() or len(timestamp) > 12:
+    if not _SENDGRID_TIMESTAMP.fullmatch(timestamp):
         raise SignatureError("malformed SendGrid timestamp")
     age = (time.time() if now is None else now) - int(timestamp)
     if abs(age) > max_age_seconds:
         raise SignatureError(f"SendGrid timestamp outside the {max_age_seconds}s window")
+    signature = signature.strip()
+    # Strict base64: the helper's b64decode would skip characters outside the alphabet.
+    if not _SENDGRID_SIGNATURE.fullmatch(signature) or len(signature) % 4:
+        raise SignatureError("malformed SendGrid signature")
     try:
         payload = body.decode("utf-8")
         verifier = _sendgrid_verifier(public_key)
-        valid = verifier.verify_signature(payload, signature.strip(), timestamp)
-    except Exception as exc:  # bad base64, not DER, wrong key format, not UTF-8: all "not signed"
+        valid = verifier.verify_signature(payload, signature, timestamp)
+    except Exception as exc:  # not DER, wrong key format, not UTF-8: all "not signed"
         raise SignatureError(f"unverifiable SendGrid signature: {type(exc).__name__}") from exc
     if not valid:
         raise SignatureError("invalid SendGrid signature")

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from followups.api.errors import ErrorBody, error_responses
 from followups.api.forms import FormError, media_type, parse_form
-from followups.api.replies import (
+from followups.replies import (
     Outcome,
     deliver,
     dedupe_key,
@@ -49,13 +49,14 @@ MAX_EVENTS = 5000
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 MAX_STORED_TEXT = 20_000
 MAX_ID = 2**63 - 1
+MAX_STEP = 2**31 - 1  # an INTEGER column
 
 
-def _small_int(value: Any) -> int | None:
+def _small_int(value: Any, limit: int = MAX_ID) -> int | None:
     text = str(value).strip() if value is not None else ""
-    if text.isdigit() and len(text) <= 18:
+    if re.fullmatch(r"[0-9]{1,18}", text):  # ASCII only: str.isdigit() accepts "²", int() does not
         number = int(text)
-        return number if 0 <= number <= MAX_ID else None
+        return number if number <= limit else None
     return None
 
 
@@ -65,7 +66,7 @@ def _small_int(value: Any) -> int | None:
 def _match(session: Session, item: dict[str, Any], x_message_id: str | None) -> tuple[int | None, int | None]:
     """(enrollment id, step index) of the email an event is about, or (None, None)."""
     enrollment_id = _small_int(item.get("enrollment_id"))
-    step_index = _small_int(item.get("step_index"))
+    step_index = _small_int(item.get("step_index"), MAX_STEP)
     if enrollment_id is not None and session.get(Enrollment, enrollment_id) is None:
         enrollment_id = None
     if (enrollment_id is None or step_index is None) and x_message_id:
@@ -175,7 +176,7 @@ async def sendgrid_events(request: Request) -> WebhookResult:
         raise HTTPException(status_code=403, detail="invalid or missing SendGrid signature") from exc
     try:
         events = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply to parse
         raise HTTPException(status_code=422, detail="the body is not JSON") from exc
     if not isinstance(events, list) or len(events) > MAX_EVENTS:
         raise HTTPException(status_code=422, detail=f"expected a JSON array of at most {MAX_EVENTS} events")
@@ -192,7 +193,7 @@ def reply_tokens(fields: dict[str, str], reply_domain: str) -> list[str]:
     sources = [fields.get("to", ""), fields.get("cc", "")]
     try:
         envelope = json.loads(fields.get("envelope") or "{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         envelope = {}
     if isinstance(envelope, dict):
         to = envelope.get("to")
@@ -206,8 +207,9 @@ def reply_tokens(fields: dict[str, str], reply_domain: str) -> list[str]:
 
 
 def _message_key(fields: dict[str, str]) -> str:
-    match = re.search(r"^message-id:\s*(\S.*?)\s*$", fields.get("headers", ""), re.IGNORECASE | re.MULTILINE)
-    source = match.group(1) if match else "\n".join(fields.get(k, "") for k in ("from", "to", "subject", "text"))
+    # No lazy group before trailing blanks: that backtracks quadratically on a long blank run.
+    match = re.search(r"^message-id:\s*(\S[^\n]*)", fields.get("headers", ""), re.IGNORECASE | re.MULTILINE)
+    source = match.group(1).rstrip() if match else "\n".join(fields.get(k, "") for k in ("from", "to", "subject", "text"))
     return hashlib.sha256(source.encode("utf-8", errors="replace")).hexdigest()[:40]
 
 

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from followups.api.errors import error_responses
 from followups.api.forms import FormError, media_type, parse_urlencoded
-from followups.api.replies import Outcome, deliver, dedupe_key, enrollments_for_phone, is_opt_in, is_opt_out
+from followups.replies import Outcome, deliver, dedupe_key, enrollments_for_phone, is_opt_in, is_opt_out
 from followups.api.schemas import WebhookResult
 from followups.api.signatures import SignatureError, verify_twilio
 from followups.db.events import record_event

@@ -6,7 +6,7 @@ Every benchmark builds its own world and tears it down again:
 - `prefect server start` on a free loopback port, backed by that PostgreSQL database,
 - the fake SendGrid/Twilio server (followups.providers.fake_server) in this process,
 - one executor at a time: the stock runner (`python -m followups.cli serve --limit 4`,
-  one process per flow run) or the fast worker (`python -m followups.deployments.fast_worker`).
+  one process per flow run) or the fast worker (`python -m followups.worker`).
 
 CPU is read from /proc (no psutil here): a process tree's user+system time including reaped
 children, and the PostgreSQL backends serving the two benchmark databases, sampled often enough
@@ -581,7 +581,7 @@ class Executor:
             *prefix,
             sys.executable,
             "-m",
-            "followups.deployments.fast_worker",
+            "followups.worker",
             "--concurrency",
             str(self.concurrency),
             "--poll",

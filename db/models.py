@@ -38,7 +38,12 @@ class EnrollmentStatus(StrEnum):
 
     @property
     def is_open(self) -> bool:
-        return self in (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED)
+        return self in OPEN_STATUSES
+
+
+# The one definition of which statuses still run (or may run again) and which are final.
+OPEN_STATUSES = frozenset({EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED})
+FINISHED_STATUSES = frozenset(EnrollmentStatus) - OPEN_STATUSES
 
 
 class EventType(StrEnum):
@@ -51,6 +56,7 @@ class EventType(StrEnum):
     STEP_SKIPPED = "STEP_SKIPPED"  # e.g. no email address on the deal
     STEP_OUTCOME_UNKNOWN = "STEP_OUTCOME_UNKNOWN"  # a worker died mid-send: not resent
     STEP_DEFERRED = "STEP_DEFERRED"  # an SMS held back by quiet hours in the seller's time zone
+    RECONCILED = "RECONCILED"  # the pending Prefect run was gone or final: a new one was scheduled
     WAIT_STARTED = "WAIT_STARTED"
     WAIT_COMPLETED = "WAIT_COMPLETED"
     PAUSED = "PAUSED"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from followups.settings import get_settings
@@ -34,9 +34,12 @@ def session_factory() -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
-    """One transaction: committed on success, rolled back on error."""
+def session_scope(*, read_only: bool = False) -> Iterator[Session]:
+    """One transaction: committed on success, rolled back on error. `read_only=True` makes
+    PostgreSQL refuse any write in it, so a read can never change state by accident."""
     with session_factory().begin() as session:
+        if read_only:
+            session.execute(text("SET TRANSACTION READ ONLY"))
         yield session
 
 

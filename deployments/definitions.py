@@ -1,7 +1,8 @@
 """The product's Prefect deployments, defined once for every way of running them.
 
 `prefect.yaml` declares the same deployments (and triggers) for `prefect deploy --all` + a
-process work pool; `local_deployments()` builds them for `serve` and for the fast worker.
+process work pool (tests/test_deployments.py keeps the two in step); `local_deployments()`
+builds them for `serve` and for the fast worker (followups.worker).
 """
 
 from __future__ import annotations

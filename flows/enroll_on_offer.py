@@ -13,8 +13,6 @@ from followups.offer_events import parse_offer
 @flow(name="enroll-on-offer", log_prints=True, persist_result=False)
 def enroll_on_offer(offer: dict[str, Any] | str) -> dict[str, Any]:
     data = parse_offer(offer)
-    result = record_offer_sent(
-        int(data["owner_id"]), str(data["offer_id"]), data["deal"], sequence_id=data.get("sequence_id")
-    )
+    result = record_offer_sent(data["owner_id"], data["offer_id"], data["deal"], sequence_id=data.get("sequence_id"))
     get_run_logger().info("offer %s: %s", result.offer_id, result.reason or f"enrollment {result.enrollment_id}")
     return result.as_dict()

@@ -152,7 +152,8 @@ class FakeProviderServer:
         data = b"" if payload is None else json.dumps(payload).encode()
         handler.send_response(status)
         for name, value in (headers or {}).items():
-            handler.send_header(name, value)
+            # A callable is evaluated when the answer goes out (e.g. a reset time "3 s from now").
+            handler.send_header(name, value() if callable(value) else value)
         if data:
             handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(data)))

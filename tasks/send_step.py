@@ -1,59 +1,22 @@
-"""The EMAIL / SMS step task: send one step of one enrollment at most once.
+"""The EMAIL / SMS step task: one task run per step, retried with exponential backoff.
 
-At-most-once, enforced by the database:
-- the enrollment row is locked (`SELECT ... FOR UPDATE`) for the whole step, so two runs of the
-  same enrollment (a duplicated scheduled run, a re-run) execute its steps one at a time;
-- the step is skipped when the enrollment has already moved past it (the sent event and the
-  move are committed in one transaction, and a unique index allows one sent event per step);
-- a STEP_ATTEMPT event is committed on its own *before* the provider call. An attempt found
-  later with no outcome means a worker died between the call and the commit: the provider may
-  have sent it, so the step is not sent again; STEP_OUTCOME_UNKNOWN records that.
+The at-most-once send itself is `followups.execution.sending.execute_send_step`; this task
+gives it Prefect's retries, names and tags, and only transient provider errors are retried.
 """
 
 from __future__ import annotations
 
 import random
-import time
 import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import task
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.runtime import task_run as runtime_task_run
-from sqlalchemy import update
-from sqlalchemy.orm import Session
 
-from followups.db.events import record_event, step_events
-from followups.db.models import Enrollment, EnrollmentStatus, EventType, SENT_EVENT_TYPES
-from followups.db.session import session_scope
-from followups.errors import InvalidStateError
-from followups.plan import EnrollmentPlan, load_plan
-from followups.settings import Settings, get_settings
-from followups.steps import EmailStep, SmsStep
-from followups.suppression import email_opted_out, sms_opted_out
-from followups.providers.messages import OutgoingEmail, OutgoingSms
-from followups.errors import ProviderError, TransientProviderError
-from followups.providers.facade import Providers
-from followups.templating import TemplateRenderError, build_context, render
-
-_providers: tuple[Settings, Providers] | None = None
-
-
-def get_providers() -> Providers:
-    """One provider facade (and so one pooled HTTP client) per process and settings."""
-    global _providers
-    settings = get_settings()
-    if _providers is None or _providers[0] is not settings:
-        _providers = (settings, Providers(settings))
-    return _providers[1]
-
-
-@dataclass(frozen=True)
-class StepResult:
-    outcome: str  # sent | already-done | not-active | skipped | outcome-unknown
-    provider_message_id: str | None = None
+from followups.errors import TransientProviderError
+from followups.execution.sending import StepResult, execute_send_step
+from followups.settings import get_settings
 
 
 def backoff_delays(retries: int, base: float, jitter: float) -> list[float]:
@@ -64,227 +27,6 @@ def backoff_delays(retries: int, base: float, jitter: float) -> list[float]:
     return [base * 2**n * (1 + random.uniform(0, min(jitter, 0.99))) for n in range(retries)]
 
 
-def render_message(plan: EnrollmentPlan, step: EmailStep | SmsStep, step_index: int, settings: Settings):
-    context = build_context(plan.deal, plan.seller)
-    if isinstance(step, EmailStep):
-        if not plan.seller.email:
-            return None
-        return OutgoingEmail(
-            to_email=plan.seller.email,
-            to_name=plan.seller.name,
-            subject=render(step.subject, context),
-            text=render(step.text, context) if step.text else None,
-            html=render(step.html, context, html=True) if step.html else None,
-            reply_to=f"reply+{plan.reply_token}@{settings.reply_domain}",
-            custom_args={"enrollment_id": str(plan.enrollment_id), "step_index": str(step_index)},
-            categories=("followups", f"sequence-{plan.sequence_id}"),
-        )
-    if not plan.seller.phone:
-        return None
-    callback = f"{settings.public_base_url.rstrip('/')}/webhooks/twilio/status" if settings.public_base_url else None
-    return OutgoingSms(to=plan.seller.phone, body=render(step.body, context), status_callback=callback)
-
-
-def message_content(message: OutgoingEmail | OutgoingSms) -> dict[str, Any]:
-    if isinstance(message, OutgoingEmail):
-        return {
-            "channel": "email",
-            "to": message.to_email,
-            "subject": message.subject,
-            "text": message.text,
-            "html": message.html,
-            "reply_to": message.reply_to,
-        }
-    return {"channel": "sms", "to": message.to, "body": message.body}
-
-
-def _advance(session: Session, enrollment_id: int, step_index: int) -> None:
-    session.execute(
-        update(Enrollment)
-        .where(Enrollment.id == enrollment_id)
-        .values(current_step=step_index + 1, next_due_at=None)
-    )
-
-
-def _fail(session: Session, enrollment_id: int, step_index: int, reason: str, **details: Any) -> None:
-    """STEP_FAILED and the enrollment FAILED, in the caller's transaction."""
-    record_event(
-        session,
-        enrollment_id=enrollment_id,
-        event_type=EventType.STEP_FAILED,
-        step_index=step_index,
-        status="failed",
-        failure_reason=reason,
-        **details,
-    )
-    session.execute(
-        update(Enrollment).where(Enrollment.id == enrollment_id).values(status=EnrollmentStatus.FAILED.value)
-    )
-
-
-def _skip_reason(session: Session, step: EmailStep | SmsStep, message: OutgoingEmail | OutgoingSms | None) -> str | None:
-    if message is None:
-        return f"the seller has no {'email address' if isinstance(step, EmailStep) else 'phone number'}"
-    if isinstance(message, OutgoingSms) and sms_opted_out(session, message.to):
-        return "the seller opted out of SMS (STOP)"
-    if isinstance(message, OutgoingEmail) and email_opted_out(session, message.to_email):
-        return "the seller unsubscribed from email"
-    return None
-
-
-def _orphan_attempt(events: list) -> Any:
-    """The attempt with no recorded outcome, if any (its sender died mid-send)."""
-    concluded = {e.content.get("attempt_event_id") for e in events if e.event_type != EventType.STEP_ATTEMPT}
-    for event in events:
-        if event.event_type == EventType.STEP_ATTEMPT and event.id not in concluded:
-            return event
-    return None
-
-
-def _wait_for_provider_reset(enrollment_id: int, step_index: int) -> None:
-    """A 429 names the time before which retrying is pointless: honour it before the next attempt."""
-    with session_scope() as session:
-        retries = [e for e in step_events(session, enrollment_id, step_index) if e.event_type == EventType.STEP_RETRY]
-    if not retries or not retries[-1].content.get("not_before"):
-        return
-    not_before = datetime.fromisoformat(retries[-1].content["not_before"])
-    remaining = (not_before - datetime.now(UTC)).total_seconds()
-    if remaining > 0:
-        time.sleep(remaining)
-
-
-def execute_send_step(
-    enrollment_id: int,
-    step_index: int,
-    *,
-    attempt: int = 1,
-    max_attempts: int = 1,
-    providers: Providers | None = None,
-    flow_run_id: uuid.UUID | None = None,
-    task_run_id: uuid.UUID | None = None,
-) -> StepResult:
-    """Send step `step_index` of the enrollment unless it already was. Pure of Prefect."""
-    settings = get_settings()
-    providers = providers or get_providers()
-    ids = {"flow_run_id": flow_run_id, "task_run_id": task_run_id}
-    if attempt > 1:
-        _wait_for_provider_reset(enrollment_id, step_index)
-
-    error: ProviderError | None = None
-    with session_scope() as session:
-        plan = load_plan(session, enrollment_id, lock=True)
-        if plan.status != EnrollmentStatus.ACTIVE:
-            return StepResult("not-active")
-        if plan.current_step > step_index:
-            return StepResult("already-done")
-        if plan.current_step < step_index:
-            raise InvalidStateError(f"enrollment {enrollment_id} is at step {plan.current_step}, not {step_index}")
-        step = plan.steps[step_index]
-        if not isinstance(step, EmailStep | SmsStep):
-            raise InvalidStateError(f"step {step_index} of enrollment {enrollment_id} is not a send step")
-
-        events = step_events(session, enrollment_id, step_index)
-        if any(e.event_type in SENT_EVENT_TYPES for e in events):
-            _advance(session, enrollment_id, step_index)
-            return StepResult("already-done")
-        orphan = _orphan_attempt(events)
-        if orphan is not None:
-            record_event(
-                session,
-                enrollment_id=enrollment_id,
-                event_type=EventType.STEP_OUTCOME_UNKNOWN,
-                step_index=step_index,
-                status="unknown",
-                failure_reason="a worker stopped between the provider call and recording its result; "
-                "not sent again to avoid a duplicate",
-                content={"attempt_event_id": orphan.id},
-                **ids,
-            )
-            _advance(session, enrollment_id, step_index)
-            return StepResult("outcome-unknown")
-
-        try:
-            message = render_message(plan, step, step_index, settings)
-        except TemplateRenderError as exc:
-            _fail(session, enrollment_id, step_index, f"template: {exc}", **ids)
-            return StepResult("failed")
-        skip_reason = _skip_reason(session, step, message)
-        if skip_reason:
-            record_event(
-                session,
-                enrollment_id=enrollment_id,
-                event_type=EventType.STEP_SKIPPED,
-                step_index=step_index,
-                status="skipped",
-                failure_reason=skip_reason,
-                **ids,
-            )
-            _advance(session, enrollment_id, step_index)
-            return StepResult("skipped")
-
-        # Committed on its own connection, before the call: the trace a crash leaves behind.
-        with session_scope() as attempt_session:
-            attempt_event_id = record_event(
-                attempt_session,
-                enrollment_id=enrollment_id,
-                event_type=EventType.STEP_ATTEMPT,
-                step_index=step_index,
-                status="sending",
-                attempt=attempt,
-                content={"channel": "email" if isinstance(step, EmailStep) else "sms"},
-                **ids,
-            )
-
-        try:
-            if isinstance(message, OutgoingEmail):
-                receipt = providers.send_email(message)
-            else:
-                receipt = providers.send_sms(message)
-        except ProviderError as exc:
-            error = exc
-            outcome = {"attempt_event_id": attempt_event_id, "status_code": exc.status_code, "code": exc.code}
-            last_attempt = attempt >= max_attempts
-            if isinstance(exc, TransientProviderError) and not last_attempt:
-                if exc.retry_after:
-                    outcome["not_before"] = (datetime.now(UTC) + timedelta(seconds=exc.retry_after)).isoformat()
-                record_event(
-                    session,
-                    enrollment_id=enrollment_id,
-                    event_type=EventType.STEP_RETRY,
-                    step_index=step_index,
-                    status="retrying",
-                    attempt=attempt,
-                    failure_reason=exc.describe(),
-                    content=outcome,
-                    **ids,
-                )
-            else:
-                why = exc.describe() if not last_attempt else f"gave up after {attempt} attempts: {exc.describe()}"
-                _fail(session, enrollment_id, step_index, why, attempt=attempt, content=outcome, **ids)
-        else:
-            record_event(
-                session,
-                enrollment_id=enrollment_id,
-                event_type=EventType.EMAIL_SENT if isinstance(message, OutgoingEmail) else EventType.SMS_SENT,
-                step_index=step_index,
-                status="sent",
-                attempt=attempt,
-                provider_message_id=receipt.message_id,
-                content={
-                    **message_content(message),
-                    "provider": receipt.provider,
-                    "attempt_event_id": attempt_event_id,
-                },
-                **ids,
-            )
-            _advance(session, enrollment_id, step_index)
-            return StepResult("sent", receipt.message_id)
-
-    # Raised after the transaction committed the retry/failure event.
-    assert error is not None
-    raise error
-
-
 def _retry_only_transient(task: Any, task_run: Any, state: Any) -> bool:
     try:
         state.result(raise_on_failure=True)
@@ -293,6 +35,10 @@ def _retry_only_transient(task: Any, task_run: Any, state: Any) -> bool:
     except BaseException:
         return False
     return False
+
+
+def _as_uuid(value: Any) -> uuid.UUID | None:
+    return uuid.UUID(str(value)) if value else None
 
 
 @task(name="send-step", retry_condition_fn=_retry_only_transient, persist_result=False)
@@ -307,10 +53,6 @@ def send_step(enrollment_id: int, step_index: int, channel: str, deal_ref: str) 
         flow_run_id=_as_uuid(runtime_flow_run.id),
         task_run_id=_as_uuid(runtime_task_run.id),
     )
-
-
-def _as_uuid(value: Any) -> uuid.UUID | None:
-    return uuid.UUID(str(value)) if value else None
 
 
 def configured_send_step(enrollment_id: int, step_index: int, channel: str, deal_ref: str):

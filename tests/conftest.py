@@ -13,11 +13,18 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import hypothesis
 import pytest
 from sqlalchemy import create_engine, text
 
 from followups.providers.fake_server import FakeProviderServer
 from followups.prefect_server import wait_for_deployment
+
+# CI replays the same examples every run, so a red CI is a defect to fix, not a dice roll; run
+# locally (no CI variable) hypothesis explores new examples each time.
+hypothesis.settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+hypothesis.settings.register_profile("dev", print_blob=True)
+hypothesis.settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 PG_ADMIN_URL = os.environ.get("FOLLOWUPS_TEST_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 MIGRATIONS = Path(__file__).resolve().parents[1] / "db" / "migrations" / "versions"
@@ -159,3 +166,38 @@ def sequence_runner(prefect_api: str, tmp_path_factory) -> Iterator[subprocess.P
         keep = os.environ.get("FOLLOWUPS_TEST_RUNNER_LOG")
         if keep:  # for debugging: where the runner's output goes
             Path(keep).write_bytes(log.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def client(database_url: str):
+    """The HTTP API in-process, without Prefect (modules that need it define their own)."""
+    from api_support import make_client
+
+    with make_client() as client:
+        yield client
+
+
+@pytest.fixture
+def user(database_url: str):
+    """A new API user with a token."""
+    from api_support import new_api_user
+
+    return new_api_user()
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """`followups ARGS` in-process through its real entry point: (exit code, stdout, stderr)."""
+    from followups.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["followups", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -1,15 +1,11 @@
-"""Fixtures for the fast execution path (deployments/fast_worker.py), imported by
-tests/test_fast_worker.py.
+"""Fixtures for the fast worker (followups.worker), imported by tests/test_fast_worker.py.
 
-The fast worker under test always runs in its own process (`python -m
-followups.deployments.fast_worker`), against the session's Prefect test API, database and fake
-providers, like the stock runner of the `sequence_runner` fixture.
-
-Only one executor should serve the deployment while a fast-path test runs: a stock runner
-started by another test module of the same session (the session-scoped `sequence_runner`)
-is paused (SIGSTOP) for the duration of this module and continued afterwards. The at-most-once
-guarantees do not depend on that (the database allows one send per step whoever runs it), but
-"the fast worker executed these runs" assertions do.
+The fast worker under test runs in its own process (`python -m followups.worker`) against a
+Prefect server of its own (`prefect server start`, with its own PREFECT_HOME and SQLite
+database, so its own deployments), and the session's database and fake providers. No other
+executor polls that server, so "the fast worker ran these runs" holds without stopping or
+pausing anything, and the session's stock runner (`sequence_runner`) goes on serving other
+modules' tests meanwhile, xdist or not.
 """
 
 from __future__ import annotations
@@ -17,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,33 +21,79 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
 DEPLOYMENT = "follow-up-sequence/followups"
 
 
-def _children_serving_stock_runner() -> list[int]:
-    """`followups.cli serve` processes started by this pytest process (the sequence_runner)."""
-    found = []
-    me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop(process: subprocess.Popen, timeout: float = 20) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
         try:
-            stat = (entry / "stat").read_text()
-            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-            if ppid != me:
-                continue
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            continue
-        if b"followups.cli" in cmdline and b"serve" in cmdline:
-            found.append(int(entry.name))
-    return found
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def fast_worker_server(tmp_path_factory) -> Iterator[str]:
+    """The API URL of a Prefect server that only the fast-worker tests use (session-scoped so
+    that xdist interleaving other modules' tests does not restart it)."""
+    home = tmp_path_factory.mktemp("fast-worker-prefect")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    # Nothing of the session's Prefect configuration (API URL, profile, home) reaches it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_UI_ENABLED="false",
+        PREFECT_SERVER_LOGGING_LEVEL="WARNING",
+    )
+    log = home / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the fast worker's Prefect server did not start:\n{log.read_text()[-4000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        _stop(process)
+
+
+@pytest.fixture(scope="module")
+def fast_worker_api(fast_worker_server: str, fake_providers) -> Iterator[str]:
+    """Point this process's Prefect client at the fast worker's server for the module."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: fast_worker_server}):
+        yield fast_worker_server
 
 
 class FastWorkerProcess:
-    """One `python -m followups.deployments.fast_worker` process."""
+    """One `python -m followups.worker` process."""
 
     def __init__(self, prefect_api: str, log_path: Path, concurrency: int = 4, poll: float = 0.2) -> None:
         self.prefect_api = prefect_api
@@ -65,17 +108,10 @@ class FastWorkerProcess:
         started = datetime.now(UTC)
         # PYTHONSAFEPATH: `python -m` must import the installed package, not a checkout in the cwd.
         env = {**os.environ, "PREFECT_API_URL": self.prefect_api, "PYTHONSAFEPATH": "1"}
+        command = ["-m", "followups.worker", "--concurrency", str(self.concurrency), "--poll", str(self.poll)]
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "followups.deployments.fast_worker",
-                    "--concurrency",
-                    str(self.concurrency),
-                    "--poll",
-                    str(self.poll),
-                ],
+                [sys.executable, *command],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -161,19 +197,12 @@ class FastWorkers:
 
 
 @pytest.fixture(scope="module")
-def fast_workers(prefect_api: str, fake_providers, tmp_path_factory) -> Iterator[FastWorkers]:
-    paused = _children_serving_stock_runner()
-    for pid in paused:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGSTOP)
-    workers = FastWorkers(prefect_api, tmp_path_factory.mktemp("fast-worker"))
+def fast_workers(fast_worker_api: str, tmp_path_factory) -> Iterator[FastWorkers]:
+    workers = FastWorkers(fast_worker_api, tmp_path_factory.mktemp("fast-worker"))
     try:
         yield workers
     finally:
         workers.stop_all()
-        for pid in paused:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGCONT)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from followups.db.models import Enrollment, FollowUpEvent
 from followups.db.session import session_scope
 from followups.deals import DealInput
-from followups.enrollment import create_enrollment
+from followups.control import create_enrollment
 from followups.sequences import create_sequence
 from followups.users import ensure_user
 

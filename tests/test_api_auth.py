@@ -13,12 +13,6 @@ from followups.db.session import session_scope
 from support import FAST_SEQUENCE, new_enrollment, new_sequence, unique
 
 
-@pytest.fixture(scope="module")
-def client(database_url: str) -> TestClient:
-    with make_client() as client:
-        yield client
-
-
 # --- tokens ------------------------------------------------------------------------------------
 
 

@@ -3,16 +3,21 @@ and a real sequence's sends joined with provider webhooks in the stats."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
 
 from api_support import ApiUser, SendGridSigner, enrollment_status, make_client, new_api_user, sg_body
-from followups.settings import reset_settings
+from followups.errors import InvalidInputError
+from followups.inputs import EnrollRequest, validate
+from followups.settings import get_settings, reset_settings
 from support import FAST_SEQUENCE, unique, unique_phone, wait_for
+from test_inputs import DEALS, rows
 
 EMAIL_WAIT_EMAIL = [
     {"type": "EMAIL", "subject": "Offer", "text": "Hi {{ seller.first_name }}"},
@@ -200,3 +205,91 @@ def test_healthz_checks_the_database_and_prefect(client: TestClient, monkeypatch
         monkeypatch.undo()
         reset_settings()
     assert client.get("/healthz").status_code == 200
+
+
+# -- validation (no Prefect: every request here is refused before anything is scheduled) ---------
+
+
+@pytest.fixture(scope="module")
+def plain_client(database_url: str) -> TestClient:
+    with make_client() as client:
+        yield client
+
+
+def post_json(client: TestClient, path: str, body: dict, user: ApiUser):
+    # json.dumps escapes lone surrogates and NUL as \u sequences, as a real client would.
+    content = json.dumps(body, default=str)
+    return client.post(path, content=content, headers={**user.headers, "Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"seller_timezone": "America"}, "deal.seller_timezone"),
+        ({"seller_timezone": "Europe"}, "deal.seller_timezone"),
+        ({"seller_timezone": "x" * 300}, "deal.seller_timezone"),
+        ({"seller_timezone": "../../../etc/passwd"}, "deal.seller_timezone"),
+        ({"seller_phone": "+1٥٠٣5550142"}, "deal.seller_phone"),
+        ({"seller_name": "Pat\x00"}, "deal.seller_name"),
+        ({"seller_name": "x" * 300}, "deal.seller_name"),
+        ({"property_address": "\ud800"}, "deal.property_address"),
+        ({"offer_amount": "-5"}, "deal.offer_amount"),
+        ({"offer_amount": "NaN"}, "deal.offer_amount"),
+        ({"context": {"notes": "x" * 100_000}}, "deal.context"),
+        ({"context": {"k": {"nested\x00": 1}}}, "deal.context.k"),
+        ({"external_id": "id with spaces"}, "deal.external_id"),
+    ],
+)
+def test_bad_deals_are_422_naming_the_field_and_store_nothing(plain_client: TestClient, user: ApiUser, overrides, field):
+    before = rows()
+    for path, body in [
+        ("/api/enrollments", {"sequence_id": 1, "deal": deal(**overrides)}),
+        ("/api/offers", {"offer_id": unique("o"), "sequence_id": 1, "deal": deal(**overrides)}),
+    ]:
+        response = post_json(plain_client, path, body, user)
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["field"] == field
+    assert rows() == before
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"offer_id": "offer with spaces"}, "offer_id"),
+        ({"offer_id": "o\x00"}, "offer_id"),
+        ({"amount": "-5"}, "amount"),
+        ({"amount": "NaN"}, "amount"),
+        ({"amount": "1E+12"}, "amount"),
+        ({"sequence_id": 2**63}, "sequence_id"),
+        ({"sequence_id": True}, "sequence_id"),
+    ],
+)
+def test_bad_offers_are_422_and_store_nothing(plain_client: TestClient, user: ApiUser, body, field):
+    before = rows()
+    response = post_json(plain_client, "/api/offers", {"offer_id": unique("o"), "deal": deal(), **body}, user)
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == field
+    assert rows() == before
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(body=DEALS)
+def test_any_deal_is_a_422_naming_the_python_field_or_reaches_the_sequence_check(plain_client: TestClient, user: ApiUser, body):
+    request = {"sequence_id": 2**62, "deal": body}  # no such sequence: a valid request ends in 404
+    try:
+        content = json.dumps(request, default=str)
+    except ValueError:  # an integer JSON cannot print: no client can send it
+        return
+    before = rows()
+    response = post_json(plain_client, "/api/enrollments", request, user)
+    try:
+        validate(EnrollRequest, json.loads(content))
+    except InvalidInputError as exc:
+        if len(content) > get_settings().api_max_body_bytes:
+            assert response.status_code == 413
+            return
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["field"] == exc.field
+    else:
+        assert response.status_code == 404, response.text
+    assert rows() == before

@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from api_support import ApiUser, enrollment_status, make_client, new_api_user
 from followups.db.models import Enrollment
 from followups.db.session import session_scope
+from followups.errors import InvalidInputError
+from followups.inputs import SequenceInput, validate
 from followups.settings import get_settings
 from support import FAST_SEQUENCE, new_enrollment, new_sequence, unique
+from test_inputs import SEQUENCES, rows
 
 EMAIL_ONLY = [{"type": "EMAIL", "subject": "Offer on {{ deal.property_address }}", "text": "Hi {{ seller.first_name }}"}]
-
-
-@pytest.fixture(scope="module")
-def client(database_url: str) -> TestClient:
-    with make_client() as client:
-        yield client
-
-
-@pytest.fixture
-def user(database_url: str) -> ApiUser:
-    return new_api_user()
 
 
 def create(client: TestClient, user: ApiUser, **overrides) -> dict:
@@ -241,3 +235,54 @@ def test_an_unexpected_error_is_a_503_not_a_500(client: TestClient, user: ApiUse
     response = client.get("/api/enrollments/1", headers=user.headers)
     assert response.status_code == 503
     assert response.json() == {"detail": "the service could not complete this request; try again later"}
+
+
+# -- validation: the same models and field paths as the Python API ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"description": "x" * 10_001, "steps": FAST_SEQUENCE}, "description"),
+        ({"name": "a\x00b", "steps": FAST_SEQUENCE}, "name"),
+        ({"name": "two\nlines", "steps": FAST_SEQUENCE}, "name"),
+        ({"name": "x" * 300, "steps": FAST_SEQUENCE}, "name"),
+        ({"description": "\ud800", "steps": FAST_SEQUENCE}, "description"),
+        ({"steps": [{"type": "SMS", "body": "nul \x00 inside"}]}, "steps.0.body"),
+        ({"steps": [{"type": "EMAIL", "subject": "s\x00", "text": "t"}]}, "steps.0.subject"),
+        ({"steps": FAST_SEQUENCE, "enabled": "maybe"}, "enabled"),
+    ],
+)
+def test_unstorable_values_are_422_and_store_nothing(client: TestClient, user: ApiUser, body: dict, field: str):
+    before = rows()
+    content = json.dumps({"name": unique("seq"), **body})  # ASCII with \u escapes, lone surrogates too
+    response = client.post("/api/sequences", content=content, headers={**user.headers, "Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == field
+    assert rows() == before
+
+
+def test_put_validates_like_post(client: TestClient, user: ApiUser):
+    sequence = create(client, user)
+    for body, field in [({"description": "x" * 10_001}, "description"), ({"name": "a\x00"}, "name"), ({"steps": []}, "steps")]:
+        response = client.put(f"/api/sequences/{sequence['id']}", json=body, headers=user.headers)
+        assert response.status_code == 422 and response.json()["errors"][0]["field"] == field
+    assert client.get(f"/api/sequences/{sequence['id']}", headers=user.headers).json()["version"] == 1
+    assert client.put(f"/api/sequences/{2**63}", json={"name": "x"}, headers=user.headers).status_code == 422
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(body=SEQUENCES)
+def test_any_sequence_body_is_201_or_a_422_naming_the_python_field(client: TestClient, user: ApiUser, body):
+    content = json.dumps(body, default=str)  # NaN and Decimal go out as JSON allows (NaN, strings)
+    before = rows()
+    response = client.post("/api/sequences", content=content, headers={**user.headers, "Content-Type": "application/json"})
+    try:
+        expected = validate(SequenceInput, json.loads(content))
+    except InvalidInputError as exc:
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["field"] == (exc.field or "")
+        assert rows() == before
+    else:
+        assert response.status_code == 201, response.text
+        assert response.json()["name"] == expected.name and response.json()["steps"] == expected.steps_json()

@@ -25,21 +25,6 @@ steps:
 
 
 @pytest.fixture
-def cli(monkeypatch, capsys):
-    def run(*args: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["followups", *args])
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
-@pytest.fixture
 def owner() -> str:
     return unique("cli-user")
 
@@ -78,7 +63,11 @@ def test_sequence_commands_round_trip(db, cli, owner, tmp_path):
         ("name: x\nsteps:\n  - {type: SMS, body: '{{ deal.nope }}'}\n", "steps.0.body: template error"),
         ("name: [unclosed\n", "is not valid YAML"),
         ("- just a list\n", "must hold a mapping of fields"),
-        ("name: x\ncolour: red\nsteps: []\n", "unknown field(s) colour"),
+        ("name: x\ncolour: red\nsteps:\n  - {type: SMS, body: hi}\n", "colour: unknown field"),
+        ("name: x\nsteps:\n  - {type: FAX, body: hi}\n", "steps.0.type: must be one of EMAIL, SMS or WAIT"),
+        ("name: x\ndescription: " + "x" * 10_001 + "\nsteps:\n  - {type: SMS, body: hi}\n", "description: String should have at most"),
+        ("name: \"a\\0b\"\nsteps:\n  - {type: SMS, body: hi}\n", "name: must not contain NUL"),
+        ("name: x\nsteps:\n  - {type: SMS, body: \"a\\0b\"}\n", "steps.0.body: must not contain NUL"),
     ],
 )
 def test_bad_sequence_files_exit_1_with_one_line(db, cli, owner, tmp_path, content, message):

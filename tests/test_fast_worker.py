@@ -1,11 +1,11 @@
-"""The fast execution path (deployments/fast_worker.py): the same sequence tests as the stock
-runner, run by the fast worker process instead, plus what only the fast path has to prove
-(bounded threads, hung and failing runs, graceful shutdown, SIGKILL + restart, patched names).
+"""The fast worker (followups.worker): the same sequence tests as the stock runner, run by the
+fast worker process instead, plus what only the fast path has to prove (bounded threads, hung
+and failing runs, graceful shutdown, SIGKILL + restart, patched names).
 
 The stock-path tests in test_sequence_e2e.py and test_control.py are called here as they are,
 with the fast worker standing where their `sequence_runner` stood (they only use it as "some
-executor serves the deployment"). A stock runner of the same session is paused meanwhile (see
-fast_worker_fixtures.py); exactly-one-send-per-step would hold even if it were not.
+executor serves the deployment"). The fast worker has a Prefect server of its own (see
+fast_worker_fixtures.py), so no other executor can take its runs.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from prefect.states import Pending
 
 import test_control as stock_control
 import test_sequence_e2e as stock_e2e
-from fast_worker_fixtures import fast_worker, fast_workers  # noqa: F401 - fixtures
-from followups.control import cancel_enrollment
-from followups.deployments import engine_patches
-from followups.deployments import fast_worker as fw
-from followups.enrollment import enroll_deal
-from followups.scheduling import schedule_sequence_run
+from fast_worker_fixtures import fast_worker, fast_worker_api, fast_worker_server, fast_workers  # noqa: F401 - fixtures
+from followups.control import cancel_enrollment, enroll_deal
+from followups.prefect_runs import schedule_sequence_run
+from followups.worker import concurrency_patches, engine_patches, polling
+from followups.worker.executing import Executor
+from followups.worker.identity import WorkerIdentity
 from support import FAST_SEQUENCE, deal_input, enrollment_row, event_types, events_of, new_owner, new_sequence, unique, wait_for
 
 ONE_EMAIL = [{"type": "EMAIL", "subject": "Offer on {{ deal.property_address }}", "text": "Hi {{ seller.first_name }}"}]
@@ -46,11 +46,11 @@ def runs_of(enrollment_id: int) -> list[FlowRun]:
         )
 
 
-def claimers_of(flow_run_id) -> list[fw.WorkerIdentity | None]:
+def claimers_of(flow_run_id) -> list[WorkerIdentity | None]:
     """Who claimed the run, in order (a Pending state per claim)."""
     with get_client(sync_client=True) as client:
         states = sorted(client.read_flow_run_states(flow_run_id), key=lambda s: s.timestamp)
-    return [fw.WorkerIdentity.parse(s.message) for s in states if s.type == StateType.PENDING]
+    return [WorkerIdentity.parse(s.message) for s in states if s.type == StateType.PENDING]
 
 
 def state_names(flow_run_id) -> list[str]:
@@ -70,7 +70,7 @@ def test_patched_prefect_names_still_exist():
         module = importlib.import_module(module_name)
         for name in names:
             assert callable(getattr(module, name)), f"{module_name}.{name} is gone"
-    cls = engine_patches._concurrency_service_class()
+    cls = concurrency_patches.concurrency_service_class()
     assert isinstance(cls._instances, dict)
     was_applied = engine_patches.applied()
     engine_patches.apply()
@@ -83,23 +83,24 @@ def test_patched_prefect_names_still_exist():
 
 
 def test_the_tag_filter_keeps_existing_limits_only():
-    engine_patches.TAG_LIMITS.set(frozenset({"tag:followups"}))
+    limits = concurrency_patches.TAG_LIMITS
+    limits.set(frozenset({"tag:followups"}))
     try:
-        assert engine_patches._keep_existing(["tag:followups", "tag:deal:D-1", "tag:step:0"]) == ["tag:followups"]
-        engine_patches.TAG_LIMITS.set(None)  # unknown: ask for every tag, as Prefect does
-        assert engine_patches._keep_existing(["tag:deal:D-1"]) == ["tag:deal:D-1"]
+        assert concurrency_patches.keep_existing(["tag:followups", "tag:deal:D-1", "tag:step:0"]) == ["tag:followups"]
+        limits.set(None)  # unknown: ask for every tag, as Prefect does
+        assert concurrency_patches.keep_existing(["tag:deal:D-1"]) == ["tag:deal:D-1"]
     finally:
-        engine_patches.TAG_LIMITS.set(None)
+        limits.set(None)
 
 
 def test_worker_identity_round_trips_and_knows_a_dead_process():
-    me = fw.WorkerIdentity.current()
-    parsed = fw.WorkerIdentity.parse(me.marker)
+    me = WorkerIdentity.current()
+    parsed = WorkerIdentity.parse(me.marker)
     assert parsed == me and parsed.is_alive_here() is True
-    dead = fw.WorkerIdentity(me.host, me.pid, "1", me.token)  # same pid, other start time
+    dead = WorkerIdentity(me.host, me.pid, "1", me.token)  # same pid, other start time
     assert dead.is_alive_here() is False
-    assert fw.WorkerIdentity("elsewhere", 1, "1", "x").is_alive_here() is None
-    assert fw.WorkerIdentity.parse("Pending") is None
+    assert WorkerIdentity("elsewhere", 1, "1", "x").is_alive_here() is None
+    assert WorkerIdentity.parse("Pending") is None
 
 
 class _FakeClient:
@@ -120,7 +121,7 @@ class _FakeClient:
         return []
 
 
-def test_threads_are_bounded_and_a_hung_or_failing_run_does_not_stop_the_others(prefect_api, monkeypatch):
+def test_threads_are_bounded_and_a_hung_or_failing_run_does_not_stop_the_others(fast_worker_api, monkeypatch):
     runs = [FlowRun(flow_id=uuid.uuid4(), name=name) for name in ["hang", "boom", "taken", *[f"ok-{i}" for i in range(10)]]]
     late = [FlowRun(flow_id=uuid.uuid4(), name=f"late-{i}") for i in range(6)]  # due after the replacement
     client = _FakeClient(runs)
@@ -154,24 +155,23 @@ def test_threads_are_bounded_and_a_hung_or_failing_run_does_not_stop_the_others(
             with guard:
                 active["now"] -= 1
 
-    monkeypatch.setattr(fw, "propose_state_sync", claim)
-    monkeypatch.setattr(fw.FastWorker, "_execute", execute)
+    monkeypatch.setattr(polling, "propose_state_sync", claim)
+    monkeypatch.setattr(Executor, "execute", execute)
     stop = threading.Event()
     # a short-but-not-too-short hang threshold: the other runs take 10 ms, even on a loaded machine
-    worker = fw.FastWorker(concurrency=2, poll_seconds=0.05, stop_event=stop, hang_seconds=2.0)
-    worker.flows = {uuid.uuid4(): None}
-    worker._context = contextvars.copy_context()
-    for _ in range(worker.concurrency):
-        worker._idle.put(worker._new_slot())
+    worker = polling.FastWorker(concurrency=2, poll_seconds=0.05, stop_event=stop, hang_seconds=2.0)
+    executor = worker.executor
+    executor.flows = {uuid.uuid4(): None}
+    executor.start(contextvars.copy_context())
     loop = threading.Thread(target=worker._serve, args=(client,), daemon=True)
     loop.start()
     try:
         wait_for(lambda: sum(n.startswith("ok-") for n in executed) == 10, timeout=30, what="the other runs")
         # the hung run keeps its thread; after hang_seconds a replacement takes its slot
-        wait_for(lambda: len(worker._slots) == 3, timeout=15, what="a replacement for the hung run's thread")
+        wait_for(lambda: len(executor._slots) == 3, timeout=15, what="a replacement for the hung run's thread")
         time.sleep(0.3)
-        assert len(worker._slots) == 3 and sum(s.retired for s in worker._slots) == 1
-        assert [s.run.name for s in worker._slots if s.retired] == ["hang"]
+        assert len(executor._slots) == 3 and sum(s.retired for s in executor._slots) == 1
+        assert [s.run.name for s in executor._slots if s.retired] == ["hang"]
         with client.lock:
             client.runs.extend(late)
         wait_for(lambda: sum(n.startswith("late-") for n in executed) == 6, timeout=15, what="runs on the new thread")
@@ -182,9 +182,9 @@ def test_threads_are_bounded_and_a_hung_or_failing_run_does_not_stop_the_others(
         release_hung.set()
         stop.set()
         loop.join(10)
-        worker._drain(client)
+        executor.finish(grace_seconds=None)
     assert not loop.is_alive()
-    assert all(not (s.thread and s.thread.is_alive()) for s in worker._slots)
+    assert all(not (s.thread and s.thread.is_alive()) for s in executor._slots)
 
 
 # --- the stock path's sequence tests, on the fast worker ---------------------------------------
@@ -272,7 +272,15 @@ def test_suspend_and_resume_done_in_prefect(fast_worker, fake_providers):
 
 
 def test_cancel_during_a_wait(fast_worker, fake_providers):
-    stock_control.test_cancel_during_a_wait_cancels_the_run_and_sends_nothing_more(fast_worker, fake_providers)
+    """test_control's cancel-during-a-wait test with a longer wait: the fast worker claims a due
+    run within 0.2 s, so on a loaded machine a 2 s wait can be over before the cancel lands."""
+    owner, deal, enrollment_id, due = stock_control._start_and_reach_wait(6)
+    details = cancel_enrollment(enrollment_id)
+    assert details.status == "CANCELLED"
+    assert stock_control.run_state(details.flow_run_id).is_cancelled()
+    time.sleep(max(0.0, due.timestamp() - time.time()) + 3)
+    assert len(fake_providers.for_recipient(str(deal.seller_email))) == 1
+    assert event_types(enrollment_id)[-1] == "CANCELLED"
 
 
 def test_cancelling_a_running_run_in_prefect_stops_it_and_the_worker_goes_on(fast_worker, fake_providers):

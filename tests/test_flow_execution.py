@@ -14,8 +14,9 @@ from followups.db.events import record_event
 from followups.db.models import EventType
 from followups.db.session import session_scope
 from followups.flows.follow_up_sequence import follow_up_sequence
-from followups.scheduling import schedule_sequence_run
-from followups.tasks.send_step import backoff_delays, execute_send_step
+from followups.prefect_runs import schedule_sequence_run
+from followups.execution.sending import execute_send_step
+from followups.tasks.send_step import backoff_delays
 from support import enrollment_row, event_types, events_of, new_enrollment, new_owner, new_sequence, unique, unique_phone
 
 ONE_EMAIL = [{"type": "EMAIL", "subject": "Offer on {{ deal.property_address }}", "text": "Hi {{ seller.first_name }}"}]
@@ -94,12 +95,18 @@ def test_giving_up_after_five_attempts(prefect_api, fake_providers, seller_email
 
 
 def test_a_rate_limited_step_is_not_retried_before_the_reset_time(prefect_api, fake_providers, seller_email):
-    reset = int(time.time()) + 3
-    fake_providers.script(seller_email, [(429, {"X-RateLimit-Reset": str(reset)}), 202])
+    resets: list[int] = []
+
+    def three_seconds_from_now() -> str:  # relative to the 429 itself, however slow the machine
+        resets.append(int(time.time()) + 3)
+        return str(resets[-1])
+
+    fake_providers.script(seller_email, [(429, {"X-RateLimit-Reset": three_seconds_from_now}), 202])
     enrollment_id = _enroll(ONE_EMAIL, seller_email)
     assert follow_up_sequence(enrollment_id) == "COMPLETED"
     calls = fake_providers.for_recipient(seller_email)
     assert [c.status for c in calls] == [429, 202]
+    reset = resets[0]
     assert calls[1].received_at >= reset
     retry = [e for e in events_of(enrollment_id) if e.event_type == "STEP_RETRY"][0]
     assert datetime.fromisoformat(retry.content["not_before"]).timestamp() >= reset - 1

@@ -10,7 +10,7 @@ from prefect.client.orchestration import get_client
 from prefect.states import Cancelled
 
 from followups.flows.follow_up_sequence import follow_up_sequence
-from followups.quiet_hours import next_allowed_time
+from followups.execution.quiet_hours import next_allowed_time
 from followups.settings import reset_settings
 from support import enrollment_row, event_types, events_of, new_enrollment, new_owner, new_sequence
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
-from followups.enrollment import enroll_deal
+from followups.control import enroll_deal
 from support import FAST_SEQUENCE, deal_input, enrollment_row, event_types, events_of, new_owner, new_sequence, wait_for
 
 

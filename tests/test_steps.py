@@ -10,7 +10,15 @@ import pytest
 
 from followups import templating
 from followups.errors import InvalidInputError
-from followups.steps import SMS_MAX_CHARS, EmailStep, SmsStep, WaitStep, parse_steps, steps_to_json
+from followups.steps import (
+    SMS_MAX_CHARS,
+    EmailStep,
+    SmsStep,
+    WaitStep,
+    load_stored_steps,
+    parse_steps,
+    steps_to_json,
+)
 from followups.templating import DealView, SellerView, TemplateRenderError, build_context, render
 
 EMAIL: dict[str, Any] = {
@@ -58,6 +66,30 @@ def test_sms_at_the_length_limit_is_accepted() -> None:
 def test_steps_round_trip_through_json() -> None:
     steps = parse_steps([EMAIL, WAIT, SMS])
     assert parse_steps(steps_to_json(steps)) == steps
+
+
+def test_stored_steps_load_without_rendering_templates(monkeypatch: pytest.MonkeyPatch) -> None:
+    stored = steps_to_json(parse_steps([EMAIL, WAIT, HTML_EMAIL, WAIT, SMS]))
+
+    def no_rendering(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a stored template was rendered again")
+
+    monkeypatch.setattr(templating, "check", no_rendering)
+    monkeypatch.setattr(templating, "render", no_rendering)
+    loaded = load_stored_steps(stored)
+    assert [type(step) for step in loaded] == [EmailStep, WaitStep, EmailStep, WaitStep, SmsStep]
+    assert steps_to_json(loaded) == stored
+    with pytest.raises(RuntimeError, match="rendered again"):  # saving still renders
+        parse_steps(stored)
+
+
+def test_stored_steps_still_follow_the_sequence_rules() -> None:
+    with pytest.raises(InvalidInputError) as info:
+        load_stored_steps([SMS, WAIT])
+    assert info.value.field == "steps.1"
+    with pytest.raises(InvalidInputError) as info:
+        load_stored_steps([{"type": "FAX"}])
+    assert info.value.field == "steps.0.type"
 
 
 def test_deal_context_keys_are_free_form() -> None:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from followups.db.models import ApiToken
 from followups.db.session import session_scope
-from followups.errors import InvalidInputError
+from followups.inputs import check_label, require_owner
 from followups.users import ensure_user, user_id_by_name
 
 TOKEN_PREFIX = "fu_"
@@ -38,9 +38,8 @@ def create_user(user_name: str) -> int:
 
 
 def issue_token(session: Session, user_id: int, label: str = "") -> str:
-    label = (label or "").strip()
-    if len(label) > 200:
-        raise InvalidInputError("at most 200 characters", field="label")
+    label = check_label(label or "", "label")
+    user_id = require_owner(session, user_id)
     token = new_token()
     session.add(ApiToken(user_id=user_id, token_hash=hash_token(token), label=label))
     session.flush()
@@ -50,6 +49,7 @@ def issue_token(session: Session, user_id: int, label: str = "") -> str:
 def create_token(user_name: str, label: str = "") -> str:
     """Create a token for `user_name` (creating the user if missing). The token is returned
     once and never stored in clear."""
+    label = check_label(label or "", "label")
     with session_scope() as session:
         user_id = ensure_user(session, user_name)
         return issue_token(session, user_id, label)
@@ -57,6 +57,8 @@ def create_token(user_name: str, label: str = "") -> str:
 
 def revoke_tokens(user_name: str, label: str | None = None) -> int:
     """Revoke the user's live tokens (only those with `label`, when given). Returns how many."""
+    if label is not None:
+        label = check_label(label, "label")
     with session_scope() as session:
         user_id = user_id_by_name(session, user_name)
         statement = update(ApiToken).where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None))
@@ -65,9 +67,14 @@ def revoke_tokens(user_name: str, label: str | None = None) -> int:
         return session.execute(statement.values(revoked_at=func.now())).rowcount or 0
 
 
+def _well_formed(token: object) -> bool:
+    # Every token we issue is short ASCII; anything else cannot match and is not worth hashing.
+    return isinstance(token, str) and 0 < len(token) <= MAX_TOKEN_LENGTH and token.isascii()
+
+
 def user_for_token(session: Session, token: str | None) -> int | None:
     """The id of the user owning this live token, or None."""
-    if not token or len(token) > MAX_TOKEN_LENGTH:
+    if not _well_formed(token):
         return None
     return session.scalars(
         select(ApiToken.user_id).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
@@ -76,7 +83,7 @@ def user_for_token(session: Session, token: str | None) -> int | None:
 
 def verify_token(token: str | None) -> int | None:
     """The id of the user owning this live token, or None (unknown, revoked or malformed)."""
-    if not token or len(token) > MAX_TOKEN_LENGTH:
+    if not _well_formed(token):
         return None
     with session_scope() as session:
         return user_for_token(session, token)

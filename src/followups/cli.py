@@ -1,18 +1,22 @@
-"""`followups`: the command line. Errors exit non-zero with one line, never a traceback."""
+"""`followups`: the command line. Errors exit 1 with one line on stderr, never a traceback.
+
+Commands import what they need inside their body: `--help` and the commands that never talk to
+Prefect (sequences, users, tokens, events, db) must not pay for importing it.
+"""
 
 from __future__ import annotations
 
-import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-import yaml
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
-from followups.errors import FollowupsError, InvalidInputError
+from followups.cli_output import error_line, events_table, fail, load_file, one_line, print_json, sequence_table, status_output
+from followups.errors import FollowupsError
 
 app = typer.Typer(help="Offer follow-up sequences on Prefect.", no_args_is_help=True, pretty_exceptions_enable=False)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -32,23 +36,11 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")
 FileArg = Annotated[Path, typer.Option("-f", "--file", help="YAML or JSON file")]
 
 
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
+def _check_id(value: int, field: str) -> int:
+    # Imported here: followups.inputs brings SQLAlchemy and pydantic, which `--help` does not need.
+    from followups.inputs import check_id
 
-
-def _load_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read {path}: {exc.strerror}") from exc
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        kind = "JSON" if path.suffix == ".json" else "YAML"
-        raise InvalidInputError(f"{path} is not valid {kind}: {str(exc).splitlines()[0]}") from exc
-    if not isinstance(data, dict):
-        raise InvalidInputError(f"{path} must hold a mapping of fields")
-    return data
+    return check_id(value, field)
 
 
 def _owner_id(name: str, *, create: bool = False) -> int:
@@ -106,7 +98,7 @@ def users_create(name: str, as_json: JsonFlag = False) -> None:
     from followups.api_tokens import create_user
 
     user_id = create_user(name)
-    _print_json({"id": user_id, "name": name}) if as_json else console.print(f"user {name} has id {user_id}")
+    print_json({"id": user_id, "name": name}) if as_json else console.print(f"user {name} has id {user_id}", markup=False)
 
 
 @tokens_app.command("create")
@@ -128,16 +120,6 @@ def tokens_revoke(user: str, label: Annotated[Optional[str], typer.Option(help="
 # -- sequences ----------------------------------------------------------------------------
 
 
-def _sequence_table(items: list) -> Table:
-    table = Table(title="Sequences")
-    for column in ("id", "name", "version", "enabled", "default", "steps"):
-        table.add_column(column)
-    for item in items:
-        steps = " → ".join(step["type"] for step in item.steps)
-        table.add_row(str(item.id), item.name, str(item.version), str(item.enabled), str(item.is_default), steps)
-    return table
-
-
 @sequences_app.command("list")
 def sequences_list(owner: Owner = "default", as_json: JsonFlag = False) -> None:
     """The owner's sequences, newest first."""
@@ -148,36 +130,29 @@ def sequences_list(owner: Owner = "default", as_json: JsonFlag = False) -> None:
     with session_scope() as session:
         items = list_sequences(session, owner_id, limit=1000)
     if as_json:
-        _print_json([item.as_dict() for item in items])
+        print_json([item.as_dict() for item in items])
     else:
-        console.print(_sequence_table(items))
+        console.print(sequence_table(items))
 
 
 @sequences_app.command("show")
 def sequences_show(sequence_id: int, owner: Owner = "default", as_json: JsonFlag = False) -> None:
     """One sequence with its steps."""
+    _check_id(sequence_id, "sequence_id")
     from followups.db.session import session_scope
     from followups.sequences import get_sequence
 
     with session_scope() as session:
         item = get_sequence(session, _owner_id(owner), sequence_id)
     if as_json:
-        _print_json(item.as_dict())
+        print_json(item.as_dict())
         return
-    console.print(f"[bold]{item.name}[/] (id {item.id}, version {item.version}){' — default' if item.is_default else ''}")
+    console.print(f"[bold]{escape(item.name)}[/] (id {item.id}, version {item.version}){' — default' if item.is_default else ''}")
     if item.description:
-        console.print(item.description)
+        console.print(item.description, markup=False)
     for index, step in enumerate(item.steps):
         details = {k: v for k, v in step.items() if k != "type" and v not in (None, 0, 0.0)}
         console.print(f"  {index}. {step['type']} {details}", markup=False)
-
-
-def _sequence_fields(data: dict[str, Any]) -> dict[str, Any]:
-    allowed = {"name", "description", "steps", "enabled", "is_default"}
-    unknown = set(data) - allowed
-    if unknown:
-        raise InvalidInputError(f"unknown field(s) {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
-    return data
 
 
 @sequences_app.command("create")
@@ -185,24 +160,27 @@ def sequences_create(file: FileArg, owner: Owner = "default", as_json: JsonFlag 
     """Create a sequence from a file with name, description, steps (and is_default)."""
     from followups.db.session import session_scope
     from followups.sequences import create_sequence
+    from followups.users import ensure_user
 
-    data = _sequence_fields(_load_file(file))
-    owner_id = _owner_id(owner, create=True)
+    data = load_file(file)
+    # One transaction: a new owner is not left behind when the file is refused.
     with session_scope() as session:
-        item = create_sequence(session, owner_id, **{"name": "", "steps": None, **data})
-    _print_json(item.as_dict()) if as_json else console.print(f"created sequence {item.id} ({item.name})")
+        item = create_sequence(session, ensure_user(session, owner), data)
+    print_json(item.as_dict()) if as_json else console.print(f"created sequence {item.id} ({item.name})", markup=False)
 
 
 @sequences_app.command("update")
 def sequences_update(sequence_id: int, file: FileArg, owner: Owner = "default", as_json: JsonFlag = False) -> None:
     """Edit a sequence; new steps make a new version (running enrollments keep theirs)."""
+    _check_id(sequence_id, "sequence_id")
     from followups.db.session import session_scope
     from followups.sequences import update_sequence
+    from followups.users import user_id_by_name
 
-    data = _sequence_fields(_load_file(file))
+    data = load_file(file)
     with session_scope() as session:
-        item = update_sequence(session, _owner_id(owner), sequence_id, **data)
-    _print_json(item.as_dict()) if as_json else console.print(f"sequence {item.id} is at version {item.version}")
+        item = update_sequence(session, user_id_by_name(session, owner), sequence_id, data)
+    print_json(item.as_dict()) if as_json else console.print(f"sequence {item.id} is at version {item.version}")
 
 
 @sequences_app.command("delete")
@@ -212,6 +190,7 @@ def sequences_delete(
     archive: Annotated[bool, typer.Option(help="Archive even with open enrollments (they finish)")] = False,
 ) -> None:
     """Delete a sequence (archived instead when it was ever used)."""
+    _check_id(sequence_id, "sequence_id")
     from followups.db.session import session_scope
     from followups.sequences import delete_sequence
 
@@ -233,7 +212,7 @@ def _deal_from_options(
     amount: str | None,
 ) -> dict[str, Any]:
     """The deal's fields: the file's, overridden by any option given on the command line."""
-    deal = _load_file(deal_file) if deal_file else {}
+    deal = load_file(deal_file) if deal_file else {}
     options = {
         "external_id": external_id, "property_address": address, "seller_name": seller_name,
         "seller_email": seller_email, "seller_phone": seller_phone, "offer_amount": amount,
@@ -265,12 +244,14 @@ def enroll(
     as_json: JsonFlag = False,
 ) -> None:
     """Enroll a deal's seller in a sequence and start it."""
+    _check_id(sequence, "sequence")
+    fields = _deal_from_options(deal_file, deal, address, seller_name, seller_email, seller_phone, amount)
+    owner_id = _owner_id(owner)
     from followups.control import enroll_deal
 
-    fields = _deal_from_options(deal_file, deal, address, seller_name, seller_email, seller_phone, amount)
-    ref = enroll_deal(_owner_id(owner), fields, sequence)
+    ref = enroll_deal(owner_id, fields, sequence)
     if as_json:
-        _print_json({"enrollment_id": ref.id, "deal": ref.deal_external_id, "flow_run_id": str(ref.flow_run_id)})
+        print_json({"enrollment_id": ref.id, "deal": ref.deal_external_id, "flow_run_id": str(ref.flow_run_id)})
     else:
         console.print(f"enrollment {ref.id} started for deal {ref.deal_external_id} (flow run {ref.flow_run_id})")
 
@@ -291,75 +272,72 @@ def offer_sent(
     as_json: JsonFlag = False,
 ) -> None:
     """Record that an offer was sent: enrolls the seller (once per offer)."""
-    from followups.control import record_offer_sent
-    from followups.enrollment import as_deal_input
-
     fields = _deal_from_options(deal_file, deal, address, seller_name, seller_email, seller_phone, amount)
+    if sequence is not None:
+        _check_id(sequence, "sequence")
     owner_id = _owner_id(owner)
     if via_event:
+        from followups.cli_output import PREFECT_UNREACHABLE
+        from followups.inputs import OfferInput, validate
         from followups.offer_events import emit_offer_sent
+        from followups.prefect_server import api_is_healthy, configured_api_url
 
-        event = emit_offer_sent(owner_id, offer_id, as_deal_input(fields), sequence)
-        _print_json({"event_id": str(event.id) if event else None}) if as_json else console.print(
-            f"emitted deal.offer.sent for offer {offer_id}"
+        # Nothing answers an event: what is emitted must be valid, and Prefect only logs (and
+        # drops) an event it cannot deliver, so its API is checked first.
+        offer = validate(OfferInput, {"offer_id": offer_id, "deal": fields, "sequence_id": sequence})
+        api_url = configured_api_url()
+        if not api_url or not api_is_healthy(api_url):
+            raise FollowupsError(PREFECT_UNREACHABLE)
+        event = emit_offer_sent(owner_id, offer.offer_id, offer.deal, offer.sequence_id)
+        print_json({"event_id": str(event.id) if event else None}) if as_json else console.print(
+            f"emitted deal.offer.sent for offer {offer.offer_id}"
         )
         return
+    from followups.control import record_offer_sent
+
     result = record_offer_sent(owner_id, offer_id, fields, sequence_id=sequence)
     if as_json:
-        _print_json(result.as_dict())
+        print_json(result.as_dict())
     elif result.enrolled:
-        console.print(f"offer {offer_id}: enrollment {result.enrollment_id} started")
+        console.print(f"offer {result.offer_id}: enrollment {result.enrollment_id} started")
     else:
-        console.print(f"offer {offer_id}: {result.reason} (enrollment {result.enrollment_id})")
-
-
-def _status_output(details, as_json: bool) -> None:
-    if as_json:
-        _print_json(details.as_dict())
-        return
-    console.print(
-        f"enrollment {details.id} · deal {details.deal_external_id} · sequence {details.sequence_id} "
-        f"v{details.sequence_version} · [bold]{details.status}[/] · step {details.current_step}"
-        + (f" · next due {details.next_due_at:%Y-%m-%d %H:%M:%S %Z}" if details.next_due_at else "")
-    )
-    table = Table()
-    for column in ("step", "type", "state", "at"):
-        table.add_column(column)
-    for step in details.timeline:
-        table.add_row(str(step.index), step.type, step.state, step.at.strftime("%Y-%m-%d %H:%M:%S") if step.at else "")
-    console.print(table)
+        console.print(f"offer {result.offer_id}: {result.reason} (enrollment {result.enrollment_id})")
 
 
 @app.command()
 def status(enrollment: int, as_json: JsonFlag = False) -> None:
     """Status, next due time and the timeline of an enrollment."""
+    _check_id(enrollment, "enrollment")
     from followups.control import get_enrollment
 
-    _status_output(get_enrollment(enrollment), as_json)
+    status_output(console, get_enrollment(enrollment), as_json)
 
 
 @app.command()
 def pause(enrollment: int, as_json: JsonFlag = False) -> None:
     """Pause an enrollment (its pending Prefect run is suspended)."""
+    _check_id(enrollment, "enrollment")
     from followups.control import pause_enrollment
 
-    _status_output(pause_enrollment(enrollment), as_json)
+    status_output(console, pause_enrollment(enrollment), as_json)
 
 
 @app.command()
 def resume(enrollment: int, as_json: JsonFlag = False) -> None:
     """Resume a paused enrollment, keeping what is left of its wait."""
+    _check_id(enrollment, "enrollment")
     from followups.control import resume_enrollment
 
-    _status_output(resume_enrollment(enrollment), as_json)
+    status_output(console, resume_enrollment(enrollment), as_json)
 
 
 @app.command()
 def cancel(enrollment: int, as_json: JsonFlag = False) -> None:
     """Cancel an enrollment for good."""
+    _check_id(enrollment, "enrollment")
     from followups.control import cancel_enrollment
 
-    _status_output(cancel_enrollment(enrollment), as_json)
+    status_output(console, cancel_enrollment(enrollment), as_json)
 
 
 @app.command()
@@ -369,37 +347,46 @@ def events(
     as_json: JsonFlag = False,
 ) -> None:
     """The event log of an enrollment or of a deal."""
+    if enrollment is not None:
+        _check_id(enrollment, "enrollment")
+    if deal is not None:
+        from followups.inputs import check_external_id
+
+        check_external_id(deal, "deal")
     from followups.control import list_events
 
     items = list_events(enrollment_id=enrollment, deal_external_id=deal)
     if as_json:
-        _print_json(items)
+        print_json(items)
         return
-    table = Table(title=f"Events of {'deal ' + deal if deal else f'enrollment {enrollment}'}")
-    for column in ("#", "at", "enrollment", "step", "event", "status", "message id", "reason"):
-        table.add_column(column)
-    for item in items:
-        table.add_row(
-            str(item["id"]), item["occurred_at"][11:23], str(item["enrollment_id"]),
-            "" if item["step_index"] is None else str(item["step_index"]), item["event_type"],
-            item["status"], item["provider_message_id"] or "", item["failure_reason"] or "",
-        )
-    console.print(table)
+    console.print(events_table(items, f"Events of {'deal ' + deal if deal else f'enrollment {enrollment}'}"))
 
 
 def main() -> None:
+    try:  # Typer 0.2x carries its own copy of click; older ones use click itself
+        from typer._click import exceptions as click_errors
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click_errors
+
     try:
-        app()
-    except FollowupsError as exc:
-        _fail(str(exc))
-    except Exception as exc:  # one line for the user; the details are in Prefect/the DB logs
-        _fail(f"{type(exc).__name__}: {exc}")
-
-
-def _fail(message: str) -> None:
-    one_line = " ".join(message.split())
-    print(f"error: {one_line}", file=sys.stderr)
-    sys.exit(1)
+        code = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:
+        exc.show()  # no arguments at all: the help is the answer
+        sys.exit(exc.exit_code)
+    except click_errors.UsageError as exc:
+        # Wrong arguments are an error like any other: one line, exit 1, with where to look.
+        command = exc.ctx.command_path if exc.ctx else "followups"
+        fail(f"{one_line(exc.format_message())} (see '{command} --help')")
+    except typer.Abort:
+        fail("aborted")
+    except Exception as exc:
+        if os.environ.get("FOLLOWUPS_DEBUG") and not isinstance(exc, FollowupsError):
+            raise
+        fail(error_line(exc))
+    except KeyboardInterrupt:
+        fail("interrupted")
+    else:
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

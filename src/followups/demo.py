@@ -19,9 +19,9 @@ from rich.console import Console
 from followups.db.migrate import upgrade
 from followups.db.session import session_scope
 from followups.deals import DealInput
-from followups.enrollment import enroll_deal
+from followups.control import enroll_deal
 from followups.event_table import events_table
-from followups.plan import load_plan
+from followups.lifecycle.plan import load_plan
 from followups.prefect_server import ensure_prefect_api, wait_for_deployment
 from followups.sequences import create_sequence
 from followups.settings import get_settings

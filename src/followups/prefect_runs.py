@@ -1,33 +1,106 @@
-"""What pause, resume and cancel do to an enrollment's pending Prefect flow run.
+"""The enrollment's flow runs in Prefect: create, read, suspend, resume and cancel them.
+
+This is the only module that talks to Prefect about runs. Prefect is imported inside the
+functions, so that code paths which never reach Prefect (most CLI commands) do not pay for
+importing it.
 
 Facts this relies on (Prefect 3.9): `suspend_flow_run` refuses a run that is still Scheduled,
 so a scheduled run is suspended by forcing a Suspended state (no worker picks it up, it never
 expires); `resume_flow_run` reschedules to *now*, so the original due time is restored after.
+A WAIT never holds a process: the next stretch of a sequence is a flow run of the deployment
+scheduled for the due time, and its idempotency key makes "schedule step N of enrollment E" a
+single run however often it is asked for.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import FlowRun, StateType
-from prefect.flow_runs import resume_flow_run, suspend_flow_run
-from prefect.states import Cancelled, Scheduled, Suspended
+from followups.settings import get_settings
 
-NOT_STARTED = {StateType.SCHEDULED, StateType.PENDING}
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.objects import FlowRun
+
+_local = threading.local()
+_deployment_ids: dict[tuple[str, str], uuid.UUID] = {}
+
+
+def _client() -> SyncPrefectClient:
+    """One Prefect client per thread and API: building one (its SSL context) costs more than
+    the call itself, and enrolling or scheduling is on the hot path."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    api_url = str(PREFECT_API_URL.value())
+    cached = getattr(_local, "client", None)
+    if cached is None or cached[0] != api_url:
+        client = get_client(sync_client=True)
+        client.__enter__()  # lives as long as the thread
+        _local.client = cached = (api_url, client)
+    return cached[1]
+
+
+def _deployment_id(client: SyncPrefectClient, name: str, *, refresh: bool = False) -> uuid.UUID:
+    key = (str(client.api_url), name)
+    if refresh or key not in _deployment_ids:
+        _deployment_ids[key] = client.read_deployment_by_name(name).id
+    return _deployment_ids[key]
+
+
+def run_tags(enrollment_id: int, deal_ref: str) -> list[str]:
+    return ["followups", f"deal:{deal_ref}", f"enrollment:{enrollment_id}"]
+
+
+def run_name(enrollment_id: int, deal_ref: str, step_index: int) -> str:
+    where = "start" if step_index == 0 else f"from step {step_index}"
+    return f"deal {deal_ref} · enrollment {enrollment_id} · {where}"
+
+
+def schedule_sequence_run(
+    enrollment_id: int,
+    deal_ref: str,
+    step_index: int,
+    *,
+    scheduled_time: datetime | None,
+    key_suffix: str = "",
+) -> uuid.UUID:
+    """Create (or find, by idempotency key) the flow run that continues at `step_index`.
+
+    The client equivalent of `run_deployment(..., timeout=0, as_subflow=False)`: a top-level
+    run (a child run could never be suspended on its own) that returns at once.
+    """
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Scheduled
+
+    client = _client()
+    name = get_settings().deployment_name
+    options: dict[str, Any] = dict(
+        parameters={"enrollment_id": enrollment_id},
+        state=Scheduled(scheduled_time=scheduled_time) if scheduled_time else Scheduled(),
+        name=run_name(enrollment_id, deal_ref, step_index),
+        tags=run_tags(enrollment_id, deal_ref),
+        idempotency_key=f"followups:enrollment:{enrollment_id}:step:{step_index}{key_suffix}",
+    )
+    try:
+        return client.create_flow_run_from_deployment(_deployment_id(client, name), **options).id
+    except ObjectNotFound:  # the deployment was deleted and registered again: new id
+        return client.create_flow_run_from_deployment(_deployment_id(client, name, refresh=True), **options).id
 
 
 def read_run(flow_run_id: uuid.UUID | None) -> FlowRun | None:
+    """The run, or None when there is none (no id, or deleted in Prefect)."""
     if flow_run_id is None:
         return None
-    with get_client(sync_client=True) as client:
-        try:
-            return client.read_flow_run(flow_run_id)
-        except Exception as exc:  # a run deleted from Prefect: treat as gone
-            if "404" in str(exc) or "not found" in str(exc).lower():
-                return None
-            raise
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        return _client().read_flow_run(flow_run_id)
+    except ObjectNotFound:
+        return None
 
 
 def is_suspended(run: FlowRun | None) -> bool:
@@ -39,26 +112,41 @@ def is_live(run: FlowRun | None) -> bool:
     return bool(run and run.state and not run.state.is_final())
 
 
+def state_type(run: FlowRun | None) -> str | None:
+    """The run's state type as a plain string (SCHEDULED, RUNNING, PAUSED, CANCELLED, ...)."""
+    if run is None or run.state is None:
+        return None
+    return str(run.state.type.value)
+
+
 def suspend_run(run: FlowRun) -> None:
-    state_type = run.state.type if run.state else None
-    if state_type in NOT_STARTED:
-        with get_client(sync_client=True) as client:
-            client.set_flow_run_state(run.id, Suspended(pause_key=f"followups-{uuid.uuid4().hex[:8]}"), force=True)
-    elif state_type == StateType.RUNNING:
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import suspend_flow_run
+    from prefect.states import Suspended
+
+    kind = run.state.type if run.state else None
+    if kind in (StateType.SCHEDULED, StateType.PENDING):
+        _client().set_flow_run_state(run.id, Suspended(pause_key=f"followups-{uuid.uuid4().hex[:8]}"), force=True)
+    elif kind == StateType.RUNNING:
         # The step in flight finishes; the flow stops at the next step boundary.
         suspend_flow_run(flow_run_id=run.id)
 
 
 def resume_run(run: FlowRun, due: datetime | None) -> None:
     """Resume a suspended run, keeping what is left of its wait."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+    from prefect.states import Scheduled
+
     resume_flow_run(run.id)
     if due is not None and due > datetime.now(UTC):
-        with get_client(sync_client=True) as client:
-            current = client.read_flow_run(run.id)
-            if current.state and current.state.type == StateType.SCHEDULED:
-                client.set_flow_run_state(run.id, Scheduled(scheduled_time=due, name="Resuming"), force=True)
+        client = _client()
+        current = client.read_flow_run(run.id)
+        if current.state and current.state.type == StateType.SCHEDULED:
+            client.set_flow_run_state(run.id, Scheduled(scheduled_time=due, name="Resuming"), force=True)
 
 
 def cancel_run(run: FlowRun) -> None:
-    with get_client(sync_client=True) as client:
-        client.set_flow_run_state(run.id, Cancelled(message="follow-up sequence cancelled"), force=True)
+    from prefect.states import Cancelled
+
+    _client().set_flow_run_state(run.id, Cancelled(message="follow-up sequence cancelled"), force=True)

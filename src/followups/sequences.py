@@ -7,18 +7,20 @@ refused; `archive=True` hides it instead and lets the open enrollments finish.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from followups.db.models import Enrollment, EnrollmentStatus, Sequence, SequenceVersion
-from followups.errors import InvalidInputError, InvalidStateError, NotFoundError
-from followups.steps import parse_steps, steps_to_json
+from followups.db.models import OPEN_STATUSES, Enrollment, Sequence, SequenceVersion
+from followups.errors import InvalidStateError, NotFoundError
+from followups.inputs import SequenceInput, SequencePatch, check_id, require_owner, validate
+from followups.steps import checked_templates
 
-OPEN_STATUSES = (EnrollmentStatus.ACTIVE.value, EnrollmentStatus.PAUSED.value)
 
 
 @dataclass(frozen=True)
@@ -63,15 +65,6 @@ class SequenceInfo:
         }
 
 
-def _check_name(name: str) -> str:
-    name = (name or "").strip()
-    if not name:
-        raise InvalidInputError("must not be empty", field="name")
-    if len(name) > 200:
-        raise InvalidInputError("at most 200 characters", field="name")
-    return name
-
-
 def _clear_default(session: Session, owner_id: int, keep_id: int | None = None) -> None:
     statement = update(Sequence).where(Sequence.owner_id == owner_id, Sequence.is_default.is_(True))
     if keep_id is not None:
@@ -80,25 +73,23 @@ def _clear_default(session: Session, owner_id: int, keep_id: int | None = None) 
 
 
 def create_sequence(
-    session: Session,
-    owner_id: int,
-    *,
-    name: str,
-    steps: Any,
-    description: str = "",
-    enabled: bool = True,
-    is_default: bool = False,
+    session: Session, owner_id: int, spec: SequenceInput | Mapping[str, Any] | None = None, /, **fields: Any
 ) -> SequenceInfo:
-    parsed = steps_to_json(parse_steps(steps))
-    name = _check_name(name)
-    if is_default:
+    """Create a template (version 1) from a SequenceInput, a mapping or keyword fields (name,
+    steps, description, enabled, is_default). Raises InvalidInputError or NotFoundError (owner)
+    before writing anything."""
+    with checked_templates():
+        data = validate(SequenceInput, _spec(spec, fields))
+    require_owner(session, owner_id)
+    parsed = data.steps_json()
+    if data.is_default:
         _clear_default(session, owner_id)
     row = Sequence(
         owner_id=owner_id,
-        name=name,
-        description=description or "",
-        enabled=enabled,
-        is_default=is_default,
+        name=data.name,
+        description=data.description,
+        enabled=data.enabled,
+        is_default=data.is_default,
         version=1,
         steps=parsed,
     )
@@ -110,7 +101,21 @@ def create_sequence(
     return SequenceInfo.of(row)
 
 
+def _spec(spec: BaseModel | Mapping[str, Any] | None, fields: dict[str, Any]) -> Any:
+    if spec is None:
+        return fields
+    if fields:
+        raise TypeError("pass the sequence either as one object or as keyword fields, not both")
+    if isinstance(spec, BaseModel):
+        # Validated from plain data again, so that templates a web request only parsed (its
+        # event loop defers rendering) are rendered here, off the loop and with the time limit.
+        return spec.model_dump(exclude_unset=True)
+    return spec
+
+
 def _owned(session: Session, owner_id: int, sequence_id: int, *, lock: bool = False) -> Sequence:
+    owner_id = check_id(owner_id, "owner_id")
+    sequence_id = check_id(sequence_id, "sequence_id")
     statement = select(Sequence).where(
         Sequence.id == sequence_id, Sequence.owner_id == owner_id, Sequence.archived_at.is_(None)
     )
@@ -127,6 +132,9 @@ def get_sequence(session: Session, owner_id: int, sequence_id: int) -> SequenceI
 
 
 def list_sequences(session: Session, owner_id: int, *, limit: int = 50, offset: int = 0) -> list[SequenceInfo]:
+    owner_id = check_id(owner_id, "owner_id")
+    limit = check_id(limit, "limit")
+    offset = 0 if type(offset) is int and offset == 0 else check_id(offset, "offset")
     rows = session.scalars(
         select(Sequence)
         .where(Sequence.owner_id == owner_id, Sequence.archived_at.is_(None))
@@ -138,6 +146,7 @@ def list_sequences(session: Session, owner_id: int, *, limit: int = 50, offset: 
 
 
 def count_sequences(session: Session, owner_id: int) -> int:
+    owner_id = check_id(owner_id, "owner_id")
     return session.scalar(
         select(func.count()).select_from(Sequence).where(Sequence.owner_id == owner_id, Sequence.archived_at.is_(None))
     ) or 0
@@ -147,41 +156,42 @@ def update_sequence(
     session: Session,
     owner_id: int,
     sequence_id: int,
-    *,
-    name: str | None = None,
-    steps: Any = None,
-    description: str | None = None,
-    enabled: bool | None = None,
-    is_default: bool | None = None,
+    patch: SequencePatch | Mapping[str, Any] | None = None,
+    /,
+    **fields: Any,
 ) -> SequenceInfo:
-    """Edit a template. New steps make a new version; running enrollments keep theirs."""
+    """Edit a template from a SequencePatch, a mapping or keyword fields; a field left out or
+    None keeps its value. New steps make a new version; running enrollments keep theirs."""
+    with checked_templates():
+        data = validate(SequencePatch, _spec(patch, fields))
+    require_owner(session, owner_id)
     row = _owned(session, owner_id, sequence_id, lock=True)
-    if steps is not None:
-        parsed = steps_to_json(parse_steps(steps))
-        if parsed != row.steps:
-            row.version += 1
-            row.steps = parsed
-            session.add(SequenceVersion(sequence_id=row.id, version=row.version, steps=parsed))
-    if name is not None:
-        row.name = _check_name(name)
-    if description is not None:
-        row.description = description
-    if enabled is not None:
-        row.enabled = enabled
-    if is_default is not None:
-        if is_default:
+    parsed = data.steps_json()
+    if parsed is not None and parsed != row.steps:
+        row.version += 1
+        row.steps = parsed
+        session.add(SequenceVersion(sequence_id=row.id, version=row.version, steps=parsed))
+    if data.name is not None:
+        row.name = data.name
+    if data.description is not None:
+        row.description = data.description
+    if data.enabled is not None:
+        row.enabled = data.enabled
+    if data.is_default is not None:
+        if data.is_default:
             _clear_default(session, owner_id, keep_id=row.id)
-        row.is_default = is_default
+        row.is_default = data.is_default
     session.flush()
     session.refresh(row)
     return SequenceInfo.of(row)
 
 
 def open_enrollment_count(session: Session, sequence_id: int) -> int:
+    sequence_id = check_id(sequence_id, "sequence_id")
     return session.scalar(
         select(func.count())
         .select_from(Enrollment)
-        .where(Enrollment.sequence_id == sequence_id, Enrollment.status.in_(OPEN_STATUSES))
+        .where(Enrollment.sequence_id == sequence_id, Enrollment.status.in_(sorted(OPEN_STATUSES)))
     ) or 0
 
 
@@ -213,6 +223,7 @@ def delete_sequence(session: Session, owner_id: int, sequence_id: int, *, archiv
 
 def latest_version_id(session: Session, sequence_id: int) -> tuple[int, int]:
     """(version row id, version number) of the newest version of a template."""
+    sequence_id = check_id(sequence_id, "sequence_id")
     row = session.execute(
         select(SequenceVersion.id, SequenceVersion.version)
         .where(SequenceVersion.sequence_id == sequence_id)

@@ -41,7 +41,6 @@ class Settings(BaseSettings):
     public_base_url: str = ""
 
     deployment_name: str = "follow-up-sequence/followups"
-    work_pool: str = "followups"
 
     # Step task retries: 5 attempts in total, waits of base * 2**n seconds (2, 4, 8, 16) + jitter.
     step_retries: int = Field(default=4, ge=0)

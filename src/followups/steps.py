@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 from datetime import timedelta
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from followups import templating
 from followups.errors import InvalidInputError
 
 SMS_MAX_CHARS = 1600
+# All templates of one sequence share this, so 100 slow steps cost what one does.
+SEQUENCE_VALIDATION_TIMEOUT = 2.0
 MAX_WAIT_DAYS = 365
 
 
@@ -26,16 +32,16 @@ class EmailStep(_Step):
 
     @field_validator("subject", "text")
     @classmethod
-    def _plain_template(cls, value: str | None) -> str | None:
+    def _plain_template(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
-            _check_template(value, html=False)
+            _check_template(value, info, html=False)
         return value
 
     @field_validator("html")
     @classmethod
-    def _html_template(cls, value: str | None) -> str | None:
+    def _html_template(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
-            _check_template(value, html=True)
+            _check_template(value, info, html=True)
         return value
 
     @model_validator(mode="after")
@@ -51,8 +57,8 @@ class SmsStep(_Step):
 
     @field_validator("body")
     @classmethod
-    def _template(cls, value: str) -> str:
-        _check_template(value, html=False)
+    def _template(cls, value: str, info: ValidationInfo) -> str:
+        _check_template(value, info, html=False, max_chars=SMS_MAX_CHARS)
         return value
 
 
@@ -80,7 +86,6 @@ class WaitStep(_Step):
 
 
 Step = Annotated[Union[EmailStep, SmsStep, WaitStep], Field(discriminator="type")]
-SendStep = EmailStep | SmsStep
 
 
 class SequenceSteps(BaseModel):
@@ -119,9 +124,38 @@ class _StepRuleError(ValueError):
         super().__init__(f"steps.{index}: {message}")
 
 
-def _check_template(source: str, *, html: bool) -> None:
+# Set while a web server parses a request body on its event loop: rendering templates there
+# would stall every other request, so the core renders them again off the loop (`checked_templates`).
+_templates_deferred: ContextVar[bool] = ContextVar("templates_deferred", default=False)
+
+
+@contextmanager
+def _deferring(deferred: bool) -> Iterator[None]:
+    token = _templates_deferred.set(deferred)
     try:
-        templating.check(source, html=html)
+        yield
+    finally:
+        _templates_deferred.reset(token)
+
+
+def deferred_templates():
+    """Templates validated inside are only parsed, not rendered (a web server's event loop)."""
+    return _deferring(True)
+
+
+def checked_templates():
+    """Templates validated inside are rendered, even where a caller deferred them."""
+    return _deferring(False)
+
+
+def _check_template(
+    source: str, info: ValidationInfo, *, html: bool, max_chars: int = templating.MAX_RENDERED_LENGTH
+) -> None:
+    # Stored steps were rendered once when saved; reading them back must not pay for it again.
+    if info.context and info.context.get("trusted") or _templates_deferred.get():
+        return
+    try:
+        templating.check(source, html=html, max_chars=max_chars)
     except templating.TemplateRenderError as exc:
         raise ValueError(str(exc)) from exc
 
@@ -132,7 +166,20 @@ def parse_steps(raw: Any) -> list[Step]:
     The error names the first wrong field as a dotted path, e.g. `steps.2.body`.
     """
     try:
-        return list(SequenceSteps.model_validate({"steps": raw}).steps)
+        with checked_templates(), templating.validation_time_limit(SEQUENCE_VALIDATION_TIMEOUT):
+            return list(SequenceSteps.model_validate({"steps": raw}).steps)
+    except ValidationError as exc:
+        raise invalid_input_from(exc) from exc
+
+
+def load_stored_steps(raw: Any) -> list[Step]:
+    """Rebuild steps saved by `steps_to_json` without rendering their templates again.
+
+    Only for steps whose templates were checked when they were saved: the structural rules
+    still apply, but the templates are trusted.
+    """
+    try:
+        return list(SequenceSteps.model_validate({"steps": raw}, context={"trusted": True}).steps)
     except ValidationError as exc:
         raise invalid_input_from(exc) from exc
 
@@ -155,7 +202,3 @@ def invalid_input_from(exc: ValidationError, prefix: str = "") -> InvalidInputEr
 
 def steps_to_json(steps: list[Step]) -> list[dict[str, Any]]:
     return [step.model_dump(exclude_defaults=False) for step in steps]
-
-
-def wait_duration(step: WaitStep) -> timedelta:
-    return step.duration

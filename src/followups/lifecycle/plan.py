@@ -1,4 +1,9 @@
-"""An enrollment as the flow and its tasks see it: status, position, pinned steps and the deal."""
+"""An enrollment as the core sees it: status, position, pinned steps, pending run and the deal.
+
+Loading never writes. With `owner_id`, ownership is checked with a plain read *before* any row
+lock is taken, so another owner's enrollment answers "not found" as fast as a missing one and
+never waits behind a step in flight.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,12 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from followups.db.models import Deal, Enrollment, SequenceVersion
+from followups.db.models import OPEN_STATUSES, Deal, Enrollment, EnrollmentStatus, SequenceVersion
 from followups.errors import NotFoundError
-from followups.steps import Step, parse_steps
+from followups.steps import Step, load_stored_steps
 from followups.templating import DealView, SellerView
+
+MAX_ID = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -36,15 +43,31 @@ class EnrollmentPlan:
     def finished_steps(self) -> bool:
         return self.current_step >= len(self.steps)
 
+    @property
+    def is_open(self) -> bool:
+        return EnrollmentStatus(self.status) in OPEN_STATUSES
 
-def load_plan(session: Session, enrollment_id: int, *, lock: bool = False) -> EnrollmentPlan:
+
+def _check_owner(session: Session, enrollment_id: int, owner_id: int) -> None:
+    owner = session.scalar(
+        select(Deal.owner_id).join(Enrollment, Enrollment.deal_id == Deal.id).where(Enrollment.id == enrollment_id)
+    )
+    if owner != owner_id:
+        raise NotFoundError("enrollment", enrollment_id)
+
+
+def load_plan(session: Session, enrollment_id: int, *, lock: bool = False, owner_id: int | None = None) -> EnrollmentPlan:
+    if isinstance(enrollment_id, bool) or not isinstance(enrollment_id, int) or not 1 <= enrollment_id <= MAX_ID:
+        raise NotFoundError("enrollment", enrollment_id)
+    if owner_id is not None:
+        _check_owner(session, enrollment_id, owner_id)
     statement = select(Enrollment).where(Enrollment.id == enrollment_id)
     if lock:
         # Serialises step execution, pause, resume and cancel of one enrollment. NO KEY UPDATE
         # (key_share) so that inserting events, whose foreign key takes KEY SHARE on this row,
         # from another connection while we hold it does not block.
         statement = statement.with_for_update(of=Enrollment, key_share=True)
-    enrollment = session.scalars(statement).first()
+    enrollment = session.scalars(statement.execution_options(populate_existing=True)).first()
     if enrollment is None:
         raise NotFoundError("enrollment", enrollment_id)
     deal = session.get(Deal, enrollment.deal_id)
@@ -58,7 +81,8 @@ def load_plan(session: Session, enrollment_id: int, *, lock: bool = False) -> En
         prefect_flow_run_id=enrollment.prefect_flow_run_id,
         sequence_id=enrollment.sequence_id,
         sequence_version=version.version,
-        steps=parse_steps(version.steps),
+        # Validated when the sequence was saved: stored steps are trusted, never re-rendered.
+        steps=load_stored_steps(version.steps),
         deal_id=deal.id,
         owner_id=deal.owner_id,
         deal_ref=deal.external_id,

@@ -1,0 +1,52 @@
+"""The check a sequence run makes when it starts and between steps: may it go on?
+
+It applies the one reconciliation rule (`lifecycle.reconcile`) to the run's own state, so what
+an operator did to this run in Prefect shows in the enrollment, and tells the flow what to do:
+- the run was suspended in Prefect: the enrollment is PAUSED, and the flow stays suspended;
+- the run starts while the enrollment is PAUSED: someone resumed it in Prefect, so it goes on;
+- the enrollment was paused through our API between steps: the flow suspends itself, so that
+  resuming (from our API or the Prefect UI) restarts this very run.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from followups import prefect_runs
+from followups.db.models import EnrollmentStatus
+from followups.db.session import session_scope
+from followups.lifecycle.plan import EnrollmentPlan, load_plan
+from followups.lifecycle.reconcile import reconcile
+
+
+class Next(StrEnum):
+    GO = "go"  # run the current step
+    STOP = "stop"  # nothing to do: finished, or paused and another run holds it
+    STAY_SUSPENDED = "stay-suspended"  # suspended in Prefect: end this attempt as suspended
+    SUSPEND = "suspend"  # paused through our API: suspend this run until resumed
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    plan: EnrollmentPlan
+    next: Next
+    run_state: Any = None  # this run's Prefect state, for STAY_SUSPENDED
+
+
+def checkpoint(enrollment_id: int, flow_run_id: uuid.UUID | None, *, starting: bool) -> Checkpoint:
+    run = prefect_runs.read_run(flow_run_id)
+    with session_scope() as session:
+        plan = load_plan(session, enrollment_id, lock=True)
+        is_pending_run = flow_run_id is not None and plan.prefect_flow_run_id == flow_run_id
+        if is_pending_run and run is not None:
+            plan = reconcile(session, plan, run=run, read=False, starting_run_id=flow_run_id if starting else None)
+    if prefect_runs.is_suspended(run):
+        return Checkpoint(plan, Next.STAY_SUSPENDED, run.state)
+    if plan.status == EnrollmentStatus.PAUSED and is_pending_run:
+        return Checkpoint(plan, Next.SUSPEND)
+    if plan.status != EnrollmentStatus.ACTIVE:
+        return Checkpoint(plan, Next.STOP)
+    return Checkpoint(plan, Next.GO)

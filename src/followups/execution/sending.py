@@ -1,0 +1,235 @@
+"""Send one EMAIL / SMS step of one enrollment at most once.
+
+At-most-once, enforced by the database:
+- the enrollment row is locked (`SELECT ... FOR UPDATE`) for the whole step, so two runs of the
+  same enrollment (a duplicated scheduled run, a re-run) execute its steps one at a time;
+- the step is skipped when the enrollment has already moved past it (the sent event and the
+  move are committed in one transaction, and a unique index allows one sent event per step);
+- a STEP_ATTEMPT event is committed on its own *before* the provider call. An attempt found
+  later with no outcome means a worker died between the call and the commit: the provider may
+  have sent it, so the step is not sent again; STEP_OUTCOME_UNKNOWN records that.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from followups.db.events import record_event, step_events
+from followups.db.models import SENT_EVENT_TYPES, EnrollmentStatus, EventType
+from followups.db.session import session_scope
+from followups.errors import InvalidStateError, ProviderError, TransientProviderError
+from followups.lifecycle import store
+from followups.lifecycle.plan import EnrollmentPlan, load_plan
+from followups.providers import OutgoingEmail, OutgoingSms, Providers
+from followups.replies.suppression import email_opted_out, sms_opted_out
+from followups.settings import Settings, get_settings
+from followups.steps import SMS_MAX_CHARS, EmailStep, SmsStep
+from followups.templating import TemplateRenderError, build_context, render
+
+_providers: tuple[Settings, Providers] | None = None
+
+
+def get_providers() -> Providers:
+    """One provider facade (and so one pooled HTTP client) per process and settings."""
+    global _providers
+    settings = get_settings()
+    if _providers is None or _providers[0] is not settings:
+        _providers = (settings, Providers(settings))
+    return _providers[1]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    outcome: str  # sent | already-done | not-active | skipped | outcome-unknown | failed
+    provider_message_id: str | None = None
+    detail: str = ""  # subject or first line of what was sent, or why it was not
+
+
+def render_message(plan: EnrollmentPlan, step: EmailStep | SmsStep, step_index: int, settings: Settings):
+    context = build_context(plan.deal, plan.seller)
+    if isinstance(step, EmailStep):
+        if not plan.seller.email:
+            return None
+        return OutgoingEmail(
+            to_email=plan.seller.email,
+            to_name=plan.seller.name,
+            subject=render(step.subject, context),
+            text=render(step.text, context) if step.text else None,
+            html=render(step.html, context, html=True) if step.html else None,
+            reply_to=f"reply+{plan.reply_token}@{settings.reply_domain}",
+            custom_args={"enrollment_id": str(plan.enrollment_id), "step_index": str(step_index)},
+            categories=("followups", f"sequence-{plan.sequence_id}"),
+        )
+    if not plan.seller.phone:
+        return None
+    callback = f"{settings.public_base_url.rstrip('/')}/webhooks/twilio/status" if settings.public_base_url else None
+    return OutgoingSms(to=plan.seller.phone, body=render(step.body, context, max_chars=SMS_MAX_CHARS), status_callback=callback)
+
+
+def message_content(message: OutgoingEmail | OutgoingSms) -> dict[str, Any]:
+    if isinstance(message, OutgoingEmail):
+        return {
+            "channel": "email",
+            "to": message.to_email,
+            "subject": message.subject,
+            "text": message.text,
+            "html": message.html,
+            "reply_to": message.reply_to,
+        }
+    return {"channel": "sms", "to": message.to, "body": message.body}
+
+
+def _skip_reason(session: Session, step: EmailStep | SmsStep, message: OutgoingEmail | OutgoingSms | None) -> str | None:
+    if message is None:
+        return f"the seller has no {'email address' if isinstance(step, EmailStep) else 'phone number'}"
+    if isinstance(message, OutgoingSms) and sms_opted_out(session, message.to):
+        return "the seller opted out of SMS (STOP)"
+    if isinstance(message, OutgoingEmail) and email_opted_out(session, message.to_email):
+        return "the seller unsubscribed from email"
+    return None
+
+
+def _orphan_attempt(events: list) -> Any:
+    """The attempt with no recorded outcome, if any (its sender died mid-send)."""
+    concluded = {e.content.get("attempt_event_id") for e in events if e.event_type != EventType.STEP_ATTEMPT}
+    for event in events:
+        if event.event_type == EventType.STEP_ATTEMPT and event.id not in concluded:
+            return event
+    return None
+
+
+def _wait_for_provider_reset(enrollment_id: int, step_index: int) -> None:
+    """A 429 names the time before which retrying is pointless: honour it before the next attempt."""
+    with session_scope() as session:
+        retries = [e for e in step_events(session, enrollment_id, step_index) if e.event_type == EventType.STEP_RETRY]
+    if not retries or not retries[-1].content.get("not_before"):
+        return
+    not_before = datetime.fromisoformat(retries[-1].content["not_before"])
+    remaining = (not_before - datetime.now(UTC)).total_seconds()
+    if remaining > 0:
+        time.sleep(remaining)
+
+
+def _summary(message: OutgoingEmail | OutgoingSms) -> str:
+    if isinstance(message, OutgoingEmail):
+        return message.subject
+    return message.body.splitlines()[0] if message.body else ""
+
+
+def execute_send_step(
+    enrollment_id: int,
+    step_index: int,
+    *,
+    attempt: int = 1,
+    max_attempts: int = 1,
+    providers: Providers | None = None,
+    flow_run_id: uuid.UUID | None = None,
+    task_run_id: uuid.UUID | None = None,
+) -> StepResult:
+    """Send step `step_index` of the enrollment unless it already was. Pure of Prefect."""
+    settings = get_settings()
+    providers = providers or get_providers()
+    ids = {"flow_run_id": flow_run_id, "task_run_id": task_run_id}
+    if attempt > 1:
+        _wait_for_provider_reset(enrollment_id, step_index)
+
+    error: ProviderError | None = None
+    with session_scope() as session:
+        plan = load_plan(session, enrollment_id, lock=True)
+        if plan.status != EnrollmentStatus.ACTIVE:
+            return StepResult("not-active")
+        if plan.current_step > step_index:
+            return StepResult("already-done")
+        if plan.current_step < step_index:
+            raise InvalidStateError(f"enrollment {enrollment_id} is at step {plan.current_step}, not {step_index}")
+        step = plan.steps[step_index]
+        if not isinstance(step, EmailStep | SmsStep):
+            raise InvalidStateError(f"step {step_index} of enrollment {enrollment_id} is not a send step")
+
+        events = step_events(session, enrollment_id, step_index)
+        if any(e.event_type in SENT_EVENT_TYPES for e in events):
+            store.advance(session, plan, step_index)
+            return StepResult("already-done")
+        orphan = _orphan_attempt(events)
+        if orphan is not None:
+            store.advance(
+                session, plan, step_index,
+                event_type=EventType.STEP_OUTCOME_UNKNOWN,
+                status="unknown",
+                failure_reason="a worker stopped between the provider call and recording its result; "
+                "not sent again to avoid a duplicate",
+                content={"attempt_event_id": orphan.id},
+                **ids,
+            )
+            return StepResult("outcome-unknown")
+
+        try:
+            message = render_message(plan, step, step_index, settings)
+        except TemplateRenderError as exc:
+            store.fail(session, plan, step_index, f"template: {exc}", **ids)
+            return StepResult("failed", detail=str(exc))
+        skip_reason = _skip_reason(session, step, message)
+        if skip_reason:
+            store.advance(
+                session, plan, step_index,
+                event_type=EventType.STEP_SKIPPED, status="skipped", failure_reason=skip_reason, **ids,
+            )
+            return StepResult("skipped", detail=skip_reason)
+
+        # Committed on its own connection, before the call: the trace a crash leaves behind.
+        with session_scope() as attempt_session:
+            attempt_event_id = record_event(
+                attempt_session,
+                enrollment_id=enrollment_id,
+                event_type=EventType.STEP_ATTEMPT,
+                step_index=step_index,
+                status="sending",
+                attempt=attempt,
+                content={"channel": "email" if isinstance(step, EmailStep) else "sms"},
+                **ids,
+            )
+
+        try:
+            receipt = providers.send_email(message) if isinstance(message, OutgoingEmail) else providers.send_sms(message)
+        except ProviderError as exc:
+            error = exc
+            outcome = {"attempt_event_id": attempt_event_id, "status_code": exc.status_code, "code": exc.code}
+            last_attempt = attempt >= max_attempts
+            if isinstance(exc, TransientProviderError) and not last_attempt:
+                if exc.retry_after:
+                    outcome["not_before"] = (datetime.now(UTC) + timedelta(seconds=exc.retry_after)).isoformat()
+                record_event(
+                    session,
+                    enrollment_id=enrollment_id,
+                    event_type=EventType.STEP_RETRY,
+                    step_index=step_index,
+                    status="retrying",
+                    attempt=attempt,
+                    failure_reason=exc.describe(),
+                    content=outcome,
+                    **ids,
+                )
+            else:
+                why = exc.describe() if not last_attempt else f"gave up after {attempt} attempts: {exc.describe()}"
+                store.fail(session, plan, step_index, why, attempt=attempt, content=outcome, **ids)
+        else:
+            store.advance(
+                session, plan, step_index,
+                event_type=EventType.EMAIL_SENT if isinstance(message, OutgoingEmail) else EventType.SMS_SENT,
+                status="sent",
+                attempt=attempt,
+                provider_message_id=receipt.message_id,
+                content={**message_content(message), "provider": receipt.provider, "attempt_event_id": attempt_event_id},
+                **ids,
+            )
+            return StepResult("sent", receipt.message_id, _summary(message))
+
+    # Raised after the transaction committed the retry/failure event.
+    assert error is not None
+    raise error

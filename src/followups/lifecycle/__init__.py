@@ -1,0 +1,7 @@
+"""The enrollment lifecycle: loading an enrollment, the transition table, the one writer of its
+state (`store`), and the one rule for agreeing with Prefect (`reconcile`)."""
+
+from followups.lifecycle.plan import EnrollmentPlan, load_plan
+from followups.lifecycle.transitions import TRANSITIONS, Actor
+
+__all__ = ["TRANSITIONS", "Actor", "EnrollmentPlan", "load_plan"]

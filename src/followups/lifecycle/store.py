@@ -1,0 +1,223 @@
+"""The only code that writes an enrollment's state: status, current step, due time, pending run.
+
+Every function takes the caller's session (its transaction) and an `EnrollmentPlan` loaded with
+the row lock, checks the move against `transitions.TRANSITIONS`, and writes the change together
+with its event, so both commit or neither does. What a move means for the pending Prefect run
+(suspend, resume, cancel, a new run) happens here too, inside the transaction: if Prefect
+refuses, nothing is stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from followups import prefect_runs
+from followups.db.events import record_event
+from followups.db.models import FINISHED_STATUSES, Enrollment, EnrollmentStatus, EventType
+from followups.errors import InvalidStateError
+from followups.lifecycle.plan import EnrollmentPlan, load_plan
+from followups.lifecycle.transitions import Actor, check
+
+log = logging.getLogger(__name__)
+
+# Event written for each status a move lands in (a move within ACTIVE writes its own event).
+STATUS_EVENTS = {
+    EnrollmentStatus.PAUSED: EventType.PAUSED,
+    EnrollmentStatus.ACTIVE: EventType.RESUMED,
+    EnrollmentStatus.CANCELLED: EventType.CANCELLED,
+    EnrollmentStatus.STOPPED: EventType.STOPPED,
+    EnrollmentStatus.COMPLETED: EventType.COMPLETED,
+    EnrollmentStatus.FAILED: EventType.FAILED,
+}
+
+
+def _write(session: Session, plan: EnrollmentPlan, **values: Any) -> EnrollmentPlan:
+    session.execute(update(Enrollment).where(Enrollment.id == plan.enrollment_id).values(**values))
+    fields = {"status": "status", "current_step": "current_step", "next_due_at": "next_due_at",
+              "prefect_flow_run_id": "prefect_flow_run_id"}
+    return dataclasses.replace(plan, **{fields[k]: v for k, v in values.items()})
+
+
+def _step_of(plan: EnrollmentPlan) -> int | None:
+    return plan.current_step if plan.current_step < len(plan.steps) else None
+
+
+# -- enrolling ------------------------------------------------------------------------------
+
+
+def create(
+    session: Session, *, deal_id: int, sequence_id: int, sequence_version_id: int, content: dict[str, Any]
+) -> Enrollment:
+    """A new ACTIVE enrollment at step 0 with its ENROLLED event (no Prefect run yet)."""
+    check(None, None, EnrollmentStatus.ACTIVE, Actor.API)
+    enrollment = Enrollment(
+        deal_id=deal_id,
+        sequence_id=sequence_id,
+        sequence_version_id=sequence_version_id,
+        status=EnrollmentStatus.ACTIVE.value,
+        current_step=0,
+        reply_token=secrets.token_urlsafe(18),
+    )
+    try:
+        with session.begin_nested():
+            session.add(enrollment)
+            session.flush()
+    except IntegrityError as exc:
+        # The partial unique index allows one open enrollment per deal and sequence.
+        raise InvalidStateError(
+            f"deal {content.get('deal')} is already enrolled in sequence {sequence_id} (active or paused)"
+        ) from exc
+    record_event(
+        session,
+        enrollment_id=enrollment.id,
+        event_type=EventType.ENROLLED,
+        content=content,
+        dedupe_key=f"enrollment:{enrollment.id}:enrolled",
+    )
+    return enrollment
+
+
+def start(session: Session, enrollment: Enrollment) -> uuid.UUID:
+    """Give a new enrollment its first flow run (due now)."""
+    session.flush()
+    plan = load_plan(session, enrollment.id, lock=True)
+    return reschedule(session, plan, due=None, actor=Actor.API).prefect_flow_run_id
+
+
+# -- status changes -------------------------------------------------------------------------
+
+
+def move(
+    session: Session,
+    plan: EnrollmentPlan,
+    to: EnrollmentStatus,
+    *,
+    actor: Actor,
+    event_type: EventType | None = None,
+    **event: Any,
+) -> EnrollmentPlan:
+    """Change the status (checked against the table), record its event, and make the pending
+    Prefect run agree when the change comes from the investor or the seller."""
+    check(plan.enrollment_id, plan.status, to, actor, change=True)
+    content = {"source": actor.value, **event.pop("content", {})}
+    values: dict[str, Any] = {"status": to.value}
+    if to in FINISHED_STATUSES:
+        values["next_due_at"] = None
+    record_event(
+        session,
+        enrollment_id=plan.enrollment_id,
+        event_type=event_type or STATUS_EVENTS[to],
+        step_index=event.pop("step_index", _step_of(plan)),
+        content=content,
+        flow_run_id=event.pop("flow_run_id", plan.prefect_flow_run_id),
+        **event,
+    )
+    moved = _write(session, plan, **values)
+    # Prefect already shows an operator's change, and the flow's own run simply ends.
+    if actor not in (Actor.PREFECT, Actor.FLOW):
+        moved = _follow_in_prefect(session, plan, moved, to)
+    return moved
+
+
+def _follow_in_prefect(session: Session, before: EnrollmentPlan, after: EnrollmentPlan, to: EnrollmentStatus) -> EnrollmentPlan:
+    if before.prefect_flow_run_id is None:
+        return after
+    if to in FINISHED_STATUSES:
+        _cancel_quietly(before.prefect_flow_run_id)
+        return after
+    run = prefect_runs.read_run(before.prefect_flow_run_id)
+    if to == EnrollmentStatus.PAUSED:
+        if prefect_runs.is_live(run) and not prefect_runs.is_suspended(run):
+            prefect_runs.suspend_run(run)
+    elif to == EnrollmentStatus.ACTIVE and before.status == EnrollmentStatus.PAUSED.value:
+        if prefect_runs.is_suspended(run):
+            prefect_runs.resume_run(run, after.next_due_at)
+        elif not prefect_runs.is_live(run):
+            # The run ended or vanished while paused (e.g. a suspend that timed out): go on in a new one.
+            due = after.next_due_at if after.next_due_at and after.next_due_at > datetime.now(UTC) else None
+            return reschedule(session, after, due=due, actor=Actor.API, key=f"resume:{uuid.uuid4().hex[:8]}")
+    return after
+
+
+def _cancel_quietly(flow_run_id: uuid.UUID) -> None:
+    """Cancel the pending run of a finished enrollment, if Prefect answers. The database is what
+    counts: a run that still starts finds the enrollment finished and ends without sending."""
+    try:
+        run = prefect_runs.read_run(flow_run_id)
+        if prefect_runs.is_live(run):
+            prefect_runs.cancel_run(run)
+    except Exception as exc:  # Prefect down or refusing: the enrollment is finished regardless
+        log.warning("could not cancel flow run %s: %s", flow_run_id, exc)
+
+
+def complete(session: Session, plan: EnrollmentPlan, *, flow_run_id: uuid.UUID | None) -> EnrollmentPlan:
+    return move(
+        session, plan, EnrollmentStatus.COMPLETED, actor=Actor.FLOW, flow_run_id=flow_run_id,
+        dedupe_key=f"enrollment:{plan.enrollment_id}:completed",
+    )
+
+
+def fail(session: Session, plan: EnrollmentPlan, step_index: int, reason: str, **details: Any) -> EnrollmentPlan:
+    """STEP_FAILED and the enrollment FAILED, together."""
+    record_event(
+        session,
+        enrollment_id=plan.enrollment_id,
+        event_type=EventType.STEP_FAILED,
+        step_index=step_index,
+        status="failed",
+        failure_reason=reason,
+        **details,
+    )
+    return move(
+        session, plan, EnrollmentStatus.FAILED, actor=Actor.FLOW, step_index=step_index,
+        flow_run_id=details.get("flow_run_id"), failure_reason=reason,
+    )
+
+
+# -- moves within ACTIVE --------------------------------------------------------------------
+
+
+def advance(
+    session: Session, plan: EnrollmentPlan, step_index: int, *, event_type: EventType | None = None, **event: Any
+) -> EnrollmentPlan:
+    """Step `step_index` is done (sent, skipped, waited, outcome unknown): record that and move on."""
+    check(plan.enrollment_id, plan.status, EnrollmentStatus.ACTIVE, Actor.FLOW)
+    if plan.current_step != step_index:
+        raise InvalidStateError(f"enrollment {plan.enrollment_id} is at step {plan.current_step}, not {step_index}")
+    if event_type is not None:
+        record_event(session, enrollment_id=plan.enrollment_id, event_type=event_type, step_index=step_index, **event)
+    return _write(session, plan, current_step=step_index + 1, next_due_at=None)
+
+
+def reschedule(
+    session: Session,
+    plan: EnrollmentPlan,
+    *,
+    due: datetime | None,
+    actor: Actor,
+    key: str = "",
+    event_type: EventType | None = None,
+    **event: Any,
+) -> EnrollmentPlan:
+    """The one way to give an enrollment its next pending run: create the run of its current step
+    for `due` (None: now), store its id and the due time, and record the event that explains it.
+
+    `key` tells runs of the same step apart (a wait's run, a quiet-hours run, a repair): the same
+    key yields the same Prefect run, so asking twice never makes two.
+    """
+    check(plan.enrollment_id, plan.status, EnrollmentStatus.ACTIVE, actor)
+    if event_type is not None:
+        record_event(session, enrollment_id=plan.enrollment_id, event_type=event_type, step_index=_step_of(plan), **event)
+    run_id = prefect_runs.schedule_sequence_run(
+        plan.enrollment_id, plan.deal_ref, plan.current_step, scheduled_time=due, key_suffix=f":{key}" if key else ""
+    )
+    return _write(session, plan, next_due_at=due, prefect_flow_run_id=run_id)

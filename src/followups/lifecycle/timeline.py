@@ -1,0 +1,97 @@
+"""Reading an enrollment: its status and a timeline of steps, done and planned. Never writes."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from followups.db.models import OPEN_STATUSES, EnrollmentStatus, EventType, FollowUpEvent
+from followups.lifecycle.plan import EnrollmentPlan
+from followups.steps import WaitStep
+
+OUTCOME_STATES = {
+    EventType.EMAIL_SENT: "done", EventType.SMS_SENT: "done", EventType.WAIT_COMPLETED: "done",
+    EventType.STEP_SKIPPED: "skipped", EventType.STEP_FAILED: "failed", EventType.STEP_OUTCOME_UNKNOWN: "unknown",
+}
+
+
+@dataclass(frozen=True)
+class TimelineStep:
+    index: int
+    type: str
+    state: str  # done | skipped | failed | unknown | waiting | pending
+    at: datetime | None  # when it happened, or when it is planned
+
+
+@dataclass(frozen=True)
+class EnrollmentDetails:
+    id: int
+    deal_id: int
+    deal_external_id: str
+    sequence_id: int
+    sequence_version: int
+    status: str
+    current_step: int
+    next_due_at: datetime | None
+    flow_run_id: uuid.UUID | None
+    timeline: list[TimelineStep] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["flow_run_id"] = str(self.flow_run_id) if self.flow_run_id else None
+        data["next_due_at"] = self.next_due_at.isoformat() if self.next_due_at else None
+        for step in data["timeline"]:
+            step["at"] = step["at"].isoformat() if step["at"] else None
+        return data
+
+
+def timeline(session: Session, plan: EnrollmentPlan) -> list[TimelineStep]:
+    events = session.scalars(
+        select(FollowUpEvent).where(FollowUpEvent.enrollment_id == plan.enrollment_id).order_by(FollowUpEvent.id)
+    ).all()
+    by_step: dict[int, list[FollowUpEvent]] = {}
+    for event in events:
+        if event.step_index is not None:
+            by_step.setdefault(event.step_index, []).append(event)
+    steps: list[TimelineStep] = []
+    now = datetime.now(UTC)
+    clock = max(plan.next_due_at, now) if plan.next_due_at else now
+    open_status = EnrollmentStatus(plan.status) in OPEN_STATUSES
+    for index, step in enumerate(plan.steps):
+        step_events = by_step.get(index, [])
+        finished = next((e for e in reversed(step_events) if e.event_type in OUTCOME_STATES), None)
+        if finished is not None:
+            steps.append(TimelineStep(index, step.type, OUTCOME_STATES[EventType(finished.event_type)], finished.occurred_at))
+            continue
+        if isinstance(step, WaitStep):
+            started = next((e for e in step_events if e.event_type == EventType.WAIT_STARTED), None)
+            if started is not None:
+                due = datetime.fromisoformat(started.content["due_at"])
+                clock = max(due, now)
+                steps.append(TimelineStep(index, step.type, "waiting" if open_status else "pending", due))
+            else:
+                clock = clock + step.duration
+                steps.append(TimelineStep(index, step.type, "pending", clock if open_status else None))
+        else:
+            steps.append(TimelineStep(index, step.type, "pending", clock if open_status else None))
+    return steps
+
+
+def details(session: Session, plan: EnrollmentPlan) -> EnrollmentDetails:
+    return EnrollmentDetails(
+        id=plan.enrollment_id,
+        deal_id=plan.deal_id,
+        deal_external_id=plan.deal_ref,
+        sequence_id=plan.sequence_id,
+        sequence_version=plan.sequence_version,
+        status=plan.status,
+        current_step=plan.current_step,
+        next_due_at=plan.next_due_at,
+        flow_run_id=plan.prefect_flow_run_id,
+        timeline=timeline(session, plan),
+    )

@@ -1,0 +1,3 @@
+from followups.worker.main import main
+
+main()
