@@ -3,7 +3,8 @@
 Events are verified (ECDSA over timestamp + raw body, timestamp within
 `webhook_max_age_seconds`), stored once each (dedupe on sg_message_id + event + timestamp) and
 matched to the step through our custom_args (`enrollment_id`, `step_index`) or, failing that,
-the X-Message-Id prefix of sg_message_id. Unsubscribes and spam reports opt the seller out.
+the X-Message-Id prefix of sg_message_id. Unsubscribes and spam reports opt the seller out of
+the mail of the owner whose message it was (and of nobody else's).
 
 Inbound parse is not signed: a reply is matched by its unguessable per-enrollment address
 `reply+<token>@<reply_domain>`; mail that matches no enrollment is accepted and dropped.
@@ -30,6 +31,7 @@ from followups.replies import (
     dedupe_key,
     is_opt_out,
     open_enrollments_for_email,
+    owner_of_enrollment,
 )
 from followups.api.schemas import WebhookResult
 from followups.api.signatures import SignatureError, verify_sendgrid
@@ -126,11 +128,14 @@ def record_events(events: list[Any]) -> Outcome:
                 dedupe_key=key,
             )
             outcome.count(event_id)
-            if event in OPT_OUT_EVENTS:
-                targets = [enrollment_id] if enrollment_id is not None else []
+            if event in OPT_OUT_EVENTS and enrollment_id is not None:
+                # The opt-out answers this owner's mail: it stops and suppresses only theirs.
+                # One we cannot match to a message of ours stays a provider event.
+                targets = [enrollment_id]
                 email = item.get("email")
-                if isinstance(email, str) and email.strip():
-                    targets += open_enrollments_for_email(session, email)
+                owner_id = owner_of_enrollment(session, enrollment_id)
+                if isinstance(email, str) and email.strip() and owner_id is not None:
+                    targets += open_enrollments_for_email(session, email, owner_id)
                 content = {"channel": "email", "provider_event": event, "email": email, "sg_message_id": sg_message_id or None}
                 opt_outs.append((targets, dedupe_key("sg", "optout", key), content))
     # The provider events are committed; now the opt-outs (each its own transaction).

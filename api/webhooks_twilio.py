@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from followups.api.errors import error_responses
 from followups.api.forms import FormError, media_type, parse_urlencoded
-from followups.replies import Outcome, deliver, dedupe_key, enrollments_for_phone, is_opt_in, is_opt_out
+from followups.replies import InboundSms, Outcome, dedupe_key, receive_sms
 from followups.api.schemas import WebhookResult
 from followups.api.signatures import SignatureError, verify_twilio
 from followups.db.events import record_event
@@ -159,45 +159,15 @@ async def twilio_status(request: Request) -> WebhookResult:
 
 def record_inbound(fields: dict[str, str]) -> Outcome:
     phone = _require(fields, "From")
+    to_number = _require(fields, "To")
     body = fields.get("Body", "")
+    service = fields.get("MessagingServiceSid", "").strip()[:64] or None
     sid = fields.get("MessageSid") or fields.get("SmsSid")
     if not sid:
-        sid = "h" + hashlib.sha256(f"{phone}\n{fields.get('To', '')}\n{body}".encode()).hexdigest()[:32]
+        sid = "h" + hashlib.sha256(f"{phone}\n{to_number}\n{body}".encode()).hexdigest()[:32]
+    message = InboundSms(phone=phone, to_number=to_number, body=body, message_sid=sid[:200], messaging_service_sid=service)
     key = dedupe_key("tw", "in", sid[:200])
-    content = {
-        "channel": "sms",
-        "from": phone,
-        "to": fields.get("To"),
-        "body": body[:MAX_STORED_TEXT],
-        "message_sid": sid[:200],
-    }
-    outcome = Outcome(received=1)
-    with session_scope() as session:
-        enrollment_ids = enrollments_for_phone(session, phone)
-        if is_opt_in(body):
-            # START/UNSTOP: Twilio lifts its own block; nothing to stop. Keep the fact.
-            event_id = record_event(
-                session,
-                enrollment_id=enrollment_ids[-1] if enrollment_ids else None,
-                event_type=EventType.PROVIDER_EVENT,
-                status="opt_in",
-                content={"provider": "twilio", "event": "opt_in", **content},
-                provider_message_id=sid[:200],
-                dedupe_key=key,
-            )
-            outcome.count(event_id)
-            return outcome
-    if is_opt_out(body):
-        deliver(
-            outcome, enrollment_ids, event_type=EventType.OPTED_OUT, key=key,
-            reason="the seller opted out by SMS", content=content, provider_message_id=sid[:200],
-        )
-    else:
-        deliver(
-            outcome, enrollment_ids, event_type=EventType.REPLY_RECEIVED, key=key,
-            reason="the seller replied by SMS", content=content, provider_message_id=sid[:200],
-        )
-    return outcome
+    return receive_sms(message, key, global_number=get_settings().twilio_from_number.strip() or None, max_text=MAX_STORED_TEXT)
 
 
 @router.post(
@@ -208,14 +178,24 @@ def record_inbound(fields: dict[str, str]) -> Outcome:
         **error_responses(403, 413, 422, 503),
     },
     openapi_extra=_form_body(
-        {"MessageSid": {"type": "string"}, "From": {"type": "string"}, "To": {"type": "string"}, "Body": {"type": "string"}},
-        ["MessageSid", "From"],
+        {
+            "MessageSid": {"type": "string"},
+            "From": {"type": "string"},
+            "To": {"type": "string"},
+            "Body": {"type": "string"},
+            "MessagingServiceSid": {"type": "string"},
+        },
+        ["MessageSid", "From", "To"],
     ),
 )
 async def twilio_inbound(request: Request) -> Response:
-    """An SMS from a seller. STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT (also OPTOUT, REVOKE;
-    any case, trimmed) opt out: OPTED_OUT and every open enrollment of that phone number is
-    stopped. Any other text is a reply: REPLY_RECEIVED and the seller's open enrollments stop."""
+    """An SMS from a seller (`From`) to one of our numbers (`To`; `MessagingServiceSid` when the
+    number belongs to a service). It concerns only the owners who send from that number (of
+    those, the one who last texted the seller). Any text is a reply: REPLY_RECEIVED and their
+    open enrollments for that phone stop. STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT (also
+    OPTOUT, REVOKE; any case, trimmed) opt out of that number: OPTED_OUT, and the open
+    enrollments for that phone of every owner sending from it stop (the others' events carry no
+    text). START or UNSTOP lifts the opt-out."""
     fields = await verified_params(request)
     await run_in_threadpool(record_inbound, fields)
     return Response(content=EMPTY_TWIML, media_type="application/xml")

@@ -79,6 +79,21 @@ class User(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # The owner's sending identity; None falls back to the global settings.
+    email_from: Mapped[str | None] = mapped_column(String(320))
+    email_from_name: Mapped[str | None] = mapped_column(String(200))
+    sms_from: Mapped[str | None] = mapped_column(String(32))
+    messaging_service_sid: Mapped[str | None] = mapped_column(String(64))
+
+
+class Installation(Base):
+    """One row: this database's identity, made when the schema was created."""
+
+    __tablename__ = "installation"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    singleton: Mapped[bool] = mapped_column(Boolean, default=True, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class ApiToken(Base):

@@ -1,23 +1,46 @@
 """The product's Prefect deployments, defined once for every way of running them.
 
-`prefect.yaml` declares the same deployments (and triggers) for `prefect deploy --all` + a
-process work pool (tests/test_deployments.py keeps the two in step); `local_deployments()`
-builds them for `serve` and for the fast worker (followups.worker).
+`prefect.yaml` declares the same deployments (and triggers and schedule) for `prefect deploy
+--all` + a process work pool (tests/test_deployments.py keeps the two in step);
+`local_deployments()` builds them for `serve` and for the fast worker (followups.worker).
+
+Every deployment is named after FOLLOWUPS_DEPLOYMENT_NAME (`follow-up-sequence/<name>`: all of
+them `<name>`), so two followups databases sharing one Prefect server each serve their own.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from prefect.client.schemas.actions import DeploymentScheduleCreate
+from prefect.client.schemas.schedules import IntervalSchedule
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 from prefect.types.entrypoint import EntrypointType
 
 from followups.flows.enroll_on_offer import enroll_on_offer
 from followups.flows.follow_up_sequence import follow_up_sequence
+from followups.flows.pause_enrollment import cancel_enrollment, pause_enrollment, resume_enrollment
+from followups.flows.reconcile_enrollments import reconcile_enrollments
 from followups.flows.sync_enrollment_state import sync_enrollment_state
 from followups.offer_events import EVENT_NAME
+from followups.settings import Settings, get_settings
 
-DEPLOYMENT_NAME = "followups"
 TAGS = ["followups"]
+# Run states an operator (or a crash) gives a follow-up run that the enrollment must follow.
+SYNCED_RUN_EVENTS = {
+    "prefect.flow-run.Suspended",
+    "prefect.flow-run.Resuming",
+    "prefect.flow-run.Cancelling",
+    "prefect.flow-run.Cancelled",
+    "prefect.flow-run.Failed",
+    "prefect.flow-run.Crashed",
+}
+
+
+def deployment_name() -> str:
+    """The name of every deployment served here: FOLLOWUPS_DEPLOYMENT_NAME after the `/`."""
+    return get_settings().served_deployment_name
 
 
 def offer_sent_trigger() -> DeploymentEventTrigger:
@@ -29,20 +52,32 @@ def offer_sent_trigger() -> DeploymentEventTrigger:
     )
 
 
-def prefect_controls_trigger() -> DeploymentEventTrigger:
-    """A follow-up run suspended or resumed in Prefect (UI, CLI): sync the enrollment."""
+def prefect_controls_trigger(name: str) -> DeploymentEventTrigger:
+    """A follow-up run of this install's deployment suspended, resumed or cancelled in Prefect
+    (UI, CLI), or failed or crashed: sync its enrollment now rather than at the next sweep.
+    Matching the deployment's name keeps another database's runs to its own sync deployment."""
     return DeploymentEventTrigger(
-        name="sync enrollment on suspend or resume",
-        expect={"prefect.flow-run.Suspended", "prefect.flow-run.Resuming"},
-        match_related={"prefect.resource.role": "flow", "prefect.resource.name": "follow-up-sequence"},
+        name="sync enrollment when its run is suspended, resumed, cancelled or fails",
+        expect=SYNCED_RUN_EVENTS,
+        match_related=[
+            {"prefect.resource.role": "flow", "prefect.resource.name": "follow-up-sequence"},
+            {"prefect.resource.role": "deployment", "prefect.resource.name": name},
+        ],
         parameters={"flow_run_id": "{{ event.resource.id }}"},
     )
 
 
+def reconcile_schedule(interval_seconds: int) -> DeploymentScheduleCreate:
+    """0 keeps the schedule, switched off: re-serving then turns it off in Prefect as well
+    (an empty schedule list would leave the one registered before)."""
+    seconds = interval_seconds or Settings.model_fields["reconcile_interval_seconds"].default
+    return DeploymentScheduleCreate(schedule=IntervalSchedule(interval=timedelta(seconds=seconds)), active=interval_seconds > 0)
+
+
 def sequence_deployment(**overrides) -> RunnerDeployment:
-    """follow-up-sequence/followups, with a module-path entrypoint (works from any directory)."""
+    """follow-up-sequence/<name>, with a module-path entrypoint (works from any directory)."""
     options = dict(
-        name=DEPLOYMENT_NAME,
+        name=deployment_name(),
         tags=TAGS,
         description="Runs one enrolled follow-up sequence from its current step.",
         entrypoint_type=EntrypointType.MODULE_PATH,
@@ -52,18 +87,41 @@ def sequence_deployment(**overrides) -> RunnerDeployment:
 
 
 def local_deployments() -> list[RunnerDeployment]:
+    name = deployment_name()
+    module = EntrypointType.MODULE_PATH
     return [
         sequence_deployment(),
         enroll_on_offer.to_deployment(
-            name=DEPLOYMENT_NAME,
+            name=name,
             description="Enrolls a deal when a deal.offer.sent event arrives.",
-            entrypoint_type=EntrypointType.MODULE_PATH,
+            entrypoint_type=module,
             triggers=[offer_sent_trigger()],
         ),
         sync_enrollment_state.to_deployment(
-            name=DEPLOYMENT_NAME,
-            description="Brings an enrollment along when its run is suspended or resumed in Prefect.",
-            entrypoint_type=EntrypointType.MODULE_PATH,
-            triggers=[prefect_controls_trigger()],
+            name=name,
+            description="Brings an enrollment along when its run is suspended, resumed, cancelled, fails or crashes in Prefect.",
+            entrypoint_type=module,
+            triggers=[prefect_controls_trigger(name)],
+        ),
+        reconcile_enrollments.to_deployment(
+            name=name,
+            description="Checks every open enrollment against its pending Prefect run and repairs what disagrees (a run deleted, cancelled or crashed in Prefect).",
+            entrypoint_type=module,
+            schedules=[reconcile_schedule(get_settings().reconcile_interval_seconds)],
+        ),
+        pause_enrollment.to_deployment(
+            name=name,
+            description="Pauses an enrollment (waiting or running): its pending run is suspended until resumed.",
+            entrypoint_type=module,
+        ),
+        resume_enrollment.to_deployment(
+            name=name,
+            description="Resumes a paused enrollment; what is left of its wait is kept.",
+            entrypoint_type=module,
+        ),
+        cancel_enrollment.to_deployment(
+            name=name,
+            description="Cancels an enrollment for good: its pending run is cancelled, nothing more is sent.",
+            entrypoint_type=module,
         ),
     ]

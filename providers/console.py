@@ -17,6 +17,8 @@ PROVIDER = "console"
 def send_email_console(email: OutgoingEmail, console: Console | None = None) -> ProviderReceipt:
     to = f"{email.to_name} <{email.to_email}>" if email.to_name else email.to_email
     fields: list[tuple[str, str]] = [("To", to), ("Subject", email.subject)]
+    if email.from_email:
+        fields.insert(0, ("From", f"{email.from_name} <{email.from_email}>" if email.from_name else email.from_email))
     if email.reply_to:
         fields.append(("Reply-To", email.reply_to))
     if email.categories:
@@ -32,6 +34,8 @@ def send_email_console(email: OutgoingEmail, console: Console | None = None) -> 
 
 def send_sms_console(sms: OutgoingSms, console: Console | None = None) -> ProviderReceipt:
     fields: list[tuple[str, str]] = [("To", sms.to)]
+    if sms.messaging_service_sid or sms.from_number:
+        fields.insert(0, ("From", sms.messaging_service_sid or sms.from_number or ""))
     if sms.status_callback:
         fields.append(("Status callback", sms.status_callback))
     receipt = _receipt({"to": sms.to})

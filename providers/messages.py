@@ -17,6 +17,9 @@ class OutgoingEmail:
     # Echoed back by SendGrid's event webhook; values must be strings (a number is a 400).
     custom_args: dict[str, str] = field(default_factory=dict)
     categories: tuple[str, ...] = ()
+    # The owner's sender; None uses the settings' `sendgrid_from_email` / `sendgrid_from_name`.
+    from_email: str | None = None
+    from_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,9 @@ class OutgoingSms:
     to: str
     body: str
     status_callback: str | None = None
+    # Sent through the Messaging Service when set, else from `from_number` (None: the settings').
+    from_number: str | None = None
+    messaging_service_sid: str | None = None
 
 
 @dataclass(frozen=True)

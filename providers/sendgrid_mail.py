@@ -34,7 +34,7 @@ def build_mail_payload(settings: Settings, email: OutgoingEmail) -> dict[str, An
         raise PermanentProviderError("email has neither a text nor an html body", provider=PROVIDER)
     try:
         mail = Mail(
-            from_email=From(settings.sendgrid_from_email, settings.sendgrid_from_name or None),
+            from_email=From(email.from_email or settings.sendgrid_from_email, _from_name(settings, email)),
             to_emails=To(email.to_email, email.to_name or None),
             subject=email.subject,
         )
@@ -58,6 +58,11 @@ def build_mail_payload(settings: Settings, email: OutgoingEmail) -> dict[str, An
         # Note: the helper reverses category order; SendGrid treats them as a set.
         mail.category = [Category(name) for name in email.categories]
     return mail.get()
+
+
+def _from_name(settings: Settings, email: OutgoingEmail) -> str | None:
+    # An owner's own address without a name of its own still gets the global display name.
+    return (email.from_name if email.from_name is not None else settings.sendgrid_from_name) or None
 
 
 def send_email(client: httpx.Client, settings: Settings, email: OutgoingEmail) -> ProviderReceipt:

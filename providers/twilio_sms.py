@@ -30,7 +30,11 @@ def send_sms(client: httpx.Client, settings: Settings, sms: OutgoingSms) -> Prov
     token = settings.twilio_auth_token.get_secret_value()
     if not (sid and token):
         raise PermanentProviderError("Twilio account SID or auth token is not configured", provider=PROVIDER)
-    form = {"To": sms.to, "From": settings.twilio_from_number, "Body": sms.body}
+    form = {"To": sms.to, "Body": sms.body}
+    if sms.messaging_service_sid:
+        form["MessagingServiceSid"] = sms.messaging_service_sid
+    else:
+        form["From"] = sms.from_number or settings.twilio_from_number
     if sms.status_callback:
         form["StatusCallback"] = sms.status_callback
     response = post(

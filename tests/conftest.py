@@ -39,6 +39,8 @@ TEST_ENV = {
     "FOLLOWUPS_STEP_RETRY_JITTER_FACTOR": "0.1",
     # Tests send at any hour; quiet hours have their own tests.
     "FOLLOWUPS_QUIET_HOURS_ENABLED": "false",
+    # No scheduled sweep: tests run the reconciler themselves, when they mean to.
+    "FOLLOWUPS_RECONCILE_INTERVAL_SECONDS": "0",
     "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     "PREFECT_LOGGING_TO_API_ENABLED": "false",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -201,3 +203,17 @@ def cli(monkeypatch, capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture(scope="module")
+def signer(database_url: str):
+    """A SendGrid webhook signing key, installed as the app's public key for the module."""
+    from api_support import SendGridSigner
+    from followups.settings import reset_settings
+
+    signer = SendGridSigner()
+    os.environ["FOLLOWUPS_SENDGRID_WEBHOOK_PUBLIC_KEY"] = signer.public_key
+    reset_settings()
+    yield signer
+    os.environ.pop("FOLLOWUPS_SENDGRID_WEBHOOK_PUBLIC_KEY", None)
+    reset_settings()

@@ -92,3 +92,23 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def reach_wait(wait_seconds: float):
+    """A new enrollment (EMAIL, WAIT, SMS) whose first email went out and whose wait has
+    started: (deal, enrollment id, the wait's due time). Needs a runner serving the flow."""
+    from datetime import datetime
+
+    from followups.control import enroll_deal
+
+    steps = [
+        {"type": "EMAIL", "subject": "Offer", "text": "Hi {{ seller.first_name }}"},
+        {"type": "WAIT", "seconds": wait_seconds},
+        {"type": "SMS", "body": "Any news?"},
+    ]
+    owner = new_owner()
+    deal = deal_input()
+    enrollment = enroll_deal(owner, deal, new_sequence(owner, steps))
+    wait_for(lambda: "WAIT_STARTED" in event_types(enrollment.id), timeout=60, what="the wait to start")
+    started = [e for e in events_of(enrollment.id) if e.event_type == "WAIT_STARTED"][0]
+    return deal, enrollment.id, datetime.fromisoformat(started.content["due_at"])

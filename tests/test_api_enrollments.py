@@ -39,16 +39,6 @@ def deal(**overrides) -> dict:
 
 
 @pytest.fixture(scope="module")
-def signer(database_url: str):
-    signer = SendGridSigner()
-    os.environ["FOLLOWUPS_SENDGRID_WEBHOOK_PUBLIC_KEY"] = signer.public_key
-    reset_settings()
-    yield signer
-    os.environ.pop("FOLLOWUPS_SENDGRID_WEBHOOK_PUBLIC_KEY", None)
-    reset_settings()
-
-
-@pytest.fixture(scope="module")
 def client(sequence_runner, signer) -> TestClient:
     with make_client() as client:
         yield client

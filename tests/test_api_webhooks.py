@@ -36,6 +36,7 @@ from support import FAST_SEQUENCE, enrollment_row, event_types, events_of, new_e
 TWILIO_TOKEN = "twilio-test-token"  # tests/conftest.py TEST_ENV
 STATUS_URL = "http://testserver/webhooks/twilio/status"
 INBOUND_URL = "http://testserver/webhooks/twilio/inbound"
+GLOBAL_NUMBER = "+15005550006"  # Settings.twilio_from_number, for owners without a number
 
 
 @pytest.fixture(scope="module")
@@ -300,13 +301,13 @@ def test_twilio_signature_uses_the_public_base_url_when_set(client, monkeypatch)
 
 
 @pytest.mark.parametrize("body", ["STOP", "  stop \n", "Stop", "STOPALL", "unsubscribe", "Cancel", "END", "quit", "stop."])
-def test_sms_opt_out_keywords_stop_all_the_sellers_open_enrollments(client, user, body):
+def test_sms_opt_out_keywords_stop_the_sellers_open_enrollments_on_that_number(client, user, body):
     phone = unique_phone()
     other_user = new_api_user()
     mine = new_enrollment(user.id, new_sequence(user.id, FAST_SEQUENCE), seller_phone=phone)
     theirs = new_enrollment(other_user.id, new_sequence(other_user.id, FAST_SEQUENCE), seller_phone=phone)
     someone_else = new_enrollment(user.id, new_sequence(user.id, FAST_SEQUENCE))
-    params = {"MessageSid": "SM" + uuid.uuid4().hex, "From": phone, "To": "+15005550006", "Body": body}
+    params = {"MessageSid": "SM" + uuid.uuid4().hex, "From": phone, "To": GLOBAL_NUMBER, "Body": body}
 
     response = twilio_post(client, INBOUND_URL, params)
     assert response.status_code == 200
@@ -325,7 +326,7 @@ def test_any_other_sms_is_a_reply_that_stops_the_sequence(client, user):
     phone = unique_phone()
     sequence_id = new_sequence(user.id, FAST_SEQUENCE)
     enrollment_id = new_enrollment(user.id, sequence_id, seller_phone=phone)
-    params = {"MessageSid": "SM" + uuid.uuid4().hex, "From": phone, "Body": "Stop by tomorrow? Let's talk price"}
+    params = {"MessageSid": "SM" + uuid.uuid4().hex, "From": phone, "To": GLOBAL_NUMBER, "Body": "Stop by tomorrow? Let's talk price"}
     assert twilio_post(client, INBOUND_URL, params).status_code == 200
     assert enrollment_status(enrollment_id) == "STOPPED"
     assert event_types(enrollment_id)[-2:] == ["REPLY_RECEIVED", "STOPPED"]

@@ -91,6 +91,16 @@ def test_sms_is_printed_and_receipted(sms: OutgoingSms) -> None:
     assert "SMS" in out
 
 
+def test_the_sender_is_printed(email: OutgoingEmail) -> None:
+    console = _recording_console()
+    send_email_console(OutgoingEmail(**{**email.__dict__, "from_email": "al@inv.test", "from_name": "Al"}), console)
+    send_sms_console(OutgoingSms(to="+15558675310", body="Hi", from_number="+15035550177"), console)
+    service = "MG" + "ab" * 16
+    send_sms_console(OutgoingSms(to="+15558675310", body="Hi", messaging_service_sid=service), console)
+    out = console.export_text()
+    assert "Al <al@inv.test>" in out and "+15035550177" in out and service in out
+
+
 def test_ids_are_unique(sms: OutgoingSms) -> None:
     console = _recording_console()
     ids = {send_sms_console(sms, console).message_id for _ in range(20)}

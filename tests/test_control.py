@@ -108,7 +108,7 @@ def test_suspend_and_resume_done_in_prefect_are_reflected(sequence_runner, fake_
     run_id = enrollment_row(enrollment_id).prefect_flow_run_id
     with get_client(sync_client=True) as client:  # what the UI's "Suspend" does to a scheduled run
         client.set_flow_run_state(run_id, Suspended(), force=True)
-    wait_for(lambda: enrollment_row(enrollment_id).status == "PAUSED", timeout=30, what="PAUSED from Prefect")
+    wait_for(lambda: enrollment_row(enrollment_id).status == "PAUSED", timeout=90, what="PAUSED from Prefect")
     assert get_enrollment(enrollment_id).status == "PAUSED"
     paused = [e for e in events_of(enrollment_id) if e.event_type == "PAUSED"]
     assert len(paused) == 1 and paused[0].content["source"] == "prefect"

@@ -47,3 +47,32 @@ def test_db_upgrade_creates_and_migrates_the_configured_database(db, monkeypatch
         dispose_engines()
         with _admin_engine().connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_the_demo_works_again_after_its_database_is_dropped(prefect_api, fake_providers, monkeypatch):
+    """The second database gets enrollment 1 again; its runs must not be the first one's."""
+    from followups.db.session import dispose_engines
+    from followups.demo import run_demo
+    from followups.settings import reset_settings
+
+    name = f"followups_demo_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+    monkeypatch.setenv("FOLLOWUPS_DATABASE_URL", _with_database(PG_ADMIN_URL, name))
+    # Its own deployment name: the session's runner serves the session database's deployments.
+    monkeypatch.setenv("FOLLOWUPS_DEPLOYMENT_NAME", f"follow-up-sequence/{name}")
+    reset_settings()
+    try:
+        for attempt in range(2):
+            output = io.StringIO()
+            status = run_demo(Console(file=output, width=200), timeout=120)
+            assert status == "COMPLETED", (attempt, output.getvalue())
+            assert "as enrollment 1;" in output.getvalue()
+            dispose_engines()
+            with _admin_engine().connect() as conn:  # `dropdb followups`
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+        dispose_engines()
+        with _admin_engine().connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,5 +1,6 @@
 """prefect.yaml (`prefect deploy --all`) and deployments/definitions.py (`followups serve`, the
-fast worker) declare the same deployments, field by field."""
+fast worker) declare the same deployments, field by field; the served name follows
+FOLLOWUPS_DEPLOYMENT_NAME and the reconcile schedule FOLLOWUPS_RECONCILE_INTERVAL_SECONDS."""
 
 from __future__ import annotations
 
@@ -11,13 +12,33 @@ import pytest
 import yaml
 from prefect.events import DeploymentTriggerTypes
 from prefect.flows import Flow
-from pydantic import TypeAdapter
+from prefect.utilities.callables import parameter_schema
+from pydantic import TypeAdapter, ValidationError
 
 from followups.deployments.definitions import local_deployments
+from followups.settings import Settings, reset_settings
 
 PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
 # Keys of a prefect.yaml deployment this test compares; a new key must be compared here too.
-COMPARED_KEYS = {"name", "description", "entrypoint", "tags", "parameters", "triggers", "work_pool"}
+COMPARED_KEYS = {"name", "description", "entrypoint", "tags", "parameters", "triggers", "schedules", "work_pool"}
+FIELDS = ["entrypoint", "description", "tags", "parameters", "triggers", "schedules"]
+OPERATOR_FLOWS = ["pause-enrollment", "resume-enrollment", "cancel-enrollment"]
+
+
+@pytest.fixture(autouse=True)
+def settings_env(monkeypatch):
+    """prefect.yaml declares the defaults; the test session may set these differently."""
+    for key in ("FOLLOWUPS_DEPLOYMENT_NAME", "FOLLOWUPS_RECONCILE_INTERVAL_SECONDS"):
+        monkeypatch.delenv(key, raising=False)
+    reset_settings()
+
+    def use(**env: str) -> None:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        reset_settings()
+
+    yield use
+    reset_settings()
 
 
 def prefect_yaml() -> dict[str, Any]:
@@ -36,6 +57,11 @@ def trigger_spec(trigger: Any) -> dict[str, Any]:
     return spec
 
 
+def schedule_spec(interval: Any, active: bool = True) -> dict[str, Any]:
+    seconds = interval.total_seconds() if hasattr(interval, "total_seconds") else float(interval)
+    return {"interval": seconds, "active": active}
+
+
 def from_python() -> dict[str, dict[str, Any]]:
     declared = {}
     for deployment in local_deployments():
@@ -47,6 +73,7 @@ def from_python() -> dict[str, dict[str, Any]]:
             "tags": sorted(deployment.tags),
             "parameters": deployment.parameters or {},
             "triggers": [trigger_spec(t) for t in deployment.triggers],
+            "schedules": [schedule_spec(s.schedule.interval, s.active) for s in deployment.schedules or []],
         }
     return declared
 
@@ -63,6 +90,7 @@ def from_yaml() -> dict[str, dict[str, Any]]:
             "tags": sorted(spec.get("tags") or []),
             "parameters": spec.get("parameters") or {},
             "triggers": [trigger_spec(adapter.validate_python(t)) for t in spec.get("triggers") or []],
+            "schedules": [schedule_spec(s["interval"], s.get("active", True)) for s in spec.get("schedules") or []],
         }
     return declared
 
@@ -71,7 +99,7 @@ def test_both_declare_the_same_deployments():
     assert sorted(from_yaml()) == sorted(from_python())
 
 
-@pytest.mark.parametrize("field", ["entrypoint", "description", "tags", "parameters", "triggers"])
+@pytest.mark.parametrize("field", FIELDS)
 def test_each_deployment_agrees(field):
     python, declared = from_python(), from_yaml()
     for key in python.keys() & declared.keys():
@@ -85,10 +113,72 @@ def test_triggers_name_events_filters_and_parameter_templates():
     assert offer["expect"] == ["deal.offer.sent"] and offer["match"] == {"prefect.resource.id": "deal.*"}
     assert offer["parameters"] == {"offer": "{{ event.payload.offer }}"}
     [sync] = triggers["sync-enrollment-state/followups"]
-    assert sync["expect"] == ["prefect.flow-run.Resuming", "prefect.flow-run.Suspended"]
-    assert sync["match_related"] == {"prefect.resource.role": "flow", "prefect.resource.name": "follow-up-sequence"}
+    assert sync["expect"] == sorted(
+        f"prefect.flow-run.{state}" for state in ("Suspended", "Resuming", "Cancelling", "Cancelled", "Failed", "Crashed")
+    )
+    assert sync["match_related"] == [
+        {"prefect.resource.role": "flow", "prefect.resource.name": "follow-up-sequence"},
+        {"prefect.resource.role": "deployment", "prefect.resource.name": "followups"},
+    ]
     assert sync["parameters"] == {"flow_run_id": "{{ event.resource.id }}"}
-    assert triggers["follow-up-sequence/followups"] == []
+    for key in ["follow-up-sequence/followups", "reconcile-enrollments/followups", *(f"{f}/followups" for f in OPERATOR_FLOWS)]:
+        assert triggers[key] == [], key
+
+
+def test_reconcile_runs_every_five_minutes_and_nothing_else_is_scheduled():
+    schedules = {key: d["schedules"] for key, d in from_yaml().items()}
+    assert schedules.pop("reconcile-enrollments/followups") == [{"interval": 300.0, "active": True}]
+    assert all(found == [] for found in schedules.values())
+
+
+def test_reconcile_interval_follows_the_setting(settings_env):
+    def reconcile_schedules():
+        return from_python()["reconcile-enrollments/followups"]["schedules"]
+
+    settings_env(FOLLOWUPS_RECONCILE_INTERVAL_SECONDS="60")
+    assert reconcile_schedules() == [{"interval": 60.0, "active": True}]
+    # 0: registered switched off, so serving again also switches off one registered before.
+    settings_env(FOLLOWUPS_RECONCILE_INTERVAL_SECONDS="0")
+    assert reconcile_schedules() == [{"interval": 300.0, "active": False}]
+
+
+def test_every_deployment_is_named_after_the_deployment_name_setting(settings_env):
+    settings_env(FOLLOWUPS_DEPLOYMENT_NAME="follow-up-sequence/staging")
+    declared = from_python()
+    assert {key.split("/")[1] for key in declared} == {"staging"}
+    assert {key.split("/")[0] for key in declared} == {f.split("/")[0] for f in from_yaml()}
+    [sync] = declared["sync-enrollment-state/staging"]["triggers"]
+    assert {"prefect.resource.role": "deployment", "prefect.resource.name": "staging"} in sync["match_related"]
+
+
+@pytest.mark.parametrize("value", ["staging", "enroll-on-offer/staging", "follow-up-sequence/", "follow-up-sequence/a/b"])
+def test_a_deployment_name_that_no_deployment_could_have_is_refused(monkeypatch, value):
+    monkeypatch.setenv("FOLLOWUPS_DEPLOYMENT_NAME", value)
+    with pytest.raises(ValidationError, match="follow-up-sequence/<name>"):
+        Settings()
+
+
+def test_prefect_yaml_names_every_deployment_in_one_place():
+    """One anchor names them all, the sync trigger's deployment filter included, so renaming
+    for a second database is a one-line change."""
+    text = PREFECT_YAML.read_text()
+    config = prefect_yaml()
+    assert config["definitions"]["deployment_name"] == "followups"
+    assert text.count("&deployment_name followups") == 1
+    assert text.count("\n  - name: *deployment_name\n") == len(config["deployments"])
+    assert text.count("prefect.resource.name: *deployment_name") == 1
+
+
+def test_operator_flows_take_a_described_enrollment_id():
+    """What the Prefect UI's Run form shows for pause / resume / cancel."""
+    for spec in prefect_yaml()["deployments"]:
+        flow = import_entrypoint(spec["entrypoint"])
+        if flow.name not in OPERATOR_FLOWS:
+            continue
+        schema = parameter_schema(flow.fn).model_dump()
+        assert schema["required"] == ["enrollment_id"] and list(schema["properties"]) == ["enrollment_id"]
+        assert "`enrollment:<id>` tag" in schema["properties"]["enrollment_id"]["description"]
+        assert flow.flow_run_name == f"{flow.name.split('-')[0]} enrollment {{enrollment_id}}"
 
 
 def test_entrypoints_are_module_paths_of_the_installed_package():

@@ -28,8 +28,8 @@ def seller_email() -> str:
     return f"{unique('seller')}@example.com"
 
 
-def _enroll(steps, email: str) -> int:
-    owner = new_owner()
+def _enroll(steps, email: str, owner: int | None = None) -> int:
+    owner = owner or new_owner()
     return new_enrollment(owner, new_sequence(owner, steps), seller_email=email)
 
 
@@ -199,9 +199,12 @@ def test_a_seller_who_texted_stop_gets_no_more_sms_until_start(db, fake_provider
 
 def test_an_unsubscribed_email_is_not_written_to_again(db, fake_providers, seller_email):
     owner = new_owner()
-    earlier = _enroll(ONE_EMAIL, seller_email)
+    earlier = _enroll(ONE_EMAIL, seller_email, owner)
     with session_scope() as session:
         record_event(session, enrollment_id=earlier, event_type=EventType.OPTED_OUT, content={"channel": "email", "email": seller_email.upper()})
-    later = _enroll(ONE_EMAIL, seller_email)
+    later = _enroll(ONE_EMAIL, seller_email, owner)
     assert execute_send_step(later, 0).outcome == "skipped"
     assert fake_providers.for_recipient(seller_email) == []
+    # The opt-out was from this owner's mail: another investor writing to the seller is not blocked.
+    other = _enroll(ONE_EMAIL, seller_email)
+    assert execute_send_step(other, 0).outcome == "sent"

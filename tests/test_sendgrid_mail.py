@@ -87,6 +87,14 @@ def test_payload_matches_contract(settings: Settings, email: OutgoingEmail) -> N
     json.dumps(payload)  # JSON-ready as is
 
 
+def test_payload_is_from_the_owners_address_and_name(settings: Settings, email: OutgoingEmail) -> None:
+    own = OutgoingEmail(**{**email.__dict__, "from_email": "alice@investor.test", "from_name": "Alice Buys Houses"})
+    assert build_mail_payload(settings, own)["from"] == {"email": "alice@investor.test", "name": "Alice Buys Houses"}
+    # An own address without an own name keeps the global display name.
+    address_only = OutgoingEmail(**{**email.__dict__, "from_email": "alice@investor.test"})
+    assert build_mail_payload(settings, address_only)["from"] == {"email": "alice@investor.test", "name": "Offer follow-ups"}
+
+
 def test_payload_coerces_custom_arg_values_to_strings(settings: Settings, email: OutgoingEmail) -> None:
     # A number in custom_args is a 400 at SendGrid; the dataclass hint does not stop callers.
     loose = OutgoingEmail(**{**email.__dict__, "custom_args": {"enrollment_id": 42, "ratio": 1.5}})

@@ -102,6 +102,22 @@ def test_status_callback_is_optional(settings, client, mock) -> None:
     assert receipt.details["num_segments"] == 2
 
 
+def test_the_owners_number_is_the_from(settings, sms, client, mock) -> None:
+    route = mock.post(MESSAGES_URL).mock(return_value=_created())
+    send_sms(client, settings, OutgoingSms(to=sms.to, body="Hi", from_number="+15035550177"))
+    form = parse_qs(route.calls.last.request.content.decode())
+    assert form["From"] == ["+15035550177"] and "MessagingServiceSid" not in form
+
+
+def test_a_messaging_service_replaces_the_from(settings, sms, client, mock) -> None:
+    route = mock.post(MESSAGES_URL).mock(return_value=_created())
+    service = "MG" + "0123456789abcdef" * 2
+    send_sms(client, settings, OutgoingSms(to=sms.to, body="Hi", from_number="+15035550177", messaging_service_sid=service))
+    form = parse_qs(route.calls.last.request.content.decode())
+    # Twilio takes one or the other: a From next to the service would pin the number.
+    assert form == {"To": ["+15558675310"], "Body": ["Hi"], "MessagingServiceSid": [service]}
+
+
 def test_missing_credentials_are_permanent_without_a_request(sms, client, mock) -> None:
     settings = Settings(twilio_account_sid="AC123", twilio_auth_token="", twilio_base_url="https://twilio.test")
     route = mock.post(MESSAGES_URL)

@@ -120,16 +120,6 @@ class RawClient:
 
 
 @pytest.fixture(scope="module")
-def signer(database_url: str) -> Iterator[SendGridSigner]:
-    signer = SendGridSigner()
-    os.environ["FOLLOWUPS_SENDGRID_WEBHOOK_PUBLIC_KEY"] = signer.public_key
-    reset_settings()
-    yield signer
-    os.environ.pop("FOLLOWUPS_SENDGRID_WEBHOOK_PUBLIC_KEY", None)
-    reset_settings()
-
-
-@pytest.fixture(scope="module")
 def raw(signer) -> Iterator[RawClient]:
     client = RawClient()
     logger = logging.getLogger("followups.api")

@@ -14,7 +14,8 @@ at the same time (the server lets exactly one of them claim each run).
 - executing.py: executor threads, crashed/cancelled runs, replacement threads for hung runs.
 - recovery.py: runs a dead fast worker left behind are rescheduled.
 - identity.py: who claimed a run, and whether that process still lives.
-- served_flows.py: the deployments served, registered if missing, and their flows.
+- served_flows.py: the deployments served (registered if missing, and again if served without
+  a work pool, so new triggers and schedules arrive), and their flows.
 - upkeep.py: one heartbeat thread for all runs, tag concurrency limit refresh and clean-up.
 - engine_patches.py, concurrency_patches.py: the only private Prefect names replaced, and why.
 

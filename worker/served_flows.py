@@ -22,19 +22,27 @@ def load_entrypoint(entrypoint: str) -> Flow[..., Any]:
 
 
 def ensure_deployments(client: SyncPrefectClient) -> dict[uuid.UUID, Flow[..., Any]]:
-    """The product's deployments (the ones `followups serve` serves), by id, with their flows.
-    A missing one is registered (with its triggers); an existing one, e.g. from `prefect
-    deploy`, is left as it is."""
+    """The product's deployments (the ones `followups serve` serves, named after
+    FOLLOWUPS_DEPLOYMENT_NAME), by id, with their flows.
+
+    A missing one is registered; one without a work pool (registered by `followups serve` or an
+    earlier fast worker) is registered again, as `serve` does on every start, so its triggers
+    and schedule follow the code and the settings; one in a work pool (from `prefect deploy`)
+    is left as it is."""
     from followups.deployments.definitions import local_deployments
 
     found: dict[uuid.UUID, Flow[..., Any]] = {}
     for deployment in local_deployments():
         name = f"{deployment.flow_name}/{deployment.name}"
         try:
-            deployment_id = client.read_deployment_by_name(name).id
+            existing = client.read_deployment_by_name(name)
         except ObjectNotFound:
             logger.info("Deployment %s does not exist: registering it", name)
+            existing = None
+        if existing is None or existing.work_pool_name is None:
             deployment_id = deployment.apply()
+        else:
+            deployment_id = existing.id
         found[deployment_id] = load_entrypoint(deployment.entrypoint)
     return found
 

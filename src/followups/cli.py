@@ -9,13 +9,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from followups.cli_output import error_line, events_table, fail, load_file, one_line, print_json, sequence_table, status_output
+from followups.cli_output import deal_from_options, error_line, events_table, fail, load_file, one_line, print_json
+from followups.cli_output import sequence_table, status_output
+from followups.cli_ops import register as register_operator_commands
 from followups.errors import FollowupsError
 
 app = typer.Typer(help="Offer follow-up sequences on Prefect.", no_args_is_help=True, pretty_exceptions_enable=False)
@@ -99,6 +101,25 @@ def users_create(name: str, as_json: JsonFlag = False) -> None:
 
     user_id = create_user(name)
     print_json({"id": user_id, "name": name}) if as_json else console.print(f"user {name} has id {user_id}", markup=False)
+
+
+@users_app.command("identity")
+def users_identity(
+    name: str,
+    email_from: Annotated[Optional[str], typer.Option(help="From address of the user's emails")] = None,
+    email_from_name: Annotated[Optional[str], typer.Option(help="Display name of that address")] = None,
+    sms_from: Annotated[Optional[str], typer.Option(help="E.164 number the user's SMS come from")] = None,
+    messaging_service: Annotated[Optional[str], typer.Option(help="Twilio Messaging Service SID (MG…) instead")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Forget the identity first (back to the settings)")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show or set NAME's sending identity; what is not set comes from the global settings."""
+    from followups.cli_output import sender_identity_output
+    from followups.users import change_identity_of
+
+    changes = {"email_from": email_from, "email_from_name": email_from_name, "sms_from": sms_from}
+    identity = change_identity_of(name, {**changes, "messaging_service_sid": messaging_service}, clear=clear)
+    sender_identity_output(console, name, identity, as_json)
 
 
 @tokens_app.command("create")
@@ -202,25 +223,6 @@ def sequences_delete(
 # -- enrollments --------------------------------------------------------------------------
 
 
-def _deal_from_options(
-    deal_file: Path | None,
-    external_id: str | None,
-    address: str | None,
-    seller_name: str | None,
-    seller_email: str | None,
-    seller_phone: str | None,
-    amount: str | None,
-) -> dict[str, Any]:
-    """The deal's fields: the file's, overridden by any option given on the command line."""
-    deal = load_file(deal_file) if deal_file else {}
-    options = {
-        "external_id": external_id, "property_address": address, "seller_name": seller_name,
-        "seller_email": seller_email, "seller_phone": seller_phone, "offer_amount": amount,
-    }
-    deal.update({k: v for k, v in options.items() if v is not None})
-    return deal
-
-
 DealFile = Annotated[Optional[Path], typer.Option("--deal-file", help="YAML/JSON file with the deal's fields")]
 ExternalId = Annotated[Optional[str], typer.Option("--deal", help="The deal's external id")]
 Address = Annotated[Optional[str], typer.Option("--address")]
@@ -245,7 +247,7 @@ def enroll(
 ) -> None:
     """Enroll a deal's seller in a sequence and start it."""
     _check_id(sequence, "sequence")
-    fields = _deal_from_options(deal_file, deal, address, seller_name, seller_email, seller_phone, amount)
+    fields = deal_from_options(deal_file, deal, address, seller_name, seller_email, seller_phone, amount)
     owner_id = _owner_id(owner)
     from followups.control import enroll_deal
 
@@ -272,7 +274,7 @@ def offer_sent(
     as_json: JsonFlag = False,
 ) -> None:
     """Record that an offer was sent: enrolls the seller (once per offer)."""
-    fields = _deal_from_options(deal_file, deal, address, seller_name, seller_email, seller_phone, amount)
+    fields = deal_from_options(deal_file, deal, address, seller_name, seller_email, seller_phone, amount)
     if sequence is not None:
         _check_id(sequence, "sequence")
     owner_id = _owner_id(owner)
@@ -360,6 +362,9 @@ def events(
         print_json(items)
         return
     console.print(events_table(items, f"Events of {'deal ' + deal if deal else f'enrollment {enrollment}'}"))
+
+
+register_operator_commands(app, console)
 
 
 def main() -> None:

@@ -60,6 +60,25 @@ def load_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def deal_from_options(
+    deal_file: Path | None,
+    external_id: str | None,
+    address: str | None,
+    seller_name: str | None,
+    seller_email: str | None,
+    seller_phone: str | None,
+    amount: str | None,
+) -> dict[str, Any]:
+    """The deal's fields: the file's, overridden by any option given on the command line."""
+    deal = load_file(deal_file) if deal_file else {}
+    options = {
+        "external_id": external_id, "property_address": address, "seller_name": seller_name,
+        "seller_email": seller_email, "seller_phone": seller_phone, "offer_amount": amount,
+    }
+    deal.update({k: v for k, v in options.items() if v is not None})
+    return deal
+
+
 # -- tables (rich renders markup: text from users is escaped) ---------------------------
 
 
@@ -87,6 +106,30 @@ def status_output(console: Console, details: Any, as_json: bool) -> None:
         table.add_column(column)
     for step in details.timeline:
         table.add_row(str(step.index), step.type, step.state, step.at.strftime("%Y-%m-%d %H:%M:%S") if step.at else "")
+    console.print(table)
+
+
+def sender_identity_output(console: Console, user_name: str, identity: Any, as_json: bool) -> None:
+    """A user's sending identity: what is set, and what messages actually go out with."""
+    from followups.settings import get_settings
+    from followups.users import describe_sender_identity
+
+    described = describe_sender_identity(identity, get_settings())
+    if as_json:
+        print_json({"user": user_name, **described})
+        return
+    effective = described["effective"]
+    sms = effective["messaging_service_sid"] or effective["sms_from"]
+    rows = [
+        ("email from", effective["email_from"], described["email_from"]),
+        ("email from name", effective["email_from_name"], described["email_from_name"]),
+        ("sms from", sms, described["messaging_service_sid"] or described["sms_from"]),
+    ]
+    table = Table(title=f"Sending identity of {escape(user_name)}")
+    for column in ("field", "value", "source"):
+        table.add_column(column)
+    for label, value, own in rows:
+        table.add_row(label, escape(value or "-"), "user" if own else "settings")
     console.print(table)
 
 

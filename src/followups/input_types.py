@@ -2,7 +2,7 @@
 
 Each type is bounded by what PostgreSQL and the providers accept: bigint ids, numeric(14, 2)
 amounts, text without NUL, UTF-8 without lone surrogates, JSONB without NaN, E.164 phone
-numbers, IANA time zones. `followups.inputs` builds the input models from them.
+numbers, Twilio Messaging Service SIDs, IANA time zones. `followups.inputs` builds the input models from them.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ UNION_TAGS = {"EMAIL", "SMS", "WAIT"}
 # ones and accept a number no carrier can dial as typed.
 _PHONE_CHARS = re.compile(r"\+[0-9 ().\-]+")
 PHONE_MESSAGE = "must be a phone number in E.164 form with ASCII digits, e.g. +15035550142"
+_MESSAGING_SERVICE = re.compile(r"MG[0-9a-fA-F]{32}", re.ASCII)
+MESSAGING_SERVICE_MESSAGE = "must be a Twilio Messaging Service SID: MG followed by 32 hex digits"
 
 
 # -- single values ------------------------------------------------------------------------
@@ -97,6 +99,14 @@ def _e164(value: str) -> str:
     if not phonenumbers.is_possible_number(number):
         raise PydanticCustomError("phone", PHONE_MESSAGE)
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _messaging_service(value: str) -> str:
+    value = value.strip()
+    if not _MESSAGING_SERVICE.fullmatch(value):
+        raise PydanticCustomError("messaging_service_sid", MESSAGING_SERVICE_MESSAGE)
+    # Twilio writes the hex in lower case, and inbound webhooks are matched on the exact SID.
+    return "MG" + value[2:].lower()
 
 
 def _email_length(value: Any) -> Any:
@@ -149,6 +159,9 @@ ExternalId = Annotated[
 Id = Annotated[Annotated[int, Field(ge=1, le=MAX_ID)], BeforeValidator(_not_bool)]
 Amount = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2, allow_inf_nan=False)]
 Phone = Annotated[str, AfterValidator(_e164), Field(json_schema_extra={"examples": ["+15035550142"]})]
+MessagingServiceSid = Annotated[
+    str, AfterValidator(_messaging_service), Field(json_schema_extra={"examples": ["MG" + "0123456789abcdef" * 2]})
+]
 TimeZone = Annotated[str, AfterValidator(_known_zone), Field(json_schema_extra={"examples": ["America/New_York"]})]
 Email = Annotated[EmailStr, BeforeValidator(_email_length)]
 Context = Annotated[dict[str, Any], AfterValidator(_bounded_json)]

@@ -28,6 +28,7 @@ from followups.input_types import (
     ExternalId,
     Id,
     Label,
+    MessagingServiceSid,
     Name,
     Phone,
     StepList,
@@ -38,8 +39,8 @@ from followups.input_types import (
 from followups.steps import steps_to_json
 
 __all__ = [
-    "EXTERNAL_ID_PATTERN", "MAX_ID", "MAX_NAME", "DealInput", "EnrollRequest", "Id", "OfferInput", "SequenceInput",
-    "SequencePatch", "check_external_id", "check_id", "check_label", "check_name", "invalid_input", "require_owner",
+    "EXTERNAL_ID_PATTERN", "MAX_ID", "MAX_NAME", "DealInput", "EnrollRequest", "Id", "OfferInput", "SenderIdentity",
+    "SequenceInput", "SequencePatch", "check_external_id", "check_id", "check_label", "check_name", "invalid_input", "require_owner",
     "validate",
 ]
 
@@ -131,6 +132,30 @@ class OfferInput(_Input):
         if self.amount is not None and self.deal.offer_amount != self.amount:
             # Already validated with the same bounds, so the copy needs no validation.
             self.deal = self.deal.model_copy(update={"offer_amount": self.amount})
+        return self
+
+
+class SenderIdentity(_Input):
+    """An owner's sending identity. A field left out (or null) falls back to the global settings:
+    `sendgrid_from_email`, `sendgrid_from_name`, `twilio_from_number`."""
+
+    email_from: Email | None = Field(default=None, description="From address of the owner's emails")
+    email_from_name: Name | None = Field(default=None, description="Display name of that address")
+    sms_from: Phone | None = Field(default=None, description="E.164 number the owner's SMS are sent from")
+    messaging_service_sid: MessagingServiceSid | None = Field(
+        default=None, description="Twilio Messaging Service the owner's SMS are sent through, instead of a number"
+    )
+
+    @model_validator(mode="after")
+    def _one_sms_sender(self) -> SenderIdentity:
+        # Twilio takes From or MessagingServiceSid; with both, which one the seller sees (and so
+        # where replies go) would depend on the service's settings.
+        if self.sms_from and self.messaging_service_sid:
+            message = "set either sms_from or messaging_service_sid, not both"
+            error = InitErrorDetails(
+                type=PydanticCustomError("sms_sender", message), loc=("messaging_service_sid",), input=self.messaging_service_sid
+            )
+            raise ValidationError.from_exception_data(type(self).__name__, [error])
         return self
 
 

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from followups.errors import InvalidInputError
+from followups.identity import database_id
 from followups.inputs import DealInput, OfferInput, require_owner, validate
 
 EVENT_NAME = "deal.offer.sent"
@@ -19,6 +20,7 @@ EVENT_NAME = "deal.offer.sent"
 def offer_payload(owner_id: int, offer_id: str, deal: DealInput | dict[str, Any], sequence_id: int | None = None) -> dict[str, Any]:
     offer = validate(OfferInput, {"offer_id": offer_id, "deal": deal, "sequence_id": sequence_id})
     return {
+        "database": str(database_id()),
         "owner_id": owner_id,
         "offer_id": offer.offer_id,
         "sequence_id": offer.sequence_id,
@@ -36,9 +38,15 @@ def emit_offer_sent(owner_id: int, offer_id: str, deal: DealInput | dict[str, An
         require_owner(session, owner_id)
     return emit_event(
         event=EVENT_NAME,
-        resource={"prefect.resource.id": f"deal.{offer['deal']['external_id']}"},
+        resource={"prefect.resource.id": f"deal.{offer['deal']['external_id']}", "followups.database": offer["database"]},
         payload={"offer": offer},
     )
+
+
+def for_this_database(offer: dict[str, Any]) -> bool:
+    """Every database's enroll-on-offer deployment sees every offer event on a shared Prefect
+    server: each takes only its own (an event without a database is anyone's, e.g. by hand)."""
+    return offer.get("database") in (None, str(database_id()))
 
 
 def parse_offer(offer: dict[str, Any] | str) -> dict[str, Any]:

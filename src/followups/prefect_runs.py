@@ -19,6 +19,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from followups.identity import database_id, database_tag
 from followups.settings import get_settings
 
 if TYPE_CHECKING:
@@ -52,7 +53,26 @@ def _deployment_id(client: SyncPrefectClient, name: str, *, refresh: bool = Fals
 
 
 def run_tags(enrollment_id: int, deal_ref: str) -> list[str]:
-    return ["followups", f"deal:{deal_ref}", f"enrollment:{enrollment_id}"]
+    return ["followups", database_tag(), f"deal:{deal_ref}", f"enrollment:{enrollment_id}"]
+
+
+def run_key(enrollment_id: int, step_index: int, suffix: str = "") -> str:
+    """The idempotency key of "run step N of enrollment E" in this database."""
+    return f"followups:{database_id()}:enrollment:{enrollment_id}:step:{step_index}{suffix}"
+
+
+def from_this_database(run: FlowRun) -> bool:
+    """False for a run tagged with another database's identity. Runs without any database tag
+    (started by hand with `prefect deployment run`) are taken as this database's."""
+    tags = [tag for tag in (run.tags or []) if tag.startswith("followups-db:")]
+    return not tags or database_tag() in tags
+
+
+def belongs_here(run: FlowRun, enrollment_id: int) -> bool:
+    """True when `run` is this database's run of this enrollment (not another database's,
+    nor another enrollment's)."""
+    parameters = run.parameters or {}
+    return parameters.get("enrollment_id") == enrollment_id and from_this_database(run)
 
 
 def run_name(enrollment_id: int, deal_ref: str, step_index: int) -> str:
@@ -83,12 +103,24 @@ def schedule_sequence_run(
         state=Scheduled(scheduled_time=scheduled_time) if scheduled_time else Scheduled(),
         name=run_name(enrollment_id, deal_ref, step_index),
         tags=run_tags(enrollment_id, deal_ref),
-        idempotency_key=f"followups:enrollment:{enrollment_id}:step:{step_index}{key_suffix}",
+        idempotency_key=run_key(enrollment_id, step_index, key_suffix),
     )
     try:
         return client.create_flow_run_from_deployment(_deployment_id(client, name), **options).id
     except ObjectNotFound:  # the deployment was deleted and registered again: new id
         return client.create_flow_run_from_deployment(_deployment_id(client, name, refresh=True), **options).id
+
+
+def read_runs(flow_run_ids: list[uuid.UUID]) -> dict[uuid.UUID, FlowRun]:
+    """The runs that exist among `flow_run_ids` (a deleted run is simply absent)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    found: dict[uuid.UUID, FlowRun] = {}
+    for start in range(0, len(flow_run_ids), 200):  # the API returns at most 200 per call
+        batch = flow_run_ids[start : start + 200]
+        runs = _client().read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=batch)), limit=len(batch))
+        found.update({run.id: run for run in runs})
+    return found
 
 
 def read_run(flow_run_id: uuid.UUID | None) -> FlowRun | None:

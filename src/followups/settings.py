@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import lru_cache
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,7 +40,12 @@ class Settings(BaseSettings):
     # Public base URL of our HTTP API, used for Twilio status callbacks and signature checks.
     public_base_url: str = ""
 
+    # `follow-up-sequence/<name>`: runs are created from it, and every deployment this install
+    # serves is named <name> (e.g. `reconcile-enrollments/<name>`). Databases sharing one Prefect
+    # server each need their own <name>.
     deployment_name: str = "follow-up-sequence/followups"
+    # The reconcile-enrollments sweep runs this often; 0 registers its schedule switched off.
+    reconcile_interval_seconds: int = Field(default=300, ge=0)
 
     # Step task retries: 5 attempts in total, waits of base * 2**n seconds (2, 4, 8, 16) + jitter.
     step_retries: int = Field(default=4, ge=0)
@@ -54,6 +59,19 @@ class Settings(BaseSettings):
 
     webhook_max_age_seconds: int = 300
     api_max_body_bytes: int = 1_000_000
+
+    @field_validator("deployment_name")
+    @classmethod
+    def _one_deployment_of_the_sequence_flow(cls, value: str) -> str:
+        flow_name, _, name = value.partition("/")
+        if flow_name != "follow-up-sequence" or not name or "/" in name:
+            raise ValueError(f"must be follow-up-sequence/<name>, not {value!r}")
+        return value
+
+    @property
+    def served_deployment_name(self) -> str:
+        """The name of every deployment this install serves: the part after the `/`."""
+        return self.deployment_name.partition("/")[2]
 
 
 @lru_cache(maxsize=1)

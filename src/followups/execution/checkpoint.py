@@ -5,7 +5,10 @@ an operator did to this run in Prefect shows in the enrollment, and tells the fl
 - the run was suspended in Prefect: the enrollment is PAUSED, and the flow stays suspended;
 - the run starts while the enrollment is PAUSED: someone resumed it in Prefect, so it goes on;
 - the enrollment was paused through our API between steps: the flow suspends itself, so that
-  resuming (from our API or the Prefect UI) restarts this very run.
+  resuming (from our API or the Prefect UI) restarts this very run;
+- a run started by hand while the pending run has ended (an expired suspend, a deleted run)
+  takes the enrollment over;
+- a run of another database (two databases sharing one deployment name) is refused untouched.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 from followups import prefect_runs
 from followups.db.models import EnrollmentStatus
 from followups.db.session import session_scope
+from followups.errors import InvalidStateError
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
 from followups.lifecycle.reconcile import reconcile
 
@@ -38,11 +42,21 @@ class Checkpoint:
 
 def checkpoint(enrollment_id: int, flow_run_id: uuid.UUID | None, *, starting: bool) -> Checkpoint:
     run = prefect_runs.read_run(flow_run_id)
+    if run is not None and not prefect_runs.from_this_database(run):
+        raise InvalidStateError(
+            f"flow run {flow_run_id} belongs to another followups database; give each database its own "
+            "deployment name (FOLLOWUPS_DEPLOYMENT_NAME) when they share a Prefect server"
+        )
     with session_scope() as session:
         plan = load_plan(session, enrollment_id, lock=True)
         is_pending_run = flow_run_id is not None and plan.prefect_flow_run_id == flow_run_id
         if is_pending_run and run is not None:
             plan = reconcile(session, plan, run=run, read=False, starting_run_id=flow_run_id if starting else None)
+        elif starting and run is not None:
+            # A run nobody scheduled for this enrollment (e.g. `prefect deployment run`): it takes
+            # over when the pending run has ended or vanished, otherwise it only goes along.
+            plan = reconcile(session, plan, starting_run_id=flow_run_id)
+            is_pending_run = plan.prefect_flow_run_id == flow_run_id
     if prefect_runs.is_suspended(run):
         return Checkpoint(plan, Next.STAY_SUSPENDED, run.state)
     if plan.status == EnrollmentStatus.PAUSED and is_pending_run:

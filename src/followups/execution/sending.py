@@ -24,6 +24,7 @@ from followups.db.events import record_event, step_events
 from followups.db.models import SENT_EVENT_TYPES, EnrollmentStatus, EventType
 from followups.db.session import session_scope
 from followups.errors import InvalidStateError, ProviderError, TransientProviderError
+from followups.inputs import SenderIdentity
 from followups.lifecycle import store
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
 from followups.providers import OutgoingEmail, OutgoingSms, Providers
@@ -31,6 +32,7 @@ from followups.replies.suppression import email_opted_out, sms_opted_out
 from followups.settings import Settings, get_settings
 from followups.steps import SMS_MAX_CHARS, EmailStep, SmsStep
 from followups.templating import TemplateRenderError, build_context, render
+from followups.users import Sender, load_sender, resolve_sender
 
 _providers: tuple[Settings, Providers] | None = None
 
@@ -51,7 +53,11 @@ class StepResult:
     detail: str = ""  # subject or first line of what was sent, or why it was not
 
 
-def render_message(plan: EnrollmentPlan, step: EmailStep | SmsStep, step_index: int, settings: Settings):
+def render_message(
+    plan: EnrollmentPlan, step: EmailStep | SmsStep, step_index: int, settings: Settings, sender: Sender | None = None
+):
+    """The message for one step, from the owner's `sender` (the global settings' when None)."""
+    sender = sender or resolve_sender(SenderIdentity(), settings)
     context = build_context(plan.deal, plan.seller)
     if isinstance(step, EmailStep):
         if not plan.seller.email:
@@ -65,32 +71,52 @@ def render_message(plan: EnrollmentPlan, step: EmailStep | SmsStep, step_index: 
             reply_to=f"reply+{plan.reply_token}@{settings.reply_domain}",
             custom_args={"enrollment_id": str(plan.enrollment_id), "step_index": str(step_index)},
             categories=("followups", f"sequence-{plan.sequence_id}"),
+            from_email=sender.email_from,
+            from_name=sender.email_from_name,
         )
     if not plan.seller.phone:
         return None
     callback = f"{settings.public_base_url.rstrip('/')}/webhooks/twilio/status" if settings.public_base_url else None
-    return OutgoingSms(to=plan.seller.phone, body=render(step.body, context, max_chars=SMS_MAX_CHARS), status_callback=callback)
+    return OutgoingSms(
+        to=plan.seller.phone,
+        body=render(step.body, context, max_chars=SMS_MAX_CHARS),
+        status_callback=callback,
+        from_number=sender.sms_from,
+        messaging_service_sid=sender.messaging_service_sid,
+    )
 
 
 def message_content(message: OutgoingEmail | OutgoingSms) -> dict[str, Any]:
+    """What the sent event records. An SMS's `from` (or its messaging service) is what inbound
+    replies and opt-outs are routed and suppressed by."""
     if isinstance(message, OutgoingEmail):
         return {
             "channel": "email",
+            "from": message.from_email,
             "to": message.to_email,
             "subject": message.subject,
             "text": message.text,
             "html": message.html,
             "reply_to": message.reply_to,
         }
-    return {"channel": "sms", "to": message.to, "body": message.body}
+    content = {"channel": "sms", "from": message.from_number, "to": message.to, "body": message.body}
+    if message.messaging_service_sid:
+        content["messaging_service_sid"] = message.messaging_service_sid
+    return content
 
 
-def _skip_reason(session: Session, step: EmailStep | SmsStep, message: OutgoingEmail | OutgoingSms | None) -> str | None:
+def _skip_reason(
+    session: Session, plan: EnrollmentPlan, step: EmailStep | SmsStep, message: OutgoingEmail | OutgoingSms | None
+) -> str | None:
     if message is None:
         return f"the seller has no {'email address' if isinstance(step, EmailStep) else 'phone number'}"
-    if isinstance(message, OutgoingSms) and sms_opted_out(session, message.to):
-        return "the seller opted out of SMS (STOP)"
-    if isinstance(message, OutgoingEmail) and email_opted_out(session, message.to_email):
+    # A STOP blocks the pair (seller phone, our number), whoever sends from that number.
+    if isinstance(message, OutgoingSms) and sms_opted_out(
+        session, message.to, message.from_number, messaging_service_sid=message.messaging_service_sid
+    ):
+        return "the seller opted out of SMS from this number (STOP)"
+    # An unsubscribe answers one owner's mail: that owner's, not everyone's.
+    if isinstance(message, OutgoingEmail) and email_opted_out(session, message.to_email, plan.owner_id):
         return "the seller unsubscribed from email"
     return None
 
@@ -170,11 +196,11 @@ def execute_send_step(
             return StepResult("outcome-unknown")
 
         try:
-            message = render_message(plan, step, step_index, settings)
+            message = render_message(plan, step, step_index, settings, load_sender(session, plan.owner_id, settings))
         except TemplateRenderError as exc:
             store.fail(session, plan, step_index, f"template: {exc}", **ids)
             return StepResult("failed", detail=str(exc))
-        skip_reason = _skip_reason(session, step, message)
+        skip_reason = _skip_reason(session, plan, step, message)
         if skip_reason:
             store.advance(
                 session, plan, step_index,

@@ -1,23 +1,25 @@
 """The one rule for making an enrollment agree with its pending Prefect run.
 
-Operators act on runs in the Prefect UI, CLI or API: they suspend, resume, cancel and delete
-them. Whoever notices first applies the same rule: the sync flow (triggered by Prefect's state
-events), the sequence flow when it starts or between steps, and every control operation before
-it acts. `decide` is pure; `reconcile` applies its decision through `lifecycle.store`.
+Operators act on runs in the Prefect UI, CLI or API: they suspend, resume, cancel, delete and
+start them. Whoever notices first applies the same rule: the sync flow (triggered by Prefect's
+state events), the sequence flow when it starts or between steps, every control operation
+before it acts, and the `reconcile-enrollments` sweep. `decide` is pure; `reconcile` applies
+its decision through `lifecycle.store`.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from followups import prefect_runs
-from followups.db.models import EnrollmentStatus, EventType
+from followups.db.models import EnrollmentStatus, EventType, FollowUpEvent
 from followups.lifecycle import store
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
 from followups.lifecycle.transitions import Actor
@@ -28,7 +30,8 @@ class Action(StrEnum):
     PAUSE = "pause"  # suspended in Prefect: the enrollment is PAUSED
     RESUME = "resume"  # resumed in Prefect: the enrollment is ACTIVE again
     CANCEL = "cancel"  # cancelled in Prefect: the enrollment is CANCELLED
-    RESCHEDULE = "reschedule"  # the pending run is gone or ended: a new one at the due time
+    RESCHEDULE = "reschedule"  # the pending run is gone, ended or not ours: a new one at the due time
+    ADOPT = "adopt"  # the pending run is gone or ended and an operator started a new run: it continues
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,9 @@ class Decision:
 NOTHING = Decision(Action.NONE)
 NOT_STARTED = {"SCHEDULED", "PENDING"}
 CANCELLED_STATES = {"CANCELLED", "CANCELLING"}
+ENDED_STATES = {"COMPLETED", "FAILED", "CRASHED"}
+REPAIR_BACKOFF_SECONDS = 30  # the second repair of one step waits 30 s, the third 60 s, ...
+MAX_REPAIR_BACKOFF = 3600
 
 
 def decide(
@@ -48,63 +54,114 @@ def decide(
     run_state: str | None,
     *,
     starting_run_id: uuid.UUID | None = None,
+    run_is_ours: bool = True,
 ) -> Decision:
     """What the enrollment must do about its pending run's state.
 
     `run_state` is the pending run's state type (None: deleted in Prefect). An enrollment with
     no pending run at all has nothing to agree with. `starting_run_id` is set by a flow run that
-    is starting now: a suspended run only starts again when someone resumed it.
+    is starting now. `run_is_ours` is False when the pending run is another enrollment's or
+    another database's.
     """
-    if pending_run_id is None:
+    if pending_run_id is None or status not in (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED):
         return NOTHING
+    gone = run_state is None or run_state in ENDED_STATES or not run_is_ours
+    if starting_run_id is not None and starting_run_id != pending_run_id:
+        # Someone started a fresh run (e.g. `prefect deployment run`): it carries the enrollment
+        # on when the pending run cannot; otherwise the pending run keeps it.
+        if gone:
+            return Decision(Action.ADOPT, "a new run was started in Prefect and the pending run had ended")
+        starting_run_id = None
     if status == EnrollmentStatus.ACTIVE:
+        if not run_is_ours:
+            return Decision(Action.RESCHEDULE, "the pending run belongs to another enrollment or database")
         if run_state is None:
             return Decision(Action.RESCHEDULE, "the pending run is missing (deleted in Prefect)")
         if run_state == "PAUSED":
             return Decision(Action.PAUSE, "the pending run was suspended in Prefect")
         if run_state in CANCELLED_STATES:
             return Decision(Action.CANCEL, "the pending run was cancelled in Prefect")
-        if run_state in {"COMPLETED", "FAILED", "CRASHED"}:
+        if run_state in ENDED_STATES:
             return Decision(Action.RESCHEDULE, f"the pending run ended {run_state} without finishing its step")
         return NOTHING
-    if status == EnrollmentStatus.PAUSED:
-        if starting_run_id is not None and starting_run_id == pending_run_id:
-            return Decision(Action.RESUME, "the suspended run was resumed in Prefect")
-        if run_state in NOT_STARTED:
-            # Our pause keeps the run Suspended; Scheduled again means someone resumed it.
-            return Decision(Action.RESUME, "the suspended run was resumed in Prefect")
-        if run_state in CANCELLED_STATES:
-            return Decision(Action.CANCEL, "the suspended run was cancelled in Prefect")
-        # RUNNING: the step in flight when the pause came finishes, then the flow suspends itself.
-        # Gone or ended (e.g. an expired suspend): stays PAUSED; resuming starts a new run.
-        return NOTHING
+    if starting_run_id is not None:
+        return Decision(Action.RESUME, "the suspended run was resumed in Prefect")
+    if run_state in NOT_STARTED and run_is_ours:
+        # Our pause keeps the run Suspended; Scheduled again means someone resumed it.
+        return Decision(Action.RESUME, "the suspended run was resumed in Prefect")
+    if run_state in CANCELLED_STATES:
+        return Decision(Action.CANCEL, "the suspended run was cancelled in Prefect")
+    # RUNNING: the step in flight when the pause came finishes, then the flow suspends itself.
+    # Gone or ended (e.g. an expired suspend): stays PAUSED; resuming starts a new run.
     return NOTHING
 
 
 def reconcile(
-    session: Session, plan: EnrollmentPlan, *, run: Any = None, read: bool = True, starting_run_id: uuid.UUID | None = None
+    session: Session,
+    plan: EnrollmentPlan,
+    *,
+    run: Any = None,
+    read: bool = True,
+    starting_run_id: uuid.UUID | None = None,
 ) -> EnrollmentPlan:
     """Apply `decide` to a plan loaded with the row lock. Returns the plan as it is now."""
     if not plan.is_open or plan.prefect_flow_run_id is None:
         return plan
     if read:
         run = prefect_runs.read_run(plan.prefect_flow_run_id)
-    decision = decide(plan.status, plan.prefect_flow_run_id, prefect_runs.state_type(run), starting_run_id=starting_run_id)
-    content = {"reason": decision.why, "run_state": prefect_runs.state_type(run)}
+    decision = decide(
+        plan.status,
+        plan.prefect_flow_run_id,
+        prefect_runs.state_type(run),
+        starting_run_id=starting_run_id,
+        run_is_ours=run is None or prefect_runs.belongs_here(run, plan.enrollment_id),
+    )
+    return apply(session, plan, decision, run_state=prefect_runs.state_type(run), starting_run_id=starting_run_id)
+
+
+def apply(
+    session: Session,
+    plan: EnrollmentPlan,
+    decision: Decision,
+    *,
+    run_state: str | None,
+    starting_run_id: uuid.UUID | None = None,
+) -> EnrollmentPlan:
+    content = {"reason": decision.why, "run_state": run_state}
     if decision.action is Action.PAUSE:
         return store.move(session, plan, EnrollmentStatus.PAUSED, actor=Actor.PREFECT, content=content)
     if decision.action is Action.RESUME:
         return store.move(session, plan, EnrollmentStatus.ACTIVE, actor=Actor.PREFECT, content=content)
     if decision.action is Action.CANCEL:
         return store.move(session, plan, EnrollmentStatus.CANCELLED, actor=Actor.PREFECT, content=content)
+    previous = {"previous_run_id": str(plan.prefect_flow_run_id) if plan.prefect_flow_run_id else None}
+    if decision.action is Action.ADOPT:
+        assert starting_run_id is not None
+        if plan.status == EnrollmentStatus.PAUSED:
+            plan = store.move(session, plan, EnrollmentStatus.ACTIVE, actor=Actor.PREFECT, content=content)
+        return store.adopt(session, plan, starting_run_id, content={**content, **previous})
     if decision.action is Action.RESCHEDULE:
         due = plan.next_due_at if plan.next_due_at and plan.next_due_at > datetime.now(UTC) else None
+        repairs = _repairs_of_step(session, plan)
+        if repairs:
+            # A run that keeps failing (a bug, the database down) is not replaced in a tight loop.
+            backoff = datetime.now(UTC) + timedelta(seconds=min(REPAIR_BACKOFF_SECONDS * 2 ** (repairs - 1), MAX_REPAIR_BACKOFF))
+            due = max(due, backoff) if due else backoff
         return store.reschedule(
             session, plan, due=due, actor=Actor.RECONCILER, key=f"reconciled:{uuid.uuid4().hex[:8]}",
-            event_type=EventType.RECONCILED,
-            content={**content, "previous_run_id": str(plan.prefect_flow_run_id) if plan.prefect_flow_run_id else None},
+            event_type=EventType.RECONCILED, content={**content, **previous},
         )
     return plan
+
+
+def _repairs_of_step(session: Session, plan: EnrollmentPlan) -> int:
+    return session.scalar(
+        select(func.count()).select_from(FollowUpEvent).where(
+            FollowUpEvent.enrollment_id == plan.enrollment_id,
+            FollowUpEvent.step_index == (plan.current_step if not plan.finished_steps else None),
+            FollowUpEvent.event_type == EventType.RECONCILED.value,
+        )
+    ) or 0
 
 
 def reconcile_enrollment(session: Session, enrollment_id: int) -> EnrollmentPlan:

@@ -221,3 +221,13 @@ def reschedule(
         plan.enrollment_id, plan.deal_ref, plan.current_step, scheduled_time=due, key_suffix=f":{key}" if key else ""
     )
     return _write(session, plan, next_due_at=due, prefect_flow_run_id=run_id)
+
+
+def adopt(session: Session, plan: EnrollmentPlan, flow_run_id: uuid.UUID, *, content: dict[str, Any]) -> EnrollmentPlan:
+    """A run started in Prefect carries the enrollment on, its pending run having ended."""
+    check(plan.enrollment_id, plan.status, EnrollmentStatus.ACTIVE, Actor.RECONCILER)
+    record_event(
+        session, enrollment_id=plan.enrollment_id, event_type=EventType.RECONCILED, step_index=_step_of(plan),
+        content={"source": Actor.PREFECT.value, **content}, flow_run_id=flow_run_id,
+    )
+    return _write(session, plan, prefect_flow_run_id=flow_run_id)

@@ -2,15 +2,26 @@
 it stops them. The webhooks parse and verify; these rules decide."""
 
 from followups.replies.delivery import Outcome, SellerFact, dedupe_key, deliver, stop_enrollment
+from followups.replies.inbound_sms import InboundSms, receive_sms
 from followups.replies.keywords import OPT_IN_KEYWORDS, OPT_OUT_KEYWORDS, is_opt_in, is_opt_out, keyword
-from followups.replies.routing import enrollments_for_phone, open_enrollments_for_email
+from followups.replies.routing import (
+    SmsRoute,
+    conversation_owner,
+    enrollments_for_phone,
+    open_enrollments_for_email,
+    owner_of_enrollment,
+    route_inbound_sms,
+)
 from followups.replies.suppression import email_opted_out, sms_opted_out
 
 __all__ = [
+    "InboundSms",
     "OPT_IN_KEYWORDS",
     "OPT_OUT_KEYWORDS",
     "Outcome",
     "SellerFact",
+    "SmsRoute",
+    "conversation_owner",
     "dedupe_key",
     "deliver",
     "email_opted_out",
@@ -19,6 +30,9 @@ __all__ = [
     "is_opt_out",
     "keyword",
     "open_enrollments_for_email",
+    "owner_of_enrollment",
+    "receive_sms",
+    "route_inbound_sms",
     "sms_opted_out",
     "stop_enrollment",
 ]

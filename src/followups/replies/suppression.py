@@ -1,27 +1,49 @@
 """Opt-outs: a seller who texted STOP (or unsubscribed by email) gets no more of that channel.
 
-The webhooks record OPTED_OUT events (content `channel` and `from` / `email`); a later SMS
-START or UNSTOP (a PROVIDER_EVENT with status `opt_in`) lifts an SMS opt-out again.
+SMS: a STOP blocks one pair, (seller phone, our number), as the carrier does: OPTED_OUT events
+carry content `channel` "sms", `from` (the seller) and `to` (our number, plus
+`messaging_service_sid` when the number belongs to a Messaging Service). A later START or
+UNSTOP to the same number (a PROVIDER_EVENT with status `opt_in`) lifts it. Facts recorded
+before each owner had a number carry no `to`: they count for every number.
+
+Email: an unsubscribe or spam report answers one owner's mail, so it suppresses the address for
+that owner only (the owner of the enrollment the OPTED_OUT event is recorded on).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from followups.db.models import EventType, FollowUpEvent
+from followups.db.models import Deal, Enrollment, EventType, FollowUpEvent
 
 
 def _latest(session: Session, *conditions) -> int | None:
     return session.scalar(select(func.max(FollowUpEvent.id)).where(*conditions))
 
 
-def sms_opted_out(session: Session, phone: str) -> bool:
+def _our_sender(from_number: str | None, messaging_service_sid: str | None):
+    """Events about the number (or Messaging Service) we would send from."""
+    to = FollowUpEvent.content["to"].astext
+    matches = [to.is_(None)]
+    if from_number:
+        matches.append(to == from_number)
+    if messaging_service_sid:
+        matches.append(FollowUpEvent.content["messaging_service_sid"].astext == messaging_service_sid)
+    return or_(*matches)
+
+
+def sms_opted_out(session: Session, phone: str, from_number: str | None, *, messaging_service_sid: str | None = None) -> bool:
+    """Whether `phone` texted STOP to `from_number` (or to a number of the Messaging Service)
+    and has not texted START since."""
+    # Both reads use ix_follow_up_events_sms_opt_outs (content->>'from', id): a phone has few events.
+    sender = _our_sender(from_number, messaging_service_sid)
     opted_out = _latest(
         session,
         FollowUpEvent.event_type == EventType.OPTED_OUT.value,
         FollowUpEvent.content["channel"].astext == "sms",
         FollowUpEvent.content["from"].astext == phone,
+        sender,
     )
     if opted_out is None:
         return False
@@ -30,17 +52,23 @@ def sms_opted_out(session: Session, phone: str) -> bool:
         FollowUpEvent.event_type == EventType.PROVIDER_EVENT.value,
         FollowUpEvent.status == "opt_in",
         FollowUpEvent.content["from"].astext == phone,
+        sender,
     )
     return opted_in is None or opted_in < opted_out
 
 
-def email_opted_out(session: Session, email: str) -> bool:
-    return (
-        _latest(
-            session,
+def email_opted_out(session: Session, email: str, owner_id: int) -> bool:
+    """Whether `email` unsubscribed from (or reported as spam) mail of this owner."""
+    found = session.scalar(
+        select(FollowUpEvent.id)
+        .join(Enrollment, Enrollment.id == FollowUpEvent.enrollment_id)
+        .join(Deal, Deal.id == Enrollment.deal_id)
+        .where(
             FollowUpEvent.event_type == EventType.OPTED_OUT.value,
             FollowUpEvent.content["channel"].astext == "email",
             func.lower(FollowUpEvent.content["email"].astext) == email.lower(),
+            Deal.owner_id == owner_id,
         )
-        is not None
+        .limit(1)
     )
+    return found is not None

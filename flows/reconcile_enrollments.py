@@ -1,0 +1,21 @@
+"""`reconcile-enrollments`: the scheduled sweep that repairs enrollments stranded by changes made
+in Prefect (a deleted, cancelled or crashed pending run, a suspend that expired)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from followups.lifecycle.sweep import sweep
+
+
+@flow(name="reconcile-enrollments", persist_result=False)
+def reconcile_enrollments(repair: bool = True) -> dict[str, Any]:
+    """Check every open enrollment against its pending Prefect run and repair what disagrees."""
+    report = sweep(repair=repair)
+    logger = get_run_logger()
+    for enrollment_id, action, why in report.found:
+        logger.info("enrollment %s: %s (%s)", enrollment_id, action, why)
+    logger.info("checked %s open enrollments; repaired %s", report.checked, dict(report.repaired) or "none")
+    return report.as_dict()

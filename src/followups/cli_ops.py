@@ -1,0 +1,53 @@
+"""Operator commands: `followups doctor` and `followups reconcile`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from followups.cli_output import print_json
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
+
+
+def register(app: typer.Typer, console: Console) -> None:
+    @app.command()
+    def doctor(as_json: JsonFlag = False) -> None:
+        """Check the database, the Prefect API, the deployments, the workers and stranded
+        enrollments; name the fix for each problem. Exits 1 when something is wrong."""
+        from followups.doctor import diagnose
+
+        checks = diagnose()
+        if as_json:
+            print_json([check.as_dict() for check in checks])
+        else:
+            table = Table(title="followups doctor")
+            for column in ("check", "state", "detail", "fix"):
+                table.add_column(column)
+            for check in checks:
+                state = "[green]ok[/]" if check.ok else "[red]problem[/]"
+                table.add_row(escape(check.name), state, escape(check.detail), escape(check.fix))
+            console.print(table)
+        if not all(check.ok for check in checks):
+            raise typer.Exit(1)
+
+    @app.command()
+    def reconcile(
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report what disagrees")] = False,
+        as_json: JsonFlag = False,
+    ) -> None:
+        """Check every open enrollment against its Prefect run now and repair what disagrees
+        (what the scheduled reconcile-enrollments deployment does)."""
+        from followups.lifecycle.sweep import sweep
+
+        report = sweep(repair=not dry_run)
+        if as_json:
+            print_json(report.as_dict())
+            return
+        for enrollment_id, action, why in report.found:
+            console.print(f"enrollment {enrollment_id}: {action} ({escape(why)})")
+        console.print(f"checked {report.checked} open enrollment(s); repaired {dict(report.repaired) or 'none'}")

@@ -1,0 +1,72 @@
+"""The reconciler's sweep: every open enrollment checked against its pending run, in batches.
+
+It finds ACTIVE enrollments whose pending run is final, missing or another's, and enrollments
+whose run an operator suspended, resumed or cancelled while nothing was listening, and repairs
+each through the one rule (`reconcile`), under the row lock, after reading the run again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+
+from followups import prefect_runs
+from followups.db.models import OPEN_STATUSES, Enrollment
+from followups.db.session import session_scope
+from followups.lifecycle.plan import load_plan
+from followups.lifecycle.reconcile import Action, decide, reconcile
+
+
+@dataclass
+class SweepReport:
+    checked: int = 0
+    found: list[tuple[int, str, str]] = field(default_factory=list)  # (enrollment, action, why)
+    repaired: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict:
+        return {
+            "checked": self.checked,
+            "found": [{"enrollment_id": e, "action": a, "why": w} for e, a, w in self.found],
+            "repaired": dict(self.repaired),
+        }
+
+
+def sweep(*, repair: bool = True, batch: int = 200) -> SweepReport:
+    report = SweepReport()
+    after = 0
+    while True:
+        with session_scope(read_only=True) as session:
+            rows = session.execute(
+                select(Enrollment.id, Enrollment.status, Enrollment.prefect_flow_run_id)
+                .where(
+                    Enrollment.id > after,
+                    Enrollment.status.in_(sorted(OPEN_STATUSES)),
+                    Enrollment.prefect_flow_run_id.is_not(None),
+                )
+                .order_by(Enrollment.id)
+                .limit(batch)
+            ).all()
+        if not rows:
+            return report
+        after = rows[-1].id
+        runs = prefect_runs.read_runs([row.prefect_flow_run_id for row in rows])
+        for row in rows:
+            report.checked += 1
+            run = runs.get(row.prefect_flow_run_id)
+            decision = decide(
+                row.status,
+                row.prefect_flow_run_id,
+                prefect_runs.state_type(run),
+                run_is_ours=run is None or prefect_runs.belongs_here(run, row.id),
+            )
+            if decision.action is Action.NONE:
+                continue
+            report.found.append((row.id, decision.action.value, decision.why))
+            if repair:
+                with session_scope() as session:
+                    before = load_plan(session, row.id, lock=True)
+                    after_plan = reconcile(session, before)
+                    if (after_plan.status, after_plan.prefect_flow_run_id) != (before.status, before.prefect_flow_run_id):
+                        report.repaired[decision.action.value] += 1

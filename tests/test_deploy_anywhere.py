@@ -1,0 +1,288 @@
+"""`prefect deploy --all` from the checkout makes deployments a process worker runs from any
+directory; and the deployments `followups serve` and the fast worker register follow
+FOLLOWUPS_DEPLOYMENT_NAME, so two databases can share one Prefect server.
+
+Everything here talks to a Prefect server of this module's own (own PREFECT_HOME and SQLite
+database): every subprocess gets an environment without the session's PREFECT_* settings, and
+this process reaches that server only inside `own_prefect.api()`. The session's shared API
+and runner are never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+from prefect.client.schemas.responses import DeploymentResponse
+from prefect.events import DeploymentEventTrigger
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from fast_worker_fixtures import _free_port, _stop
+from followups.control import cancel_enrollment, enroll_deal
+from followups.deployments.definitions import local_deployments
+from followups.settings import reset_settings
+from support import deal_input, enrollment_row, event_types, new_owner, new_sequence, wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+PREFECT = str(Path(sys.executable).parent / "prefect")  # the console script, as an operator runs it
+SHORT_SEQUENCE = [
+    {"type": "EMAIL", "subject": "Our offer", "text": "Hi {{ seller.first_name }}"},
+    {"type": "WAIT", "seconds": 2},
+    {"type": "SMS", "body": "Any thoughts on our offer?"},
+]
+
+
+@dataclass
+class OwnPrefect:
+    url: str
+    home: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The session's environment (test database, fake providers) without its Prefect
+        settings, pointed at this server."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update(PREFECT_HOME=str(self.home), PREFECT_API_URL=self.url, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+        env.update(extra)
+        return env
+
+    @contextlib.contextmanager
+    def api(self) -> Iterator[None]:
+        with temporary_settings(updates={PREFECT_API_URL: self.url}):
+            yield
+
+
+@pytest.fixture(scope="module")
+def own_prefect(tmp_path_factory) -> Iterator[OwnPrefect]:
+    home = tmp_path_factory.mktemp("deploy-anywhere-prefect")
+    port = _free_port()
+    server = OwnPrefect(f"http://127.0.0.1:{port}/api", home)
+    env = server.env(
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        PREFECT_SERVER_UI_ENABLED="false",
+        PREFECT_SERVER_LOGGING_LEVEL="WARNING",
+        # No scheduled reconcile-enrollments runs: see the deploy test.
+        PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
+    )
+    env.pop("PREFECT_API_URL")
+    log = home / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the module's Prefect server did not start:\n{log.read_text()[-4000:]}")
+            time.sleep(0.3)
+        yield server
+    finally:
+        _stop(process)
+
+
+def _cli(args: list[str], *, cwd: Path, env: dict[str, str], timeout: float = 180) -> str:
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, f"{' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of every process below `pid`, from /proc."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append((int(stat.parent.name), fields[19]))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child[0])
+    return found
+
+
+def _stop_with_children(process: subprocess.Popen) -> None:
+    """Stop the worker's process group, then any flow-run process it started in a session of
+    its own (checked by start time, so a reused pid is never hit)."""
+    below = _descendants(process.pid)
+    _stop(process)
+    for pid, started in below:
+        with contextlib.suppress(OSError, IndexError):
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19] == started:
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_prefect_deploy_all_makes_deployments_a_worker_runs_from_anywhere(own_prefect, fake_providers, tmp_path):
+    env = own_prefect.env(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_LOGGING_TO_API_ENABLED="false")
+    listed, config = set(os.listdir(REPO)), (REPO / "prefect.yaml").read_bytes()
+    _cli([PREFECT, "work-pool", "create", "followups", "--type", "process"], cwd=REPO, env=env)
+    _cli([PREFECT, "deploy", "--all", "--no-prompt"], cwd=REPO, env=env)
+    # Non-interactive and leaves the checkout as it was (no .prefect/, no rewritten prefect.yaml).
+    assert (REPO / "prefect.yaml").read_bytes() == config
+    assert not [name for name in set(os.listdir(REPO)) - listed if name.startswith(".prefect")]
+
+    declared = {f"{d.flow_name}/{d.name}" for d in local_deployments()}
+    with own_prefect.api(), get_client(sync_client=True) as client:
+        deployed = {name: client.read_deployment_by_name(name) for name in declared}
+        for name, deployment in deployed.items():
+            assert deployment.work_pool_name == "followups", name
+            assert not deployment.pull_steps, f"{name} has pull steps: {deployment.pull_steps}"
+            assert not deployment.path, f"{name} runs in the deploying machine's directory {deployment.path}"
+        reconcile = deployed["reconcile-enrollments/followups"]
+        [schedule] = reconcile.schedules
+        assert schedule.active and schedule.schedule.interval.total_seconds() == 300
+        # A sweep here would check every open enrollment of the session's database against this
+        # server, where their runs do not exist: it must not run.
+        client.pause_deployment(reconcile.id)
+        for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[reconcile.id]))):
+            client.delete_flow_run(run.id)
+
+    workdir = tmp_path / "worker"
+    workdir.mkdir()
+    assert REPO not in workdir.resolve().parents
+    log = tmp_path / "worker.log"
+    enrollment_id = None
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(
+            [PREFECT, "worker", "start", "--pool", "followups"],
+            cwd=workdir, env={**env, "PYTHONSAFEPATH": "1"},
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    try:
+        with own_prefect.api():
+            owner = new_owner()
+            deal = deal_input()
+            enrollment_id = enroll_deal(owner, deal, new_sequence(owner, SHORT_SEQUENCE)).id
+            wait_for(
+                lambda: enrollment_row(enrollment_id).status == "COMPLETED" or worker.poll() is not None,
+                timeout=180, interval=0.5, what="the sequence to complete on the process worker",
+            )
+            assert worker.poll() is None, f"the worker exited:\n{log.read_text()[-4000:]}"
+            with get_client(sync_client=True) as client:
+                runs = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployed["follow-up-sequence/followups"].id]))
+                )
+                never_ran = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[reconcile.id]))
+                )
+    finally:
+        _stop_with_children(worker)
+        if enrollment_id is not None and enrollment_row(enrollment_id).status in ("ACTIVE", "PAUSED"):
+            with own_prefect.api(), contextlib.suppress(Exception):
+                cancel_enrollment(enrollment_id)
+
+    assert [t for t in event_types(enrollment_id) if t != "STEP_ATTEMPT"] == [
+        "ENROLLED", "EMAIL_SENT", "WAIT_STARTED", "WAIT_COMPLETED", "SMS_SENT", "COMPLETED"
+    ]
+    assert len(fake_providers.for_recipient(str(deal.seller_email))) == 1
+    assert len(fake_providers.for_recipient(deal.seller_phone)) == 1
+    assert len(runs) == 2 and all(r.state.is_completed() and r.work_pool_name == "followups" for r in runs), [
+        (r.name, r.state, r.work_pool_name) for r in runs
+    ]
+    assert never_ran == []
+
+
+# -- one deployment name per database --------------------------------------------------------
+
+
+@pytest.fixture
+def deployment_name_env(monkeypatch):
+    def use(name: str) -> None:
+        monkeypatch.setenv("FOLLOWUPS_DEPLOYMENT_NAME", f"follow-up-sequence/{name}")
+        monkeypatch.setenv("FOLLOWUPS_RECONCILE_INTERVAL_SECONDS", "0")
+        reset_settings()
+
+    yield use
+    reset_settings()
+
+
+def _deployments_named(client, name: str) -> dict[str, DeploymentResponse]:
+    found = {}
+    for deployment in client.read_deployments():
+        if deployment.name == name:
+            found[f"{client.read_flow(deployment.flow_id).name}/{name}"] = deployment
+    return found
+
+
+def test_the_fast_worker_serves_the_configured_name_and_brings_its_triggers_up_to_date(own_prefect, deployment_name_env):
+    from followups.deployments.definitions import prefect_controls_trigger, sequence_deployment
+    from followups.flows.sync_enrollment_state import sync_enrollment_state
+    from followups.worker.served_flows import ensure_deployments
+
+    with own_prefect.api(), get_client(sync_client=True) as client:
+        # Left by an older version: a sync deployment whose trigger knew only Suspended.
+        stale = sync_enrollment_state.to_deployment(
+            name="tenant-a",
+            triggers=[DeploymentEventTrigger(name="old", expect={"prefect.flow-run.Suspended"}, parameters={"flow_run_id": "{{ event.resource.id }}"})],
+        ).apply()
+        # From `prefect deploy`: in a work pool; a fast worker leaves it as it is.
+        client.create_work_pool(work_pool=WorkPoolCreate(name="tenant-b-pool", type="process"))
+        pooled = sequence_deployment(name="tenant-b", description="deployed with prefect deploy").apply(work_pool_name="tenant-b-pool")
+
+        deployment_name_env("tenant-a")
+        served_a = ensure_deployments(client)
+        deployment_name_env("tenant-b")
+        served_b = ensure_deployments(client)
+
+        a, b = _deployments_named(client, "tenant-a"), _deployments_named(client, "tenant-b")
+        flows = {d.flow_name for d in local_deployments()}
+        assert {key.split("/")[0] for key in a} == flows == {key.split("/")[0] for key in b}
+        assert set(served_a) == {d.id for d in a.values()} and set(served_b) == {d.id for d in b.values()}
+        assert not set(served_a) & set(served_b)
+        assert a["sync-enrollment-state/tenant-a"].id == stale
+        assert b["follow-up-sequence/tenant-b"].id == pooled
+        assert b["follow-up-sequence/tenant-b"].work_pool_name == "tenant-b-pool"
+        assert b["follow-up-sequence/tenant-b"].description == "deployed with prefect deploy"
+
+        automations = client.read_resource_related_automations(f"prefect.deployment.{stale}")
+        expected = prefect_controls_trigger("tenant-a")
+        assert [(x.trigger.expect, x.trigger.match_related) for x in automations] == [(expected.expect, expected.match_related)]
+        [reconcile] = [d for key, d in a.items() if key.startswith("reconcile-enrollments/")]
+        assert [s.active for s in reconcile.schedules] == [False]
+
+
+def test_followups_serve_serves_the_configured_name(own_prefect, tmp_path):
+    env = own_prefect.env(
+        FOLLOWUPS_DEPLOYMENT_NAME="follow-up-sequence/tenant-c",
+        FOLLOWUPS_RECONCILE_INTERVAL_SECONDS="0",
+        PREFECT_RUNNER_POLL_FREQUENCY="1",
+        PYTHONSAFEPATH="1",
+    )
+    log = tmp_path / "serve.log"
+    started = time.time()
+    with open(log, "wb") as out:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "followups.cli", "serve", "--limit", "1"],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    try:
+        with own_prefect.api(), get_client(sync_client=True) as client:
+            expected = {f"{d.flow_name}/tenant-c" for d in local_deployments()}
+
+            def all_polled():
+                if serve.poll() is not None:
+                    raise AssertionError(f"followups serve exited:\n{log.read_text()[-4000:]}")
+                found = _deployments_named(client, "tenant-c")
+                polled = {k for k, d in found.items() if d.last_polled and d.last_polled.timestamp() >= started - 1}
+                return polled == expected
+
+            wait_for(all_polled, timeout=90, interval=0.5, what="followups serve to serve every */tenant-c deployment")
+    finally:
+        _stop(serve)
