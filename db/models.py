@@ -86,6 +86,17 @@ class User(Base):
     messaging_service_sid: Mapped[str | None] = mapped_column(String(64))
 
 
+class OfferInbox(Base):
+    """An offer announced through a Prefect event; the event names only this row."""
+
+    __tablename__ = "offer_inbox"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 class Installation(Base):
     """One row: this database's identity, made when the schema was created."""
 

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from followups.control import record_offer_sent
-from followups.offer_events import for_this_database, parse_offer
+from followups.offer_events import for_this_database, parse_offer, resolve_offer
 
 
 @flow(name="enroll-on-offer", log_prints=True, persist_result=False)
@@ -16,6 +16,7 @@ def enroll_on_offer(offer: dict[str, Any] | str) -> dict[str, Any]:
     if not for_this_database(data):
         get_run_logger().info("offer %s belongs to another followups database; skipped", data.get("offer_id"))
         return {"skipped": "another database"}
+    data = resolve_offer(data)
     result = record_offer_sent(data["owner_id"], data["offer_id"], data["deal"], sequence_id=data.get("sequence_id"))
     get_run_logger().info("offer %s: %s", result.offer_id, result.reason or f"enrollment {result.enrollment_id}")
     return result.as_dict()

@@ -1,24 +1,29 @@
 """The `follow-up-sequence` flow: runs one enrollment from its current step until it ends or waits.
 
 Each EMAIL / SMS step is a task run; a WAIT schedules the deployment's next flow run for the due
-time and ends. Where the sequence is comes from the database, never from Prefect's task
-results, so a re-run, a resumed run or a duplicate run continues correctly. The rules live in
-`followups.execution` and `followups.lifecycle`; this module only sequences them and logs.
+time and ends, in a Completed state named "Waiting". Where the sequence is comes from the
+database, never from Prefect's task results, so a re-run, a resumed run or a duplicate run
+continues correctly. The rules live in `followups.execution` and `followups.lifecycle`; this
+module only sequences them and tells the operator what happened (`flows.story`).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
 from prefect.exceptions import Pause
 from prefect.flow_runs import suspend_flow_run
 from prefect.runtime import flow_run as runtime_flow_run
+from prefect.states import State
 
 from followups.execution.checkpoint import Next, checkpoint
 from followups.execution.completion import complete
 from followups.execution.waiting import defer_for_quiet_hours, run_wait
+from followups.flows import story
+from followups.prefect_runs import run_name
 from followups.steps import EmailStep, WaitStep
 from followups.tasks.send_step import configured_send_step
 
@@ -27,42 +32,77 @@ def _current_flow_run_id() -> uuid.UUID | None:
     return uuid.UUID(str(runtime_flow_run.id)) if runtime_flow_run.id else None
 
 
+def _left(due: datetime | None) -> str:
+    if due is None:
+        return "no wait left"
+    seconds = max(0, int((due - datetime.now(UTC)).total_seconds()))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = [f"{days} days" if days else "", f"{hours} h" if hours else "", f"{minutes} min" if minutes else ""]
+    return " ".join(p for p in parts if p) or f"{seconds} s"
+
+
 @flow(name="follow-up-sequence", log_prints=True, persist_result=False)
-def follow_up_sequence(enrollment_id: int) -> str:
-    """Run enrollment `enrollment_id` from its current step until it ends or waits."""
-    logger = get_run_logger()
+def follow_up_sequence(enrollment_id: int) -> State:
+    """Run one enrolled follow-up sequence from its current step until it ends or waits.
+
+    Args:
+        enrollment_id: The enrollment to run: the id `followups enroll` / `followups status`
+            print, and the `enrollment:<id>` tag on its runs.
+    """
     flow_run_id = _current_flow_run_id()
+    try:
+        return _run(enrollment_id, flow_run_id)
+    finally:
+        try:
+            story.publish_timeline(enrollment_id)
+        except Exception as exc:  # the story must never change what the run did
+            get_run_logger().warning("could not publish the timeline artifact: %s", exc)
+
+
+def _run(enrollment_id: int, flow_run_id: uuid.UUID | None) -> State:
+    logger = get_run_logger()
     starting = True
     while True:
         check = checkpoint(enrollment_id, flow_run_id, starting=starting)
         starting = False
         plan = check.plan
         if check.next is Next.STAY_SUSPENDED:
+            logger.info("Paused in Prefect at step %s; Resume continues with %s of the wait", plan.current_step, _left(plan.next_due_at))
             raise Pause(state=check.run_state)
         if check.next is Next.SUSPEND:
-            logger.info("Enrollment %s was paused at step %s; suspending until resumed", enrollment_id, plan.current_step)
+            logger.info("Paused through the API at step %s; Resume continues with %s of the wait", plan.current_step, _left(plan.next_due_at))
             suspend_flow_run(key=f"pause-{plan.current_step}-{time.time_ns()}")
             continue
         if check.next is Next.STOP:
             # Paused (and this is not its pending run), or finished: another run owns it, or nobody.
             logger.info("Enrollment %s is %s: nothing to do", enrollment_id, plan.status)
-            return plan.status
+            return story.ended(plan.status, f"enrollment {enrollment_id} is {plan.status}; nothing to do")
         if plan.finished_steps:
             status = complete(enrollment_id, flow_run_id)
-            logger.info("Enrollment %s %s", enrollment_id, status.lower())
-            return status
+            logger.info("Enrollment %s %s: every step done", enrollment_id, status.lower())
+            return story.ended(status, f"all {len(plan.steps)} steps done")
         index = plan.current_step
         step = plan.steps[index]
         if isinstance(step, WaitStep):
             waited = run_wait(enrollment_id, index, step, flow_run_id)
             if waited.outcome == "deferred":
-                logger.info("Enrollment %s waits (step %s) until %s; next run %s", enrollment_id, index, waited.due, waited.next_run_id)
-                return "WAITING"
+                next_name = run_name(enrollment_id, plan.deal_ref, index)
+                logger.info("WAIT step %s (%s): next run '%s' (%s) due %s", index, _left(waited.due), next_name, waited.next_run_id, waited.due)
+                return story.waiting(waited.due, f"WAIT step {index}; next run '{next_name}'")
+            if waited.outcome == "continue":
+                logger.info("WAIT step %s done", index)
             continue
         channel = "email" if isinstance(step, EmailStep) else "sms"
         if channel == "sms":
             until = defer_for_quiet_hours(plan, index, flow_run_id)
             if until is not None:
-                logger.info("Enrollment %s: SMS step %s waits for quiet hours to end (%s)", enrollment_id, index, until)
-                return "WAITING"
-        configured_send_step(enrollment_id, index, channel, plan.deal_ref)(enrollment_id, index, channel, plan.deal_ref)
+                logger.info("SMS step %s deferred to %s: quiet hours in the seller's time zone", index, until)
+                return story.waiting(until, f"SMS step {index} waits for quiet hours to end")
+        result = configured_send_step(enrollment_id, index, channel, plan.deal_ref)(enrollment_id, index, channel, plan.deal_ref)
+        what = "subject" if channel == "email" else "first words"
+        logger.info(
+            "%s step %s %s, %s '%s', provider id %s", channel.upper(), index, result.outcome, what,
+            story.shown(channel, result.detail), result.provider_message_id or "—",
+        )

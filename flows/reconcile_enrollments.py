@@ -6,13 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run as runtime_flow_run
 
+from followups.identity import database_tag
 from followups.lifecycle.sweep import sweep
+from followups.prefect_runs import label_own_run
 
 
-@flow(name="reconcile-enrollments", persist_result=False)
+@flow(name="reconcile-enrollments", flow_run_name="reconcile enrollments", persist_result=False)
 def reconcile_enrollments(repair: bool = True) -> dict[str, Any]:
     """Check every open enrollment against its pending Prefect run and repair what disagrees."""
+    label_own_run(runtime_flow_run.id, "reconcile enrollments", ["followups", database_tag()])
     report = sweep(repair=repair)
     logger = get_run_logger()
     for enrollment_id, action, why in report.found:

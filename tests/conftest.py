@@ -127,13 +127,24 @@ def fake_providers(database_url: str) -> Iterator[FakeProviderServer]:
 
 
 @pytest.fixture(scope="session")
-def prefect_api(fake_providers: FakeProviderServer) -> Iterator[str]:
-    """Prefect's throwaway test server (its own SQLite database), shared by the session."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_api(fake_providers: FakeProviderServer, tmp_path_factory) -> Iterator[str]:
+    """A real Prefect server on its own PostgreSQL database, shared by the session's tests."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with prefect_test_harness(server_startup_timeout=60):
-        yield str(PREFECT_API_URL.value())
+    from prefect_servers import prefect_server
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with prefect_server(tmp_path_factory.mktemp("prefect-api"), name=worker) as url:
+        saved = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = url
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: url}):
+                yield url
+        finally:
+            if saved is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = saved
 
 
 @pytest.fixture

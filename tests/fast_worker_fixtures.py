@@ -1,7 +1,7 @@
 """Fixtures for the fast worker (followups.worker), imported by tests/test_fast_worker.py.
 
 The fast worker under test runs in its own process (`python -m followups.worker`) against a
-Prefect server of its own (`prefect server start`, with its own PREFECT_HOME and SQLite
+Prefect server of its own (`prefect server start`, with its own PREFECT_HOME and PostgreSQL
 database, so its own deployments), and the session's database and fake providers. No other
 executor polls that server, so "the fast worker ran these runs" holds without stopping or
 pausing anything, and the session's stock runner (`sequence_runner`) goes on serving other
@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,66 +20,23 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import pytest
+
+from prefect_servers import prefect_server, stop
 
 DEPLOYMENT = "follow-up-sequence/followups"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _stop(process: subprocess.Popen, timeout: float = 20) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+_stop = stop
 
 
 @pytest.fixture(scope="session")
 def fast_worker_server(tmp_path_factory) -> Iterator[str]:
     """The API URL of a Prefect server that only the fast-worker tests use (session-scoped so
     that xdist interleaving other modules' tests does not restart it)."""
-    home = tmp_path_factory.mktemp("fast-worker-prefect")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    # Nothing of the session's Prefect configuration (API URL, profile, home) reaches it.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_SERVER_UI_ENABLED="false",
-        PREFECT_SERVER_LOGGING_LEVEL="WARNING",
-    )
-    log = home / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the fast worker's Prefect server did not start:\n{log.read_text()[-4000:]}")
-            time.sleep(0.3)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with prefect_server(tmp_path_factory.mktemp("fast-worker-prefect"), name=f"fast_{worker}") as url:
         yield url
-    finally:
-        _stop(process)
 
 
 @pytest.fixture(scope="module")

@@ -189,4 +189,12 @@ def test_a_deal_offer_sent_event_enrolls_through_the_trigger(sequence_runner, fa
     enrollment_ids = {e["enrollment_id"] for e in events}
     assert len(enrollment_ids) == 1
     assert len(fake_providers.for_recipient(str(deal.seller_email))) == 1
+    # The seller's details stay in the database: the runs' parameters carry ids only.
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["enroll-on-offer"])), limit=200)
+    mine = [r for r in runs if r.parameters.get("offer", {}).get("offer_id") == "evt-offer-1" and r.parameters["offer"].get("owner_id") == owner]
+    assert len(mine) == 2
+    assert all(str(deal.seller_email) not in str(r.parameters) and deal.seller_phone not in str(r.parameters) for r in mine)
     cancel_enrollment(enrollment_ids.pop())

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
@@ -29,7 +28,7 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events import DeploymentEventTrigger
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from fast_worker_fixtures import _free_port, _stop
+from prefect_servers import prefect_server, stop as _stop
 from followups.control import cancel_enrollment, enroll_deal
 from followups.deployments.definitions import local_deployments
 from followups.settings import reset_settings
@@ -66,34 +65,9 @@ class OwnPrefect:
 @pytest.fixture(scope="module")
 def own_prefect(tmp_path_factory) -> Iterator[OwnPrefect]:
     home = tmp_path_factory.mktemp("deploy-anywhere-prefect")
-    port = _free_port()
-    server = OwnPrefect(f"http://127.0.0.1:{port}/api", home)
-    env = server.env(
-        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-        PREFECT_SERVER_UI_ENABLED="false",
-        PREFECT_SERVER_LOGGING_LEVEL="WARNING",
-        # No scheduled reconcile-enrollments runs: see the deploy test.
-        PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
-    )
-    env.pop("PREFECT_API_URL")
-    log = home / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the module's Prefect server did not start:\n{log.read_text()[-4000:]}")
-            time.sleep(0.3)
-        yield server
-    finally:
-        _stop(process)
+    # No scheduled reconcile-enrollments runs: see the deploy test.
+    with prefect_server(home, name="deploy", PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false") as url:
+        yield OwnPrefect(url, home)
 
 
 def _cli(args: list[str], *, cwd: Path, env: dict[str, str], timeout: float = 180) -> str:

@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterTags
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import Abort
 from prefect.states import Pending
@@ -40,9 +40,11 @@ pytestmark = pytest.mark.slow
 
 
 def runs_of(enrollment_id: int) -> list[FlowRun]:
+    """The enrollment's follow-up-sequence runs (sync runs carry its tags too)."""
     with get_client(sync_client=True) as client:
         return client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"enrollment:{enrollment_id}"]))
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["follow-up-sequence"])),
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"enrollment:{enrollment_id}"])),
         )
 
 
@@ -201,10 +203,14 @@ def test_every_run_of_a_sequence_was_claimed_by_the_fast_worker(fast_worker, fak
     wait_for(lambda: enrollment_row(enrollment.id).status == "COMPLETED", timeout=60, what="COMPLETED")
     runs = runs_of(enrollment.id)
     assert len(runs) == 3 and all(r.state.is_completed() for r in runs)
+    finals = []
     for run in runs:
         claimers = claimers_of(run.id)
         assert len(claimers) == 1 and claimers[0] is not None and claimers[0].pid == fast_worker.pid
-        assert state_names(run.id)[-3:] == ["Pending", "Running", "Completed"]
+        assert state_names(run.id)[-3:-1] == ["Pending", "Running"]
+        finals.append(state_names(run.id)[-1])
+    # Runs that end at a wait say so; the last one completes the sequence.
+    assert sorted(finals) == ["Completed", "Waiting", "Waiting"]
     with get_client(sync_client=True) as client:
         task_runs = [t for r in runs for t in client.read_task_runs() if t.flow_run_id == r.id]
     assert len(task_runs) == 3 and all(t.state.is_completed() for t in task_runs)
@@ -370,7 +376,7 @@ def test_sigkill_mid_send_then_a_restarted_worker_finishes_with_one_send_per_ste
     assert unknown.step_index == 0
     # Prefect shows what happened to the killed run: Crashed, rescheduled, run again, Completed
     names = state_names(killed_run.id)
-    assert names[names.index("Crashed") :] == ["Crashed", "AwaitingRetry", "Pending", "Running", "Completed"]
+    assert names[names.index("Crashed") :] == ["Crashed", "AwaitingRetry", "Pending", "Running", "Waiting"]
     assert [c.pid for c in claimers_of(killed_run.id)] == [first.pid, second.pid]
     runs = runs_of(enrollment.id)
     assert len(runs) == 3 and all(r.state.is_completed() for r in runs)

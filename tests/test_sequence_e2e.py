@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterTags
 
 from followups.control import enroll_deal
 from support import FAST_SEQUENCE, deal_input, enrollment_row, event_types, events_of, new_owner, new_sequence, wait_for
@@ -27,7 +27,8 @@ def test_email_wait_email_wait_sms_runs_through_the_deployment(sequence_runner, 
     # Each wait ended its run; the next part was a separate run scheduled for the due time.
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"enrollment:{enrollment.id}"]))
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["follow-up-sequence"])),
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"enrollment:{enrollment.id}"])),
         )
     assert len(runs) == 3 and all(run.state.is_completed() for run in runs)
     assert all(f"deal:{deal.external_id}" in run.tags for run in runs)

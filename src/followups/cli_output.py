@@ -107,6 +107,24 @@ def status_output(console: Console, details: Any, as_json: bool) -> None:
     for step in details.timeline:
         table.add_row(str(step.index), step.type, step.state, step.at.strftime("%Y-%m-%d %H:%M:%S") if step.at else "")
     console.print(table)
+    link = prefect_run_link(details.flow_run_id)
+    if link:
+        console.print(f"Prefect: {link} (its runs carry the tag enrollment:{details.id})", markup=False)
+
+
+def prefect_run_link(flow_run_id: Any) -> str | None:
+    """The Prefect UI page of the pending run, from the configured UI or API address (read from
+    the environment: this command does not import Prefect)."""
+    import os
+
+    from followups.settings import get_settings
+
+    base = get_settings().prefect_ui_url or os.environ.get("PREFECT_UI_URL")
+    if not base and os.environ.get("PREFECT_API_URL"):
+        base = os.environ["PREFECT_API_URL"].rstrip("/").removesuffix("/api")
+    if not base or not flow_run_id:
+        return None
+    return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}"
 
 
 def sender_identity_output(console: Console, user_name: str, identity: Any, as_json: bool) -> None:

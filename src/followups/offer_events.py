@@ -8,9 +8,12 @@ before it is emitted, so a bad offer fails where it is sent, not later in a flow
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
-from followups.errors import InvalidInputError
+from followups.db.models import OfferInbox
+from followups.db.session import session_scope
+from followups.errors import InvalidInputError, NotFoundError
 from followups.identity import database_id
 from followups.inputs import DealInput, OfferInput, require_owner, validate
 
@@ -29,18 +32,38 @@ def offer_payload(owner_id: int, offer_id: str, deal: DealInput | dict[str, Any]
 
 
 def emit_offer_sent(owner_id: int, offer_id: str, deal: DealInput | dict[str, Any], sequence_id: int | None = None):
+    """Announce an offer to Prefect. The offer waits in the database; the event (and so the
+    enroll-on-offer run's parameters) carries only ids, never the seller's details."""
     from prefect.events import emit_event
-
-    from followups.db.session import session_scope
 
     offer = offer_payload(owner_id, offer_id, deal, sequence_id)
     with session_scope() as session:
         require_owner(session, owner_id)
+        row = OfferInbox(owner_id=owner_id, payload=offer)
+        session.add(row)
+        session.flush()
+        inbox_id = str(row.id)
+    reference = {key: offer[key] for key in ("database", "owner_id", "offer_id")} | {"inbox_id": inbox_id}
     return emit_event(
         event=EVENT_NAME,
         resource={"prefect.resource.id": f"deal.{offer['deal']['external_id']}", "followups.database": offer["database"]},
-        payload={"offer": offer},
+        payload={"offer": reference},
     )
+
+
+def resolve_offer(offer: dict[str, Any]) -> dict[str, Any]:
+    """The whole offer: as the event carried it, or from the inbox row the event names."""
+    if "inbox_id" not in offer:
+        return offer
+    try:
+        inbox_id = uuid.UUID(str(offer["inbox_id"]))
+    except ValueError as exc:
+        raise InvalidInputError("not an inbox id", field="offer.inbox_id") from exc
+    with session_scope(read_only=True) as session:
+        row = session.get(OfferInbox, inbox_id)
+        if row is None or row.owner_id != offer.get("owner_id"):
+            raise NotFoundError("offer", offer.get("offer_id"))
+        return dict(row.payload)
 
 
 def for_this_database(offer: dict[str, Any]) -> bool:
@@ -56,6 +79,6 @@ def parse_offer(offer: dict[str, Any] | str) -> dict[str, Any]:
             offer = json.loads(offer)
         except ValueError as exc:
             raise InvalidInputError("the event's offer is not JSON", field="offer") from exc
-    if not isinstance(offer, dict) or not {"owner_id", "offer_id", "deal"} <= offer.keys():
-        raise InvalidInputError("the event's offer needs owner_id, offer_id and deal", field="offer")
+    if not isinstance(offer, dict) or not {"owner_id", "offer_id"} <= offer.keys() or not offer.keys() & {"deal", "inbox_id"}:
+        raise InvalidInputError("the event's offer needs owner_id, offer_id and deal (or inbox_id)", field="offer")
     return offer

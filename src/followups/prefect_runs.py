@@ -165,20 +165,31 @@ def suspend_run(run: FlowRun) -> None:
 
 
 def resume_run(run: FlowRun, due: datetime | None) -> None:
-    """Resume a suspended run, keeping what is left of its wait."""
-    from prefect.client.schemas.objects import StateType
+    """Resume a suspended run, keeping what is left of its wait: one state change, Scheduled
+    "Resuming" at the due time (what `resume_flow_run` does, but for later than now)."""
     from prefect.flow_runs import resume_flow_run
     from prefect.states import Scheduled
 
-    resume_flow_run(run.id)
     if due is not None and due > datetime.now(UTC):
-        client = _client()
-        current = client.read_flow_run(run.id)
-        if current.state and current.state.type == StateType.SCHEDULED:
-            client.set_flow_run_state(run.id, Scheduled(scheduled_time=due, name="Resuming"), force=True)
+        _client().set_flow_run_state(run.id, Scheduled(scheduled_time=due, name="Resuming"), force=True)
+    else:
+        resume_flow_run(run.id)
 
 
 def cancel_run(run: FlowRun) -> None:
     from prefect.states import Cancelled
 
     _client().set_flow_run_state(run.id, Cancelled(message="follow-up sequence cancelled"), force=True)
+
+
+def label_own_run(flow_run_id: Any, name: str, tags: list[str]) -> None:
+    """Rename a run and add tags, once its flow knows what it is about (best effort: a label
+    must never fail the run)."""
+    if not flow_run_id:
+        return
+    try:
+        client = _client()
+        run = client.read_flow_run(uuid.UUID(str(flow_run_id)))
+        client.update_flow_run(run.id, name=name, tags=sorted(set(run.tags or []) | set(tags)))
+    except Exception:  # pragma: no cover - Prefect unreachable mid-run; the run's work is done
+        pass

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
 
     # TCPA: SMS steps wait out 21:00–08:00 in the seller's time zone.
     quiet_hours_enabled: bool = True
+    # Seller addresses and message bodies stay out of Prefect (logs, artifacts) unless allowed.
+    prefect_show_pii: bool = False
+    # Where the Prefect UI is, for links (`followups status`); default: PREFECT_API_URL without /api.
+    prefect_ui_url: str | None = None
     quiet_hours_start: int = Field(default=21, ge=0, le=23)
     quiet_hours_end: int = Field(default=8, ge=0, le=23)
 

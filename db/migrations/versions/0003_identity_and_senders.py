@@ -3,6 +3,8 @@
 - `installation`: one row, a random id made when the schema is created. Everything that leaves
   the database (Prefect idempotency keys, tags, events) carries it, so two followups databases
   on one Prefect server never take each other's runs.
+- `offer_inbox`: offers announced through a `deal.offer.sent` event wait here; the event carries
+  only the row's id, so no seller details reach Prefect.
 - `users`: the owner's own from address and SMS number (or Twilio Messaging Service); empty
   means the global settings.
 
@@ -35,6 +37,15 @@ def upgrade() -> None:
             ADD COLUMN sms_from varchar(32),
             ADD COLUMN messaging_service_sid varchar(64);
         CREATE INDEX ix_users_sms_from ON users (sms_from) WHERE sms_from IS NOT NULL;
+        -- An offer announced through a Prefect event: the event carries only this row's id, so
+        -- the seller's details never become an event payload or a flow-run parameter.
+        CREATE TABLE offer_inbox (
+            id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+            owner_id bigint NOT NULL REFERENCES users(id),
+            payload jsonb NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now()
+        );
+
         -- Replies are routed by the seller's phone.
         CREATE INDEX ix_deals_seller_phone ON deals (seller_phone) WHERE seller_phone IS NOT NULL;
         """
@@ -48,6 +59,7 @@ def downgrade() -> None:
         DROP INDEX ix_users_sms_from;
         ALTER TABLE users DROP COLUMN email_from, DROP COLUMN email_from_name, DROP COLUMN sms_from,
             DROP COLUMN messaging_service_sid;
+        DROP TABLE offer_inbox;
         DROP TABLE installation;
         """
     )

@@ -26,6 +26,7 @@ class TimelineStep:
     type: str
     state: str  # done | skipped | failed | unknown | waiting | pending
     at: datetime | None  # when it happened, or when it is planned
+    provider_message_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,12 @@ def timeline(session: Session, plan: EnrollmentPlan) -> list[TimelineStep]:
         step_events = by_step.get(index, [])
         finished = next((e for e in reversed(step_events) if e.event_type in OUTCOME_STATES), None)
         if finished is not None:
-            steps.append(TimelineStep(index, step.type, OUTCOME_STATES[EventType(finished.event_type)], finished.occurred_at))
+            steps.append(
+                TimelineStep(
+                    index, step.type, OUTCOME_STATES[EventType(finished.event_type)], finished.occurred_at,
+                    finished.provider_message_id,
+                )
+            )
             continue
         if isinstance(step, WaitStep):
             started = next((e for e in step_events if e.event_type == EventType.WAIT_STARTED), None)

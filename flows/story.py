@@ -1,0 +1,81 @@
+"""What a follow-up run tells an operator in the Prefect UI: its final state's name and message,
+its log lines, and the artifacts (the enrollment's timeline, each message sent).
+
+Seller addresses and message bodies stay out of Prefect unless `FOLLOWUPS_PREFECT_SHOW_PII`
+allows them: a subject or first line and the provider's id are enough to follow a sequence.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Completed, State
+
+from followups.db.session import session_scope
+from followups.identity import database_id
+from followups.lifecycle.plan import load_plan
+from followups.lifecycle.timeline import details
+from followups.settings import get_settings
+
+
+def artifact_key(enrollment_id: int) -> str:
+    """Stable per enrollment (and database), so Prefect keeps the timeline's history across runs."""
+    return f"enrollment-{database_id().hex[:8]}-{enrollment_id}"
+
+
+def _when(at: datetime | None) -> str:
+    return f"{at:%Y-%m-%d %H:%M:%S} UTC" if at else ""
+
+
+def publish_timeline(enrollment_id: int) -> None:
+    with session_scope(read_only=True) as session:
+        enrollment = details(session, load_plan(session, enrollment_id))
+    rows: list[dict[str, Any]] = [
+        {
+            "step": step.index,
+            "type": step.type,
+            "state": step.state,
+            "at": _when(step.at),
+            "provider message id": step.provider_message_id or "",
+        }
+        for step in enrollment.timeline
+    ]
+    create_table_artifact(
+        key=artifact_key(enrollment_id),
+        table=rows,
+        description=f"Enrollment {enrollment_id} (deal {enrollment.deal_external_id}), "
+        f"{enrollment.status} at step {enrollment.current_step}",
+    )
+
+
+def shown(channel: str, summary: str) -> str:
+    """A subject is shown; an SMS only by its first words, unless PII may go to Prefect."""
+    return summary if channel == "email" or get_settings().prefect_show_pii else _first_words(summary)
+
+
+def publish_message(channel: str, step_index: int, summary: str, provider_message_id: str | None, outcome: str) -> None:
+    shown_text = shown(channel, summary)
+    create_markdown_artifact(
+        markdown=f"**{channel.upper()} step {step_index}: {outcome}**\n\n"
+        f"- {'subject' if channel == 'email' else 'first words'}: {shown_text or '—'}\n"
+        f"- provider message id: `{provider_message_id or '—'}`\n",
+        description=f"{channel} step {step_index}",
+    )
+
+
+def _first_words(text: str, words: int = 4) -> str:
+    parts = text.split()
+    return " ".join(parts[:words]) + (" …" if len(parts) > words else "")
+
+
+def waiting(due: datetime | None, detail: str) -> State:
+    """The state of a run that ends because its enrollment now waits: not the same as done."""
+    return Completed(name="Waiting", message=f"next step at {_when(due)}; {detail}", data="WAITING")
+
+
+def ended(status: str, message: str) -> State:
+    names = {"COMPLETED": "Completed", "PAUSED": "Paused", "STOPPED": "Stopped", "CANCELLED": "Enrollment cancelled",
+             "FAILED": "Enrollment failed"}
+    return Completed(name=names.get(status, status.title()), message=message, data=status)
