@@ -164,6 +164,12 @@ def test_the_reconciliation_rule(status, run_state, starting, expected):
     assert decide(status, RUN, run_state, starting_run_id=starting).action is expected
 
 
+def test_an_expired_suspend_pauses_an_active_enrollment_and_leaves_a_paused_one():
+    assert decide("ACTIVE", RUN, "FAILED", suspend_expired=True).action is Action.PAUSE
+    assert decide("PAUSED", RUN, "FAILED", suspend_expired=True).action is Action.NONE
+    assert decide("PAUSED", RUN, "FAILED", starting_run_id=OTHER_RUN, suspend_expired=True).action is Action.ADOPT
+
+
 @pytest.mark.parametrize("status", list(EnrollmentStatus))
 def test_an_enrollment_without_a_pending_run_has_nothing_to_reconcile(status):
     assert decide(status, None, None).action is Action.NONE

@@ -151,6 +151,13 @@ def state_type(run: FlowRun | None) -> str | None:
     return str(run.state.type.value)
 
 
+def suspend_expired(run: FlowRun | None) -> bool:
+    """The run failed because its suspend timed out (Prefect: "The flow was paused/suspended
+    and never resumed.")."""
+    state = run.state if run is not None else None
+    return bool(state and state.is_failed() and "never resumed" in (state.message or ""))
+
+
 def suspend_run(run: FlowRun) -> None:
     from prefect.client.schemas.objects import StateType
     from prefect.flow_runs import suspend_flow_run

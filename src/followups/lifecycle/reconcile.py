@@ -55,13 +55,15 @@ def decide(
     *,
     starting_run_id: uuid.UUID | None = None,
     run_is_ours: bool = True,
+    suspend_expired: bool = False,
 ) -> Decision:
     """What the enrollment must do about its pending run's state.
 
     `run_state` is the pending run's state type (None: deleted in Prefect). An enrollment with
     no pending run at all has nothing to agree with. `starting_run_id` is set by a flow run that
     is starting now. `run_is_ours` is False when the pending run is another enrollment's or
-    another database's.
+    another database's. `suspend_expired` says the run failed because a suspend with a timeout
+    (the Prefect UI's Pause dialog always sets one) ran out: the operator meant a pause.
     """
     if pending_run_id is None or status not in (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED):
         return NOTHING
@@ -79,6 +81,8 @@ def decide(
             return Decision(Action.RESCHEDULE, "the pending run is missing (deleted in Prefect)")
         if run_state == "PAUSED":
             return Decision(Action.PAUSE, "the pending run was suspended in Prefect")
+        if suspend_expired:
+            return Decision(Action.PAUSE, "the pending run was suspended in Prefect and its suspend expired")
         if run_state in CANCELLED_STATES:
             return Decision(Action.CANCEL, "the pending run was cancelled in Prefect")
         if run_state in ENDED_STATES:
@@ -115,6 +119,7 @@ def reconcile(
         prefect_runs.state_type(run),
         starting_run_id=starting_run_id,
         run_is_ours=run is None or prefect_runs.belongs_here(run, plan.enrollment_id),
+        suspend_expired=prefect_runs.suspend_expired(run),
     )
     return apply(session, plan, decision, run_state=prefect_runs.state_type(run), starting_run_id=starting_run_id)
 

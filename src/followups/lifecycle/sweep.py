@@ -60,6 +60,7 @@ def sweep(*, repair: bool = True, batch: int = 200) -> SweepReport:
                 row.prefect_flow_run_id,
                 prefect_runs.state_type(run),
                 run_is_ours=run is None or prefect_runs.belongs_here(run, row.id),
+                suspend_expired=prefect_runs.suspend_expired(run),
             )
             if decision.action is Action.NONE:
                 continue
