@@ -168,7 +168,9 @@ def sequence_runner(prefect_api: str, tmp_path_factory) -> Iterator[subprocess.P
             start_new_session=True,
         )
     try:
+        # `serve` registers the deployments one after another: wait for the last one too.
         wait_for_deployment("follow-up-sequence/followups", timeout=60)
+        wait_for_deployment("cancel-enrollment/followups", timeout=60)
         yield process
     finally:
         os.killpg(process.pid, signal.SIGTERM)

@@ -2,7 +2,7 @@
 directory; and the deployments `followups serve` and the fast worker register follow
 FOLLOWUPS_DEPLOYMENT_NAME, so two databases can share one Prefect server.
 
-Everything here talks to a Prefect server of this module's own (own PREFECT_HOME and SQLite
+Everything here talks to a Prefect server of this module's own (own PREFECT_HOME and PostgreSQL
 database): every subprocess gets an environment without the session's PREFECT_* settings, and
 this process reaches that server only inside `own_prefect.api()`. The session's shared API
 and runner are never used.

@@ -25,6 +25,6 @@ def database_id() -> uuid.UUID:
     return found
 
 
-def database_tag() -> str:
+def database_tag(db_id: uuid.UUID | None = None) -> str:
     """The Prefect tag naming this database's runs, e.g. `followups-db:3f2a9c1e`."""
-    return f"followups-db:{database_id().hex[:8]}"
+    return f"followups-db:{(db_id or database_id()).hex[:8]}"

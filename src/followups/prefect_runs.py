@@ -14,6 +14,7 @@ single run however often it is asked for.
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -52,27 +53,28 @@ def _deployment_id(client: SyncPrefectClient, name: str, *, refresh: bool = Fals
     return _deployment_ids[key]
 
 
-def run_tags(enrollment_id: int, deal_ref: str) -> list[str]:
-    return ["followups", database_tag(), f"deal:{deal_ref}", f"enrollment:{enrollment_id}"]
+def run_tags(enrollment_id: int, deal_ref: str, db_tag: str | None = None) -> list[str]:
+    return ["followups", db_tag or database_tag(), f"deal:{deal_ref}", f"enrollment:{enrollment_id}"]
 
 
-def run_key(enrollment_id: int, step_index: int, suffix: str = "") -> str:
+def run_key(enrollment_id: int, step_index: int, suffix: str = "", db_id: uuid.UUID | None = None) -> str:
     """The idempotency key of "run step N of enrollment E" in this database."""
-    return f"followups:{database_id()}:enrollment:{enrollment_id}:step:{step_index}{suffix}"
+    return f"followups:{db_id or database_id()}:enrollment:{enrollment_id}:step:{step_index}{suffix}"
 
 
-def from_this_database(run: FlowRun) -> bool:
+def from_this_database(run: FlowRun, db_tag: str | None = None) -> bool:
     """False for a run tagged with another database's identity. Runs without any database tag
-    (started by hand with `prefect deployment run`) are taken as this database's."""
+    (started by hand with `prefect deployment run`) are taken as this database's. Pass `db_tag`
+    when checking many runs, so the identity is read once."""
     tags = [tag for tag in (run.tags or []) if tag.startswith("followups-db:")]
-    return not tags or database_tag() in tags
+    return not tags or (db_tag or database_tag()) in tags
 
 
-def belongs_here(run: FlowRun, enrollment_id: int) -> bool:
+def belongs_here(run: FlowRun, enrollment_id: int, db_tag: str | None = None) -> bool:
     """True when `run` is this database's run of this enrollment (not another database's,
     nor another enrollment's)."""
     parameters = run.parameters or {}
-    return parameters.get("enrollment_id") == enrollment_id and from_this_database(run)
+    return parameters.get("enrollment_id") == enrollment_id and from_this_database(run, db_tag)
 
 
 def run_name(enrollment_id: int, deal_ref: str, step_index: int) -> str:
@@ -98,12 +100,13 @@ def schedule_sequence_run(
 
     client = _client()
     name = get_settings().deployment_name
+    db_id = database_id()  # read once per run created: it is a query
     options: dict[str, Any] = dict(
         parameters={"enrollment_id": enrollment_id},
         state=Scheduled(scheduled_time=scheduled_time) if scheduled_time else Scheduled(),
         name=run_name(enrollment_id, deal_ref, step_index),
-        tags=run_tags(enrollment_id, deal_ref),
-        idempotency_key=run_key(enrollment_id, step_index, key_suffix),
+        tags=run_tags(enrollment_id, deal_ref, database_tag(db_id)),
+        idempotency_key=run_key(enrollment_id, step_index, key_suffix, db_id),
     )
     try:
         return client.create_flow_run_from_deployment(_deployment_id(client, name), **options).id
@@ -198,5 +201,5 @@ def label_own_run(flow_run_id: Any, name: str, tags: list[str]) -> None:
         client = _client()
         run = client.read_flow_run(uuid.UUID(str(flow_run_id)))
         client.update_flow_run(run.id, name=name, tags=sorted(set(run.tags or []) | set(tags)))
-    except Exception:  # pragma: no cover - Prefect unreachable mid-run; the run's work is done
-        pass
+    except Exception as exc:  # pragma: no cover - Prefect unreachable mid-run; the run's work is done
+        logging.getLogger(__name__).warning("could not label flow run %s: %s", flow_run_id, exc)

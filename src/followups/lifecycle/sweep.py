@@ -15,6 +15,7 @@ from sqlalchemy import select
 from followups import prefect_runs
 from followups.db.models import OPEN_STATUSES, Enrollment
 from followups.db.session import session_scope
+from followups.identity import database_tag
 from followups.lifecycle.plan import load_plan
 from followups.lifecycle.reconcile import Action, decide, reconcile
 
@@ -35,6 +36,7 @@ class SweepReport:
 
 def sweep(*, repair: bool = True, batch: int = 200) -> SweepReport:
     report = SweepReport()
+    db_tag = database_tag()  # once per sweep, not once per enrollment
     after = 0
     while True:
         with session_scope(read_only=True) as session:
@@ -59,7 +61,7 @@ def sweep(*, repair: bool = True, batch: int = 200) -> SweepReport:
                 row.status,
                 row.prefect_flow_run_id,
                 prefect_runs.state_type(run),
-                run_is_ours=run is None or prefect_runs.belongs_here(run, row.id),
+                run_is_ours=run is None or prefect_runs.belongs_here(run, row.id, db_tag),
                 suspend_expired=prefect_runs.suspend_expired(run),
             )
             if decision.action is Action.NONE:
