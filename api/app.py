@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from followups.api import health, routes_enrollments, routes_me, routes_sequences, stats, webhooks_sendgrid, webhooks_twilio
+from followups.api import health, routes_enrollments, routes_me, routes_preview, routes_sequences, stats, webhooks_sendgrid, webhooks_twilio
+from followups.api import routes_analytics, routes_deals, routes_unsubscribe
 from followups.api.errors import LastResortMiddleware, install_error_handlers
 from followups.api.limits import BodySizeLimitMiddleware
 from followups.api.openapi import install_openapi
@@ -46,9 +47,11 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     install_openapi(app)
-    for module in (routes_sequences, stats, routes_enrollments, webhooks_sendgrid, webhooks_twilio, health):
+    for module in (routes_sequences, routes_preview, stats, routes_enrollments, webhooks_sendgrid, webhooks_twilio, health):
         app.include_router(module.router)
     app.include_router(routes_me.router)
+    for module in (routes_deals, routes_analytics, routes_unsubscribe):
+        app.include_router(module.router)
     # Added last = outermost: the last-resort guard wraps the size limit, which wraps the app.
     app.add_middleware(DeferTemplateChecks)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.api_max_body_bytes)

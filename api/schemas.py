@@ -42,6 +42,7 @@ class SequenceOut(_Response):
     is_default: bool
     version: int
     steps: list[dict[str, Any]]
+    options: dict[str, Any] = Field(description="Send window, holidays and what stops the sequence")
     created_at: datetime
     updated_at: datetime
 

@@ -31,12 +31,13 @@ from followups.replies import (
     dedupe_key,
     is_opt_out,
     open_enrollments_for_email,
+    other_channel_enrollments,
     owner_of_enrollment,
 )
 from followups.api.schemas import WebhookResult
 from followups.api.signatures import SignatureError, verify_sendgrid
 from followups.db.events import record_event
-from followups.db.models import Enrollment, EventType, FollowUpEvent
+from followups.db.models import Deal, Enrollment, EventType, FollowUpEvent
 from followups.db.session import session_scope
 from followups.settings import get_settings
 
@@ -243,15 +244,49 @@ def record_inbound_email(fields: dict[str, str]) -> Outcome:
         "spam_score": fields.get("spam_score"),
     }
     opted_out = is_opt_out(fields.get("subject")) or is_opt_out(_first_line(text))
+    key = dedupe_key("sg", "in", _message_key(fields))
+    if opted_out:
+        _opt_out(outcome, enrollment_ids, key, content)
+        return outcome
     deliver(
         outcome,
         enrollment_ids,
-        event_type=EventType.OPTED_OUT if opted_out else EventType.REPLY_RECEIVED,
-        key=dedupe_key("sg", "in", _message_key(fields)),
-        reason="the seller opted out by email" if opted_out else "the seller replied by email",
+        event_type=EventType.REPLY_RECEIVED,
+        key=key,
+        reason="the seller replied by email",
         content=content,
+        channel="email",
     )
+    # The same deal's SMS-only sequences that stop on a reply from the other channel.
+    with session_scope(read_only=True) as session:
+        others = other_channel_enrollments(session, enrollment_ids, "email")
+    if others:
+        deliver(outcome, others, event_type=EventType.REPLY_RECEIVED, key=key,
+                reason="the seller replied by email", content=content, channel="email")
     return outcome
+
+
+def _opt_out(outcome: Outcome, enrollment_ids: list[int], key: str, content: dict[str, Any]) -> None:
+    """An "unsubscribe" mail to a reply address (the List-Unsubscribe mailto): it opts the
+    address those enrollments mail out of that owner's mail, like a one-click unsubscribe, so
+    the OPTED_OUT fact names the address (`suppression.email_opted_out`) and the owner's other
+    open enrollments for it stop too."""
+    groups: dict[tuple[int, str], list[int]] = {}
+    with session_scope(read_only=True) as session:
+        rows = session.execute(
+            select(Enrollment.id, Deal.owner_id, Deal.seller_email)
+            .join(Deal, Deal.id == Enrollment.deal_id)
+            .where(Enrollment.id.in_(enrollment_ids))
+            .order_by(Enrollment.id)
+        ).all()
+        for row in rows:
+            groups.setdefault((row.owner_id, (row.seller_email or "").strip().lower()), []).append(row.id)
+        for (owner_id, email), targets in groups.items():
+            if email:
+                targets += open_enrollments_for_email(session, email, owner_id)
+    for (_, email), targets in groups.items():
+        deliver(outcome, targets, event_type=EventType.OPTED_OUT, key=key, reason="the seller opted out by email",
+                content={**content, "email": email or None}, channel="email")
 
 
 @router.post(

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     Uuid,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -84,6 +85,9 @@ class User(Base):
     email_from_name: Mapped[str | None] = mapped_column(String(200))
     sms_from: Mapped[str | None] = mapped_column(String(32))
     messaging_service_sid: Mapped[str | None] = mapped_column(String(64))
+    # Daily sends allowed from this owner's identity (NULL: settings); see followups.limits.
+    email_daily_cap: Mapped[int | None] = mapped_column(Integer)
+    sms_daily_cap: Mapped[int | None] = mapped_column(Integer)
 
 
 class OfferInbox(Base):
@@ -129,6 +133,8 @@ class Sequence(Base):
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
     version: Mapped[int] = mapped_column(Integer, default=1)
     steps: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    # followups.sequence_options.SequenceOptions as JSON; each version keeps its own copy.
+    options: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'"))
     archived_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
@@ -145,6 +151,7 @@ class SequenceVersion(Base):
     sequence_id: Mapped[int] = mapped_column(ForeignKey("sequences.id"))
     version: Mapped[int] = mapped_column(Integer)
     steps: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    options: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     sequence: Mapped[Sequence] = relationship(back_populates="versions")

@@ -22,7 +22,9 @@ from followups.flows.enroll_on_offer import enroll_on_offer
 from followups.flows.follow_up_sequence import follow_up_sequence
 from followups.flows.pause_enrollment import cancel_enrollment, pause_enrollment, resume_enrollment
 from followups.flows.reconcile_enrollments import reconcile_enrollments
+from followups.flows.stop_on_deal_event import stop_on_deal_event
 from followups.flows.sync_enrollment_state import sync_enrollment_state
+from followups.deal_events import EVENT_NAMES as DEAL_EVENT_NAMES
 from followups.offer_events import EVENT_NAME
 from followups.settings import Settings, get_settings
 
@@ -49,6 +51,15 @@ def offer_sent_trigger() -> DeploymentEventTrigger:
         expect={EVENT_NAME},
         match={"prefect.resource.id": "deal.*"},
         parameters={"offer": "{{ event.payload.offer }}"},
+    )
+
+
+def deal_event_trigger() -> DeploymentEventTrigger:
+    return DeploymentEventTrigger(
+        name="stop follow-ups when an offer is accepted or rejected or the deal closes",
+        expect=set(DEAL_EVENT_NAMES.values()),
+        match={"prefect.resource.id": "deal.*"},
+        parameters={"deal_event": "{{ event.payload.deal_event }}", "event": "{{ event.event }}"},
     )
 
 
@@ -96,6 +107,12 @@ def local_deployments() -> list[RunnerDeployment]:
             description="Enrolls a deal when a deal.offer.sent event arrives.",
             entrypoint_type=module,
             triggers=[offer_sent_trigger()],
+        ),
+        stop_on_deal_event.to_deployment(
+            name=name,
+            description="Stops a deal's open follow-ups when deal.offer.accepted, deal.offer.rejected or deal.closed arrives.",
+            entrypoint_type=module,
+            triggers=[deal_event_trigger()],
         ),
         sync_enrollment_state.to_deployment(
             name=name,

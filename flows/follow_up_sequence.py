@@ -21,7 +21,8 @@ from prefect.states import State
 
 from followups.execution.checkpoint import Next, checkpoint
 from followups.execution.completion import complete
-from followups.execution.waiting import defer_for_quiet_hours, run_wait
+from followups.execution.deferral import hold_if_needed
+from followups.execution.waiting import run_wait
 from followups.flows import story
 from followups.prefect_runs import run_name
 from followups.steps import EmailStep, WaitStep
@@ -95,12 +96,15 @@ def _run(enrollment_id: int, flow_run_id: uuid.UUID | None) -> State:
                 logger.info("WAIT step %s done", index)
             continue
         channel = "email" if isinstance(step, EmailStep) else "sms"
-        if channel == "sms":
-            until = defer_for_quiet_hours(plan, index, flow_run_id)
-            if until is not None:
-                logger.info("SMS step %s deferred to %s: quiet hours in the seller's time zone", index, until)
-                return story.waiting(until, f"SMS step {index} waits for quiet hours to end")
-        result = configured_send_step(enrollment_id, index, channel, plan.deal_ref)(enrollment_id, index, channel, plan.deal_ref)
+        held = hold_if_needed(plan, index, channel, flow_run_id)
+        if held is not None:
+            logger.info("%s step %s deferred to %s: %s", channel.upper(), index, held.until, held.reason)
+            return story.waiting(held.until, f"{channel.upper()} step {index} deferred ({held.reason})")
+        try:
+            result = configured_send_step(enrollment_id, index, channel, plan.deal_ref)(enrollment_id, index, channel, plan.deal_ref)
+        except Exception:
+            story.announce_failure(enrollment_id, index)
+            raise
         what = "subject" if channel == "email" else "first words"
         logger.info(
             "%s step %s %s, %s '%s', provider id %s", channel.upper(), index, result.outcome, what,

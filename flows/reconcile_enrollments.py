@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as runtime_flow_run
 
+from followups import alerts
 from followups.identity import database_tag
 from followups.lifecycle.sweep import sweep
 from followups.prefect_runs import label_own_run
@@ -22,4 +23,6 @@ def reconcile_enrollments(repair: bool = True) -> dict[str, Any]:
     for enrollment_id, action, why in report.found:
         logger.info("enrollment %s: %s (%s)", enrollment_id, action, why)
     logger.info("checked %s open enrollments; repaired %s", report.checked, dict(report.repaired) or "none")
+    if report.found:
+        alerts.stranded_found(dict(report.repaired), [enrollment_id for enrollment_id, _, _ in report.found])
     return report.as_dict()

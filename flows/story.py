@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, State
 
@@ -79,3 +80,14 @@ def ended(status: str, message: str) -> State:
     names = {"COMPLETED": "Completed", "PAUSED": "Paused", "STOPPED": "Stopped", "CANCELLED": "Enrollment cancelled",
              "FAILED": "Enrollment failed"}
     return Completed(name=names.get(status, status.title()), message=message, data=status)
+
+
+def announce_failure(enrollment_id: int, step_index: int) -> None:
+    """A step raised: if its enrollment is now FAILED, emit the event the automations alert on."""
+    from followups.alerts import announce_if_failed
+
+    try:
+        if announce_if_failed(enrollment_id, step_index):
+            get_run_logger().error("Enrollment %s failed at step %s; it sends nothing more", enrollment_id, step_index)
+    except Exception as exc:  # the alert must never hide the step's own error
+        get_run_logger().warning("could not announce the failure: %s", exc)

@@ -23,6 +23,7 @@ def send_email_console(email: OutgoingEmail, console: Console | None = None) -> 
         fields.append(("Reply-To", email.reply_to))
     if email.categories:
         fields.append(("Categories", ", ".join(email.categories)))
+    fields.extend((name, value) for name, value in email.headers.items())
     if email.custom_args:
         fields.append(("Custom args", ", ".join(f"{k}={v}" for k, v in email.custom_args.items())))
     # The text part is what a person reads; fall back to the raw html when there is none.

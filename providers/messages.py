@@ -20,6 +20,8 @@ class OutgoingEmail:
     # The owner's sender; None uses the settings' `sendgrid_from_email` / `sendgrid_from_name`.
     from_email: str | None = None
     from_name: str | None = None
+    # Extra mail headers (List-Unsubscribe, List-Unsubscribe-Post): SendGrid's `headers` field.
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 import httpx
-from sendgrid.helpers.mail import Category, Content, CustomArg, From, Mail, ReplyTo, To
+from sendgrid.helpers.mail import Category, Content, CustomArg, From, Header, Mail, ReplyTo, To
 from sendgrid.helpers.mail.exceptions import ApiKeyIncludedException
 
 from followups.settings import Settings
@@ -54,6 +54,8 @@ def build_mail_payload(settings: Settings, email: OutgoingEmail) -> dict[str, An
     if email.custom_args:
         # The helper passes values through untouched, and a non-string value is a 400.
         mail.custom_arg = [CustomArg(str(key), str(value)) for key, value in email.custom_args.items()]
+    if email.headers:
+        mail.header = [Header(str(key), str(value)) for key, value in email.headers.items()]
     if email.categories:
         # Note: the helper reverses category order; SendGrid treats them as a set.
         mail.category = [Category(name) for name in email.categories]

@@ -42,7 +42,8 @@ TEST_ENV = {
     # No scheduled sweep: tests run the reconciler themselves, when they mean to.
     "FOLLOWUPS_RECONCILE_INTERVAL_SECONDS": "0",
     "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-    "PREFECT_LOGGING_TO_API_ENABLED": "false",
+    # Run logs stay out of the test server (load); the screenshot script turns them on.
+    "PREFECT_LOGGING_TO_API_ENABLED": "true" if os.environ.get("FOLLOWUPS_SCREENSHOTS_DIR") else "false",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }
 
@@ -134,7 +135,8 @@ def prefect_api(fake_providers: FakeProviderServer, tmp_path_factory) -> Iterato
     from prefect_servers import prefect_server
 
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    with prefect_server(tmp_path_factory.mktemp("prefect-api"), name=worker) as url:
+    # With its UI: the browser test opens the session's runs in it.
+    with prefect_server(tmp_path_factory.mktemp("prefect-api"), name=worker, ui=True) as url:
         saved = os.environ.get("PREFECT_API_URL")
         os.environ["PREFECT_API_URL"] = url
         try:

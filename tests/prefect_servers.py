@@ -57,6 +57,8 @@ def prefect_server(home: Path, *, name: str = "prefect", ui: bool = False, **ext
         PREFECT_SERVER_DATABASE_CONNECTION_URL=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_SERVER_UI_ENABLED="true" if ui else "false",
+        # The UI's JavaScript calls the API at this address, not at the default port 4200.
+        PREFECT_UI_API_URL=url,
         PREFECT_SERVER_LOGGING_LEVEL="WARNING",
     )
     env.update(extra_env)

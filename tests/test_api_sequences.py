@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import example, HealthCheck, given, settings
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from api_support import ApiUser, enrollment_status, make_client, new_api_user
@@ -272,6 +272,7 @@ def test_put_validates_like_post(client: TestClient, user: ApiUser):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@example(body={"name": "Three touches", "steps": [{"type": "SMS", "body": "{{ x"}, {"type": "WAIT", "days": 0.0}]})
 @given(body=SEQUENCES)
 def test_any_sequence_body_is_201_or_a_422_naming_the_python_field(client: TestClient, user: ApiUser, body):
     content = json.dumps(body, default=str)  # NaN and Decimal go out as JSON allows (NaN, strings)

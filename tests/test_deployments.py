@@ -112,6 +112,10 @@ def test_triggers_name_events_filters_and_parameter_templates():
     [offer] = triggers["enroll-on-offer/followups"]
     assert offer["expect"] == ["deal.offer.sent"] and offer["match"] == {"prefect.resource.id": "deal.*"}
     assert offer["parameters"] == {"offer": "{{ event.payload.offer }}"}
+    [deal_event] = triggers["stop-on-deal-event/followups"]
+    assert deal_event["expect"] == ["deal.closed", "deal.offer.accepted", "deal.offer.rejected"]
+    assert deal_event["match"] == {"prefect.resource.id": "deal.*"}
+    assert deal_event["parameters"] == {"deal_event": "{{ event.payload.deal_event }}", "event": "{{ event.event }}"}
     [sync] = triggers["sync-enrollment-state/followups"]
     assert sync["expect"] == sorted(
         f"prefect.flow-run.{state}" for state in ("Suspended", "Resuming", "Cancelling", "Cancelled", "Failed", "Crashed")

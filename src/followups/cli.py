@@ -18,6 +18,7 @@ from rich.markup import escape
 from followups.cli_output import deal_from_options, error_line, events_table, fail, load_file, one_line, print_json
 from followups.cli_output import sequence_table, status_output
 from followups.cli_ops import register as register_operator_commands
+from followups.cli_deals import register as register_deal_commands
 from followups.errors import FollowupsError
 
 app = typer.Typer(help="Offer follow-up sequences on Prefect.", no_args_is_help=True, pretty_exceptions_enable=False)
@@ -365,6 +366,7 @@ def events(
 
 
 register_operator_commands(app, console)
+register_deal_commands(app, console)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Operator commands: `followups doctor` and `followups reconcile`."""
+"""Operator commands: `followups doctor` and `followups reconcile`, and (from `cli_schedule`)
+`followups limits` and `followups preview`."""
 
 from __future__ import annotations
 
@@ -15,6 +16,14 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")
 
 
 def register(app: typer.Typer, console: Console) -> None:
+    # cli.py is at its size limit: the schedule commands register through here.
+    from followups.cli_schedule import register as register_schedule_commands
+
+    register_schedule_commands(app, console)
+    from followups.cli_alerts import register as register_alert_commands
+
+    register_alert_commands(app, console)
+
     @app.command()
     def doctor(as_json: JsonFlag = False) -> None:
         """Check the database, the Prefect API, the deployments, the workers and stranded

@@ -102,29 +102,30 @@ def status_output(console: Console, details: Any, as_json: bool) -> None:
         + (f" · next due {details.next_due_at:%Y-%m-%d %H:%M:%S %Z}" if details.next_due_at else "")
     )
     table = Table()
-    for column in ("step", "type", "state", "at"):
+    for column in ("step", "type", "state", "at", "message"):
         table.add_column(column)
     for step in details.timeline:
-        table.add_row(str(step.index), step.type, step.state, step.at.strftime("%Y-%m-%d %H:%M:%S") if step.at else "")
+        state = f"{step.state} ({step.deferred_by})" if getattr(step, "deferred_by", None) else step.state
+        table.add_row(
+            str(step.index), step.type, state, step.at.strftime("%Y-%m-%d %H:%M:%S") if step.at else "",
+            escape(one_line(step.message or "", 60)),
+        )
     console.print(table)
-    link = prefect_run_link(details.flow_run_id)
-    if link:
-        console.print(f"Prefect: {link} (its runs carry the tag enrollment:{details.id})", markup=False)
+    prefect_links_output(console, details)
 
 
-def prefect_run_link(flow_run_id: Any) -> str | None:
-    """The Prefect UI page of the pending run, from the configured UI or API address (read from
-    the environment: this command does not import Prefect)."""
-    import os
+def prefect_links_output(console: Console, details: Any) -> None:
+    """The pending run's page and the enrollment's runs list in the Prefect UI, when known."""
+    from followups.identity import database_tag
+    from followups.prefect_links import flow_run_link, runs_list_link, ui_base
 
-    from followups.settings import get_settings
-
-    base = get_settings().prefect_ui_url or os.environ.get("PREFECT_UI_URL")
-    if not base and os.environ.get("PREFECT_API_URL"):
-        base = os.environ["PREFECT_API_URL"].rstrip("/").removesuffix("/api")
-    if not base or not flow_run_id:
-        return None
-    return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}"
+    base = ui_base()
+    if not base:
+        return
+    run = flow_run_link(details.flow_run_id, base)
+    if run:
+        console.print(f"Prefect run: {run}", markup=False, soft_wrap=True)
+    console.print(f"Prefect runs: {runs_list_link(details, database_tag(), base)}", markup=False, soft_wrap=True)
 
 
 def sender_identity_output(console: Console, user_name: str, identity: Any, as_json: bool) -> None:
@@ -224,11 +225,11 @@ def _settings_problem(exc: BaseException) -> str | None:
     return f"invalid setting {name}: {first['msg']}"
 
 
-def one_line(message: str) -> str:
+def one_line(message: str, limit: int = MAX_LINE) -> str:
     """Whitespace collapsed, unprintable characters escaped, long messages cut."""
     text = " ".join(message.split())
     text = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
-    return text if len(text) <= MAX_LINE else text[: MAX_LINE - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def error_line(exc: BaseException) -> str:

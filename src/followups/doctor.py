@@ -15,7 +15,7 @@ from followups.settings import get_settings
 
 FLOWS = (
     "follow-up-sequence", "sync-enrollment-state", "enroll-on-offer", "reconcile-enrollments",
-    "pause-enrollment", "resume-enrollment", "cancel-enrollment",
+    "pause-enrollment", "resume-enrollment", "cancel-enrollment", "stop-on-deal-event",
 )
 POLL_GRACE = timedelta(seconds=90)  # a deployment polled this recently has something serving it
 

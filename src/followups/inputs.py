@@ -36,7 +36,8 @@ from followups.input_types import (
     bad_text,
     find_bad_text,
 )
-from followups.steps import steps_to_json
+from followups.sequence_options import SequenceOptions
+from followups.steps import deferred_templates, steps_to_json
 
 __all__ = [
     "EXTERNAL_ID_PATTERN", "MAX_ID", "MAX_NAME", "DealInput", "EnrollRequest", "Id", "OfferInput", "SenderIdentity",
@@ -94,6 +95,9 @@ class SequenceInput(_Input):
     steps: StepList
     enabled: bool = True
     is_default: bool = Field(default=False, description="The sequence `POST /api/offers` uses when none is named")
+    options: SequenceOptions = Field(
+        default_factory=SequenceOptions, description="Send window, holidays and what stops the sequence"
+    )
 
     def steps_json(self) -> list[dict[str, Any]]:
         return steps_to_json(self.steps)
@@ -108,6 +112,9 @@ class SequencePatch(_Input):
     steps: StepList | None = None
     enabled: bool | None = None
     is_default: bool | None = None
+    options: SequenceOptions | None = Field(
+        default=None, description="Replaces all options (fields left out take their defaults); changed options make a new version"
+    )
 
     def steps_json(self) -> list[dict[str, Any]] | None:
         return None if self.steps is None else steps_to_json(self.steps)
@@ -189,9 +196,23 @@ def validate(model_cls: type[M], data: Any, *, prefix: str = "") -> M:
     try:
         return model_cls.model_validate(data)
     except ValidationError as exc:
-        raise invalid_input(exc, prefix) from exc
+        raise invalid_input(_structure_first(model_cls, data, exc), prefix) from exc
     except (ArithmeticError, RecursionError) as exc:  # a validator overflowed on an absurd number
         raise InvalidInputError("a value is out of range", field=prefix or None) from exc
+
+
+def _structure_first(model_cls: type[BaseModel], data: Any, exc: ValidationError) -> ValidationError:
+    """The error to report: a structural one before a template one, whatever their order. The
+    HTTP API parses bodies with templates deferred (they render off the event loop), so it meets
+    structural errors first; Python and the CLI then name the same field for the same input."""
+    try:
+        with deferred_templates():
+            model_cls.model_validate(data)
+    except ValidationError as structural:
+        return structural
+    except (ArithmeticError, RecursionError):
+        return exc
+    return exc
 
 
 def _check(adapter: TypeAdapter, value: Any, field: str) -> Any:

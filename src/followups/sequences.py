@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from followups.db.models import OPEN_STATUSES, Enrollment, Sequence, SequenceVersion
 from followups.errors import InvalidStateError, NotFoundError
 from followups.inputs import SequenceInput, SequencePatch, check_id, require_owner, validate
+from followups.sequence_options import check_sms_can_go_out, load_stored_options
 from followups.steps import checked_templates
 
 
@@ -35,6 +36,7 @@ class SequenceInfo:
     steps: list[dict[str, Any]]
     created_at: datetime
     updated_at: datetime
+    options: dict[str, Any]
 
     @classmethod
     def of(cls, row: Sequence) -> SequenceInfo:
@@ -49,6 +51,8 @@ class SequenceInfo:
             steps=row.steps,
             created_at=row.created_at,
             updated_at=row.updated_at,
+            # Rows older than the options column hold `{}`: shown with the defaults they run with.
+            options=load_stored_options(row.options).to_json(),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -60,6 +64,7 @@ class SequenceInfo:
             "is_default": self.is_default,
             "version": self.version,
             "steps": self.steps,
+            "options": self.options,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }
@@ -82,6 +87,8 @@ def create_sequence(
         data = validate(SequenceInput, _spec(spec, fields))
     require_owner(session, owner_id)
     parsed = data.steps_json()
+    check_sms_can_go_out(parsed, data.options)
+    options = data.options.to_json()
     if data.is_default:
         _clear_default(session, owner_id)
     row = Sequence(
@@ -92,10 +99,11 @@ def create_sequence(
         is_default=data.is_default,
         version=1,
         steps=parsed,
+        options=options,
     )
     session.add(row)
     session.flush()
-    session.add(SequenceVersion(sequence_id=row.id, version=1, steps=parsed))
+    session.add(SequenceVersion(sequence_id=row.id, version=1, steps=parsed, options=options))
     session.flush()
     session.refresh(row)
     return SequenceInfo.of(row)
@@ -167,10 +175,19 @@ def update_sequence(
     require_owner(session, owner_id)
     row = _owned(session, owner_id, sequence_id, lock=True)
     parsed = data.steps_json()
-    if parsed is not None and parsed != row.steps:
+    options = None if data.options is None else data.options.to_json()
+    steps_changed = parsed is not None and parsed != row.steps
+    options_changed = options is not None and options != load_stored_options(row.options).to_json()
+    if steps_changed or options_changed:
+        check_sms_can_go_out(row.steps if parsed is None else parsed, data.options or load_stored_options(row.options))
+    if steps_changed or options_changed:
+        # Options belong to the version too: running enrollments keep the ones they started with.
         row.version += 1
-        row.steps = parsed
-        session.add(SequenceVersion(sequence_id=row.id, version=row.version, steps=parsed))
+        if steps_changed:
+            row.steps = parsed
+        if options_changed:
+            row.options = options
+        session.add(SequenceVersion(sequence_id=row.id, version=row.version, steps=row.steps, options=row.options))
     if data.name is not None:
         row.name = data.name
     if data.description is not None:

@@ -58,11 +58,39 @@ class Settings(BaseSettings):
     prefect_show_pii: bool = False
     # Where the Prefect UI is, for links (`followups status`); default: PREFECT_API_URL without /api.
     prefect_ui_url: str | None = None
+    # The Prefect notification block the automations send through, as "<block-type-slug>/<name>"
+    # (e.g. "slack-webhook/ops" or "custom-webhook/followups-alerts"); `followups automations apply`.
+    notification_block: str | None = Field(default=None, pattern=r"^[a-z0-9-]+/[A-Za-z0-9_-]+$")
     quiet_hours_start: int = Field(default=21, ge=0, le=23)
     quiet_hours_end: int = Field(default=8, ge=0, le=23)
 
     webhook_max_age_seconds: int = 300
     api_max_body_bytes: int = 1_000_000
+
+    # Send windows and caps
+    # Caps live in Prefect global concurrency limits, written by `followups limits apply`; a
+    # rate limit not applied yet does not hold sends back unless caps_strict (a day's cap limit
+    # is made by the first send of the day when missing).
+    caps_enabled: bool = True
+    caps_strict: bool = False
+    # Sends per second per provider account (the SendGrid key, the Twilio account); 0 = none.
+    email_rate_per_second: float = Field(default=10.0, ge=0)
+    sms_rate_per_second: float = Field(default=1.0, ge=0)
+    # Sends per day per sending identity (from address, SMS number or Messaging Service); 0 =
+    # none. An owner's identity can set its own (users.email_daily_cap / sms_daily_cap).
+    email_daily_cap: int = Field(default=1000, ge=0)
+    sms_daily_cap: int = Field(default=500, ge=0)
+    # How long a send waits for a free slot before it is deferred to a scheduled run instead.
+    cap_wait_seconds: float = Field(default=10.0, ge=0)
+
+    # Unsubscribe and deal events
+    # Signs the one-click unsubscribe links (HMAC-SHA256). Without it, or without
+    # `public_base_url`, emails carry only the mailto unsubscribe (no one-click URL).
+    unsubscribe_secret: SecretStr = SecretStr("")
+    # Unsubscribe links older than this stop working (CAN-SPAM asks for at least 30); 0: never.
+    unsubscribe_link_max_age_days: int = Field(default=365, ge=0)
+    # CAN-SPAM: the sender's physical postal address, appended to every email when set.
+    email_physical_address: str = ""
 
     @field_validator("deployment_name")
     @classmethod

@@ -18,6 +18,7 @@ SMS_MAX_CHARS = 1600
 # All templates of one sequence share this, so 100 slow steps cost what one does.
 SEQUENCE_VALIDATION_TIMEOUT = 2.0
 MAX_WAIT_DAYS = 365
+MAX_BUSINESS_DAYS = 260  # about a year of working days
 
 
 class _Step(BaseModel):
@@ -71,13 +72,26 @@ class WaitStep(_Step):
     hours: float = Field(default=0, ge=0, le=MAX_WAIT_DAYS * 24)
     minutes: float = Field(default=0, ge=0, le=MAX_WAIT_DAYS * 24 * 60)
     seconds: float = Field(default=0, ge=0, le=MAX_WAIT_DAYS * 24 * 3600)
+    # Instead of a calendar duration: weekdays (minus the sequence's skipped holidays) in the
+    # recipient's zone, ending at the same local time (followups.scheduling).
+    business_days: int | None = Field(default=None, ge=1, le=MAX_BUSINESS_DAYS)
+
+    @field_validator("business_days")
+    @classmethod
+    def _one_form(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and any(info.data.get(part) for part in ("days", "hours", "minutes", "seconds")):
+            raise ValueError("a WAIT takes either business_days or days/hours/minutes/seconds, not both")
+        return value
 
     @property
     def duration(self) -> timedelta:
+        """The calendar duration (zero for a business-day wait: its end depends on the calendar)."""
         return timedelta(days=self.days, hours=self.hours, minutes=self.minutes, seconds=self.seconds)
 
     @model_validator(mode="after")
     def _positive(self) -> WaitStep:
+        if self.business_days is not None:
+            return self
         if self.duration <= timedelta(0):
             raise ValueError("a WAIT must last longer than zero")
         if self.duration > timedelta(days=MAX_WAIT_DAYS):
@@ -201,4 +215,8 @@ def invalid_input_from(exc: ValidationError, prefix: str = "") -> InvalidInputEr
 
 
 def steps_to_json(steps: list[Step]) -> list[dict[str, Any]]:
-    return [step.model_dump(exclude_defaults=False) for step in steps]
+    # A calendar WAIT is stored as before business days existed, so unchanged steps compare equal.
+    return [
+        step.model_dump(exclude={"business_days"} if isinstance(step, WaitStep) and step.business_days is None else None)
+        for step in steps
+    ]

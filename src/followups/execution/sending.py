@@ -32,6 +32,7 @@ from followups.replies.suppression import email_opted_out, sms_opted_out
 from followups.settings import Settings, get_settings
 from followups.steps import SMS_MAX_CHARS, EmailStep, SmsStep
 from followups.templating import TemplateRenderError, build_context, render
+from followups.unsubscribe import with_unsubscribe
 from followups.users import Sender, load_sender, resolve_sender
 
 _providers: tuple[Settings, Providers] | None = None
@@ -62,7 +63,7 @@ def render_message(
     if isinstance(step, EmailStep):
         if not plan.seller.email:
             return None
-        return OutgoingEmail(
+        email = OutgoingEmail(
             to_email=plan.seller.email,
             to_name=plan.seller.name,
             subject=render(step.subject, context),
@@ -73,6 +74,10 @@ def render_message(
             categories=("followups", f"sequence-{plan.sequence_id}"),
             from_email=sender.email_from,
             from_name=sender.email_from_name,
+        )
+        return with_unsubscribe(
+            email, owner_id=plan.owner_id, enrollment_id=plan.enrollment_id, step_index=step_index,
+            reply_token=plan.reply_token, settings=settings,
         )
     if not plan.seller.phone:
         return None

@@ -1,8 +1,9 @@
-"""WAIT steps and deferred sends: a wait never holds a process.
+"""WAIT steps: a wait never holds a process.
 
-A WAIT records WAIT_STARTED with its due time and gives the enrollment its next pending run,
-scheduled for that time; the run that starts then records WAIT_COMPLETED and carries on. An SMS
-due in the seller's quiet hours is deferred the same way (STEP_DEFERRED).
+A WAIT records WAIT_STARTED with its due time (a calendar duration, or business days in the
+recipient's zone) and gives the enrollment its next pending run, scheduled for that time; the
+run that starts then records WAIT_COMPLETED and carries on. Message steps held back by a send
+window, quiet hours or a cap are deferred the same way (`execution.deferral`).
 """
 
 from __future__ import annotations
@@ -10,18 +11,17 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import func, select
 
 from followups.db.events import first_event
 from followups.db.models import EnrollmentStatus, EventType
 from followups.db.session import session_scope
-from followups.execution.quiet_hours import next_allowed_time
 from followups.lifecycle import store
-from followups.lifecycle.plan import EnrollmentPlan, load_plan
+from followups.lifecycle.plan import load_plan
 from followups.lifecycle.transitions import Actor
-from followups.settings import get_settings
+from followups.scheduling.planning import Recipient, wait_due, wait_zone
 from followups.steps import WaitStep
 
 # A run that starts this close to its wait's due time (e.g. resumed a moment early) sleeps
@@ -47,11 +47,11 @@ def run_wait(enrollment_id: int, step_index: int, step: WaitStep, flow_run_id: u
         started = first_event(session, enrollment_id, step_index, EventType.WAIT_STARTED)
         now = session.scalar(select(func.now()))
         if started is None:
-            due = now + step.duration
+            due = wait_due(now, step, plan.options, wait_zone(plan.steps, step_index, Recipient(plan.seller.timezone, plan.seller.phone)))
             plan = store.reschedule(
                 session, plan, due=due, actor=Actor.FLOW,
                 event_type=EventType.WAIT_STARTED,
-                content={"due_at": due.isoformat(), "duration_seconds": step.duration.total_seconds()},
+                content={"due_at": due.isoformat(), "duration_seconds": (due - now).total_seconds()},
                 flow_run_id=flow_run_id,
                 dedupe_key=f"enrollment:{enrollment_id}:wait-started:{step_index}",
             )
@@ -78,26 +78,3 @@ def run_wait(enrollment_id: int, step_index: int, step: WaitStep, flow_run_id: u
                 dedupe_key=f"enrollment:{enrollment_id}:wait-completed:{step_index}",
             )
     return WaitOutcome("continue", due)
-
-
-def defer_for_quiet_hours(plan: EnrollmentPlan, step_index: int, flow_run_id: uuid.UUID | None) -> datetime | None:
-    """Hold an SMS step until the seller's quiet hours end. Returns the new due time when deferred."""
-    settings = get_settings()
-    if not settings.quiet_hours_enabled:
-        return None
-    until = next_allowed_time(datetime.now(UTC), plan.seller.timezone, settings.quiet_hours_start, settings.quiet_hours_end)
-    if until is None:
-        return None
-    with session_scope() as session:
-        current = load_plan(session, plan.enrollment_id, lock=True)
-        if current.status != EnrollmentStatus.ACTIVE or current.current_step != step_index:
-            return None
-        store.reschedule(
-            session, current, due=until, actor=Actor.FLOW, key=f"quiet:{until.isoformat()}",
-            event_type=EventType.STEP_DEFERRED,
-            status="deferred",
-            content={"until": until.isoformat(), "reason": f"quiet hours in {plan.seller.timezone}"},
-            flow_run_id=flow_run_id,
-            dedupe_key=f"enrollment:{plan.enrollment_id}:quiet:{step_index}:{until.isoformat()}",
-        )
-    return until

@@ -8,7 +8,7 @@ never waits behind a step in flight.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select
@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from followups.db.models import OPEN_STATUSES, Deal, Enrollment, EnrollmentStatus, SequenceVersion
 from followups.errors import NotFoundError
+from followups.sequence_options import SequenceOptions, load_stored_options
 from followups.steps import Step, load_stored_steps
 from followups.templating import DealView, SellerView
 
@@ -38,6 +39,8 @@ class EnrollmentPlan:
     deal: DealView
     seller: SellerView
     reply_token: str
+    # The pinned version's options (send window, holidays, stop rules).
+    options: SequenceOptions = field(default_factory=SequenceOptions)
 
     @property
     def finished_steps(self) -> bool:
@@ -99,4 +102,5 @@ def load_plan(session: Session, enrollment_id: int, *, lock: bool = False, owner
             timezone=deal.seller_timezone,
         ),
         reply_token=enrollment.reply_token,
+        options=load_stored_options(version.options),
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +12,11 @@ from sqlalchemy.orm import Session
 
 from followups.db.models import OPEN_STATUSES, EnrollmentStatus, EventType, FollowUpEvent
 from followups.lifecycle.plan import EnrollmentPlan
-from followups.steps import WaitStep
+from followups.scheduling.planning import Recipient, channel_of, step_rules, wait_due, wait_zone
+from followups.scheduling.send_times import next_send_time
+from followups.settings import get_settings
+from followups.steps import EmailStep, WaitStep
+from followups.templating import TemplateRenderError, build_context, render
 
 OUTCOME_STATES = {
     EventType.EMAIL_SENT: "done", EventType.SMS_SENT: "done", EventType.WAIT_COMPLETED: "done",
@@ -27,6 +31,10 @@ class TimelineStep:
     state: str  # done | skipped | failed | unknown | waiting | pending
     at: datetime | None  # when it happened, or when it is planned
     provider_message_id: str | None = None
+    # A planned send moved by the send window, quiet hours or a holiday: which one.
+    deferred_by: str | None = None
+    # The email's subject or the SMS text, rendered for this deal as it goes (or went) out.
+    message: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,9 @@ def timeline(session: Session, plan: EnrollmentPlan) -> list[TimelineStep]:
         if event.step_index is not None:
             by_step.setdefault(event.step_index, []).append(event)
     steps: list[TimelineStep] = []
+    recipient = Recipient(plan.seller.timezone, plan.seller.phone)
+    settings = get_settings()
+    quiet = (settings.quiet_hours_start, settings.quiet_hours_end) if settings.quiet_hours_enabled else None
     now = datetime.now(UTC)
     clock = max(plan.next_due_at, now) if plan.next_due_at else now
     open_status = EnrollmentStatus(plan.status) in OPEN_STATUSES
@@ -81,11 +92,28 @@ def timeline(session: Session, plan: EnrollmentPlan) -> list[TimelineStep]:
                 clock = max(due, now)
                 steps.append(TimelineStep(index, step.type, "waiting" if open_status else "pending", due))
             else:
-                clock = clock + step.duration
+                clock = wait_due(clock, step, plan.options, wait_zone(plan.steps, index, recipient))
                 steps.append(TimelineStep(index, step.type, "pending", clock if open_status else None))
         else:
-            steps.append(TimelineStep(index, step.type, "pending", clock if open_status else None))
-    return steps
+            # The same rules the flow applies when the step falls due (caps aside: they can only
+            # make it later).
+            planned = next_send_time(clock, step_rules(channel_of(step) or "email", plan.options, recipient, quiet))
+            clock = planned.at.astimezone(UTC)
+            steps.append(TimelineStep(index, step.type, "pending", clock if open_status else None, deferred_by=planned.reason))
+    return [replace(item, message=_message(plan, plan.steps[item.index])) for item in steps]
+
+
+def _message(plan: EnrollmentPlan, step: Any) -> str | None:
+    """What the step says to this seller: the subject of an email, the text of an SMS."""
+    if isinstance(step, WaitStep):
+        return None
+    try:
+        context = build_context(plan.deal, plan.seller)
+        if isinstance(step, EmailStep):
+            return render(step.subject, context)
+        return render(step.body, context, max_chars=1600)
+    except TemplateRenderError as exc:  # e.g. a value of this deal pushes it over a limit
+        return f"(cannot render: {exc})"
 
 
 def details(session: Session, plan: EnrollmentPlan) -> EnrollmentDetails:

@@ -13,7 +13,7 @@ from followups.errors import InvalidStateError
 
 
 class Actor(StrEnum):
-    API = "api"  # the investor, through the Python API, the CLI or HTTP
+    API = "api"  # the investor, through the Python API, the CLI, HTTP or a deal event
     FLOW = "flow"  # the follow-up-sequence flow and its step tasks
     PREFECT = "prefect"  # an operator acting on the run in the Prefect UI, CLI or API
     SELLER = "seller"  # the seller replied or opted out (provider webhooks)
@@ -38,8 +38,10 @@ TRANSITIONS: dict[tuple[EnrollmentStatus | None, EnrollmentStatus], frozenset[Ac
     (ACTIVE, FAILED): frozenset({Actor.FLOW}),
     (ACTIVE, CANCELLED): frozenset({Actor.API, Actor.PREFECT}),
     (PAUSED, CANCELLED): frozenset({Actor.API, Actor.PREFECT}),
-    (ACTIVE, STOPPED): frozenset({Actor.SELLER}),
-    (PAUSED, STOPPED): frozenset({Actor.SELLER}),
+    # The seller replied or opted out; the investor's deal moved on (offer accepted or
+    # rejected, deal closed).
+    (ACTIVE, STOPPED): frozenset({Actor.SELLER, Actor.API}),
+    (PAUSED, STOPPED): frozenset({Actor.SELLER, Actor.API}),
 }
 
 _VERBS = {ACTIVE: "resumed", PAUSED: "paused", CANCELLED: "cancelled", STOPPED: "stopped",

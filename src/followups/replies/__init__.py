@@ -9,6 +9,7 @@ from followups.replies.routing import (
     conversation_owner,
     enrollments_for_phone,
     open_enrollments_for_email,
+    other_channel_enrollments,
     owner_of_enrollment,
     route_inbound_sms,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "is_opt_out",
     "keyword",
     "open_enrollments_for_email",
+    "other_channel_enrollments",
     "owner_of_enrollment",
     "receive_sms",
     "route_inbound_sms",

@@ -60,7 +60,7 @@ def receive_sms(message: InboundSms, key: str, *, global_number: str | None, max
     if not is_opt_out(message.body):
         deliver(
             outcome, route.addressed, event_type=EventType.REPLY_RECEIVED, key=key,
-            reason="the seller replied by SMS", content=content, provider_message_id=sid,
+            reason="the seller replied by SMS", content=content, provider_message_id=sid, channel="sms",
         )
         return outcome
     word = keyword(message.body)

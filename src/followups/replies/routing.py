@@ -9,7 +9,9 @@ last texted that seller from it (the conversation the seller answers), or to all
 none has yet. Nobody else ever sees it.
 
 Email replies are matched by their per-enrollment reply address; email opt-outs from the event
-webhook stay with the owner of the message (`open_enrollments_for_email`).
+webhook stay with the owner of the message (`open_enrollments_for_email`). A reply also reaches
+the same deal's other open enrollments whose sequence stops on a reply from the seller's other
+channel (`other_channel_enrollments`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import and_, false, func, or_, select
 from sqlalchemy.orm import Session
 
-from followups.db.models import OPEN_STATUSES, Deal, Enrollment, EventType, FollowUpEvent, User
+from followups.db.models import OPEN_STATUSES, Deal, Enrollment, EventType, FollowUpEvent, SequenceVersion, User
 
 _OPEN = sorted(OPEN_STATUSES)
 
@@ -139,3 +141,27 @@ def owner_of_enrollment(session: Session, enrollment_id: int) -> int | None:
     return session.scalar(
         select(Deal.owner_id).join(Enrollment, Enrollment.deal_id == Deal.id).where(Enrollment.id == enrollment_id)
     )
+
+
+def other_channel_enrollments(session: Session, enrollment_ids: list[int], channel: str) -> list[int]:
+    """The open enrollments of the same deals, besides these, that a reply by `channel` stops
+    only as "a reply from the seller's other channel": their sequence never sends on `channel`
+    and says `stop_on_other_channel_reply`."""
+    from followups.sequence_options import load_stored_options
+    from followups.steps import load_stored_steps
+    from followups.stop_rules import channels, rules_from_options
+
+    if not enrollment_ids:
+        return []
+    deals = select(Enrollment.deal_id).where(Enrollment.id.in_(enrollment_ids))
+    rows = session.execute(
+        select(Enrollment.id, SequenceVersion.steps, SequenceVersion.options)
+        .join(SequenceVersion, SequenceVersion.id == Enrollment.sequence_version_id)
+        .where(Enrollment.deal_id.in_(deals), Enrollment.status.in_(_OPEN), Enrollment.id.not_in(enrollment_ids))
+        .order_by(Enrollment.id)
+    ).all()
+    return [
+        row.id for row in rows
+        if channel not in channels(load_stored_steps(row.steps))
+        and rules_from_options(load_stored_options(row.options)).stop_on_other_channel_reply
+    ]

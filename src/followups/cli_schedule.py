@@ -1,0 +1,113 @@
+"""Sending schedule commands: `followups preview` and `followups limits apply|set`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from followups.cli_output import load_file, print_json
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
+Owner = Annotated[str, typer.Option("--owner", envvar="FOLLOWUPS_OWNER", help="User who owns the sequence")]
+
+
+def _message_text(row: dict) -> str:
+    message = row.get("message")
+    if row.get("skipped"):
+        return f"(skipped: {row['skipped']})"
+    if not message:
+        return ""
+    if "error" in message:
+        return f"(cannot render: {message['error']})"
+    if "subject" in message:
+        return f"Subject: {message['subject']}\n{message.get('text') or message.get('html') or ''}"
+    return message["body"]
+
+
+def register(app: typer.Typer, console: Console) -> None:
+    limits_app = typer.Typer(help="Send caps (Prefect global concurrency limits).", no_args_is_help=True)
+    app.add_typer(limits_app, name="limits")
+
+    @app.command()
+    def preview(
+        sequence: Annotated[int, typer.Argument(help="Sequence id")],
+        deal: Annotated[Path, typer.Option("--deal", help="YAML/JSON file with the deal, as `enroll --deal-file` takes")],
+        start: Annotated[str, typer.Option("--start", help="When the first step falls due, ISO 8601 (no offset: UTC)")],
+        owner: Owner = "default",
+        as_json: JsonFlag = False,
+    ) -> None:
+        """Every step's planned time (send window, quiet hours, holidays, business days) and the
+        rendered messages, for a deal that is not enrolled. Writes nothing."""
+        from followups.db.session import session_scope
+        from followups.inputs import check_id
+        from followups.preview import parse_start, preview_sequence
+        from followups.users import user_id_by_name
+
+        check_id(sequence, "sequence")
+        parse_start(start)  # a bad date is reported before any file or database is touched
+        fields = load_file(deal)
+        with session_scope(read_only=True) as session:
+            plan = preview_sequence(session, user_id_by_name(session, owner), sequence, fields, start)
+        if as_json:
+            print_json(plan)
+            return
+        table = Table(title=f"sequence {plan['sequence_id']} v{plan['sequence_version']} from {plan['start']}")
+        for column in ("#", "step", "planned (recipient's time)", "why later", "caps", "message"):
+            table.add_column(column)
+        for row in plan["steps"]:
+            when = row["send_at"] or row["due_at"]
+            caps = ", ".join(cap["describe"] for cap in row.get("caps", []))
+            table.add_row(
+                str(row["index"]), row["type"], escape(f"{when} ({row['timezone']})"), escape(row["detail"] or ""),
+                escape(caps), escape(_message_text(row)),
+            )
+        console.print(table)
+
+    @limits_app.command("apply")
+    def limits_apply(as_json: JsonFlag = False) -> None:
+        """Create or update the Prefect limits behind the send caps, from the settings and each
+        owner's sending identity: rates, and today's and tomorrow's (UTC) daily caps; deletes
+        this database's days before yesterday. Safe to run again: equal limits are left alone."""
+        from followups.cli_output import PREFECT_UNREACHABLE
+        from followups.db.session import session_scope
+        from followups.errors import FollowupsError
+        from followups.identity import database_id
+        from followups.limits import apply_limits, configured_limits
+        from followups.prefect_server import api_is_healthy, configured_api_url
+        from followups.settings import get_settings
+
+        db_id = database_id()
+        with session_scope(read_only=True) as session:
+            wanted = configured_limits(session, get_settings(), db_id)
+        if not api_is_healthy(configured_api_url()):
+            raise FollowupsError(PREFECT_UNREACHABLE)
+        applied = apply_limits(wanted, db_id=db_id)
+        if as_json:
+            print_json([item.as_dict() for item in applied])
+            return
+        table = Table(title="send caps in Prefect")
+        for column in ("limit", "slots", "decay/s", "action"):
+            table.add_column(column)
+        for item in applied:
+            table.add_row(escape(item.name), str(item.limit), f"{item.slot_decay_per_second:.6g}", item.action)
+        console.print(table)
+
+    @limits_app.command("set")
+    def limits_set(
+        user: str,
+        email_daily: Annotated[Optional[int], typer.Option("--email-daily", help="Emails a day from this owner's address")] = None,
+        sms_daily: Annotated[Optional[int], typer.Option("--sms-daily", help="SMS a day from this owner's number")] = None,
+    ) -> None:
+        """Set an owner's own daily caps (left out: the setting applies); then `limits apply`."""
+        from followups.db.session import session_scope
+        from followups.limits import set_daily_caps
+        from followups.users import user_id_by_name
+
+        with session_scope() as session:
+            caps = set_daily_caps(session, user_id_by_name(session, user), email=email_daily, sms=sms_daily)
+        console.print(f"{user}: email {caps['email_daily_cap'] or 'default'}/day, sms {caps['sms_daily_cap'] or 'default'}/day", markup=False)

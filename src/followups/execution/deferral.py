@@ -1,0 +1,111 @@
+"""Holding a message step back: outside its send window, in SMS quiet hours, on a skipped
+holiday, or over a send cap. The step is never dropped: the enrollment gets a scheduled run for
+the next allowed moment (through `lifecycle.store`) and a STEP_DEFERRED event saying why and
+until when. No process waits.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from followups.db.models import EnrollmentStatus, EventType
+from followups.db.session import session_scope
+from followups.lifecycle import store
+from followups.lifecycle.plan import EnrollmentPlan, load_plan
+from followups.lifecycle.transitions import Actor
+from followups.scheduling.caps import CapGate
+from followups.scheduling.planning import Recipient, step_rules
+from followups.scheduling.send_times import explain
+from followups.settings import Settings, get_settings
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+# What time it is for the send rules and the caps' day. Tests set it to run "tomorrow" without
+# waiting for it.
+clock: Callable[[], datetime] = _utc_now
+
+
+@dataclass(frozen=True)
+class Deferral:
+    until: datetime
+    reason: str  # window | quiet hours | holiday | cap
+    detail: str
+
+
+def quiet_hours_of(settings: Settings) -> tuple[int, int] | None:
+    return (settings.quiet_hours_start, settings.quiet_hours_end) if settings.quiet_hours_enabled else None
+
+
+def recipient_of(plan: EnrollmentPlan) -> Recipient:
+    # Owners have no zone of their own yet: the fallback after the deal and the phone is UTC.
+    return Recipient(plan.seller.timezone, plan.seller.phone)
+
+
+def outside_rules(plan: EnrollmentPlan, channel: str, now: datetime) -> Deferral | None:
+    """Why the step may not go out at `now`, and until when; None when it may."""
+    rules = step_rules(channel, plan.options, recipient_of(plan), quiet_hours_of(get_settings()))
+    result, detail = explain(now, rules)
+    if not result.deferred:
+        return None
+    return Deferral(result.at, result.reason or "window", detail)
+
+
+def over_cap(plan: EnrollmentPlan, channel: str, now: datetime, gate: CapGate | None = None) -> Deferral | None:
+    """Take a slot of every cap the send counts against; refused, until when to wait."""
+    settings = get_settings()
+    if not settings.caps_enabled:
+        return None
+    from followups.identity import database_id
+    from followups.limits import PrefectCapGate, owner_daily_cap, step_limits
+    from followups.users import load_sender
+
+    with session_scope(read_only=True) as session:
+        sender = load_sender(session, plan.owner_id, settings)
+        daily = owner_daily_cap(session, plan.owner_id, channel)
+    limits = step_limits(channel, sender, settings, database_id(), daily_cap=daily)
+    gate = gate or PrefectCapGate(settings.cap_wait_seconds, settings.caps_strict)
+    # The enrollment spreads the steps a full day defers over the next day's first minutes.
+    decision = gate.acquire(limits, now, spread_key=plan.enrollment_id)
+    if decision.granted:
+        return None
+    assert decision.until is not None
+    until = decision.until.astimezone(UTC)
+    return Deferral(until, "cap", f"{decision.detail}; deferred until {until.isoformat()}")
+
+
+def defer(plan: EnrollmentPlan, step_index: int, deferral: Deferral, flow_run_id: uuid.UUID | None) -> bool:
+    """Schedule the step's run for `deferral.until` with its STEP_DEFERRED event. False when the
+    enrollment moved on meanwhile (paused, stopped, another run sent the step)."""
+    until = deferral.until
+    with session_scope() as session:
+        current = load_plan(session, plan.enrollment_id, lock=True)
+        if current.status != EnrollmentStatus.ACTIVE or current.current_step != step_index:
+            return False
+        tag = deferral.reason.replace(" ", "-")
+        store.reschedule(
+            session, current, due=until, actor=Actor.FLOW, key=f"{tag}:{until.isoformat()}",
+            event_type=EventType.STEP_DEFERRED,
+            status="deferred",
+            content={"until": until.isoformat(), "reason": deferral.reason, "detail": deferral.detail},
+            flow_run_id=flow_run_id,
+            dedupe_key=f"enrollment:{plan.enrollment_id}:{tag}:{step_index}:{until.isoformat()}",
+        )
+    return True
+
+
+def hold_if_needed(
+    plan: EnrollmentPlan, step_index: int, channel: str, flow_run_id: uuid.UUID | None, *, gate: CapGate | None = None
+) -> Deferral | None:
+    """Defer the message step when it may not go out now; None means: send it now. (A deferral
+    is returned even when the enrollment moved on meanwhile: this run sends nothing either way.)"""
+    now = clock()
+    deferral = outside_rules(plan, channel, now) or over_cap(plan, channel, now, gate)
+    if deferral is not None:
+        defer(plan, step_index, deferral, flow_run_id)
+    return deferral

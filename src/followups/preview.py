@@ -1,0 +1,106 @@
+"""What a sequence would do for a deal, without enrolling it: every step's planned time (send
+window, quiet hours, holidays and business days applied), the caps its sends count against, and
+the rendered text of each message. Reads only; nothing is written, nothing reaches Prefect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from followups.errors import InvalidInputError
+from followups.inputs import DealInput, validate
+from followups.scheduling.planning import Recipient, plan_times
+from followups.sequence_options import load_stored_options
+from followups.sequences import get_sequence
+from followups.settings import get_settings
+from followups.steps import EmailStep, SmsStep, load_stored_steps
+from followups.templating import DealView, SellerView, TemplateRenderError, build_context, render
+
+# Far enough for any plan, near enough that date arithmetic cannot overflow.
+_START_RANGE = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC))
+
+
+def parse_start(value: Any, field: str = "start") -> datetime:
+    """An ISO 8601 moment; without an offset it is read as UTC."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str) and len(value) <= 64 and "\x00" not in value:
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise InvalidInputError("must be an ISO 8601 date and time, e.g. 2026-12-01T09:30:00-05:00", field=field) from None
+    else:
+        raise InvalidInputError("must be an ISO 8601 date and time, e.g. 2026-12-01T09:30:00-05:00", field=field)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if not _START_RANGE[0] <= moment <= _START_RANGE[1]:
+        raise InvalidInputError("must be between the years 2000 and 2200", field=field)
+    return moment.astimezone(UTC)
+
+
+def _rendered(step: EmailStep | SmsStep, context: dict[str, Any]) -> dict[str, Any]:
+    try:
+        if isinstance(step, EmailStep):
+            return {
+                "subject": render(step.subject, context),
+                "text": render(step.text, context) if step.text else None,
+                "html": render(step.html, context, html=True) if step.html else None,
+            }
+        return {"body": render(step.body, context, max_chars=1600)}
+    except TemplateRenderError as exc:  # e.g. output over the limit for this deal's values
+        return {"error": str(exc)}
+
+
+def preview_sequence(
+    session: Session, owner_id: int, sequence_id: int, deal: DealInput | Mapping[str, Any], start: Any
+) -> dict[str, Any]:
+    """The plan of the caller's sequence (its newest version) for `deal`, first step due at `start`.
+
+    Raises InvalidInputError (`deal.*`, `start`) or NotFoundError (another owner's sequence).
+    """
+    from followups.identity import database_id
+    from followups.limits import owner_daily_cap, step_limits
+    from followups.users import load_sender
+
+    checked = validate(DealInput, deal.model_dump() if isinstance(deal, DealInput) else deal, prefix="deal")
+    moment = parse_start(start)
+    sequence = get_sequence(session, owner_id, sequence_id)
+    steps = load_stored_steps(sequence.steps)
+    options = load_stored_options(sequence.options)
+    settings = get_settings()
+    quiet = (settings.quiet_hours_start, settings.quiet_hours_end) if settings.quiet_hours_enabled else None
+    recipient = Recipient(checked.seller_timezone, checked.seller_phone)
+    planned = plan_times(steps, moment, options, recipient, quiet)
+    context = build_context(
+        DealView(checked.external_id, checked.property_address, checked.offer_amount, checked.context),
+        SellerView(checked.seller_name, checked.seller_email, checked.seller_phone, checked.seller_timezone),
+    )
+    sender = load_sender(session, owner_id, settings)
+    caps: dict[str, list[dict[str, Any]]] = {}
+    if settings.caps_enabled:
+        db_id = database_id()
+        for channel in ("email", "sms"):
+            limits = step_limits(channel, sender, settings, db_id, daily_cap=owner_daily_cap(session, owner_id, channel))
+            caps[channel] = [{"name": cap.name, "kind": cap.kind, "limit": cap.limit, "describe": cap.describe()} for cap in limits]
+    rows = []
+    for item in planned:
+        row = item.as_dict()
+        step = steps[item.index]
+        if isinstance(step, EmailStep | SmsStep):
+            channel = "email" if isinstance(step, EmailStep) else "sms"
+            reachable = checked.seller_email if channel == "email" else checked.seller_phone
+            row["message"] = _rendered(step, context) if reachable else None
+            row["skipped"] = None if reachable else f"the deal has no seller {'email' if channel == 'email' else 'phone'}"
+            row["caps"] = caps.get(channel, [])
+        rows.append(row)
+    return {
+        "sequence_id": sequence.id,
+        "sequence_version": sequence.version,
+        "start": moment.isoformat(),
+        "options": options.to_json(),
+        "steps": rows,
+    }

@@ -1,0 +1,205 @@
+"""The next moment a message may go out, and business-day arithmetic. Pure functions.
+
+A send is allowed when, in the recipient's zone, the day is one of the window's weekdays and
+not a skipped holiday, and the wall-clock time is inside the window and (SMS) outside quiet
+hours. Everything is computed on local wall-clock times and converted back through the zone,
+so DST changes move the UTC instant, never the local opening hour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+from followups.errors import InvalidStateError
+from followups.sequence_options import SendWindow, SequenceOptions
+
+# A holiday calendar: the holiday's name for a date, or None.
+HolidayLookup = Callable[[date], "str | None"]
+
+# Far enough for any real window (a once-a-week window over a run of holidays), near enough
+# that an impossible combination fails fast.
+MAX_SEARCH_DAYS = 400
+_MIDNIGHT = time(0)
+_DAY_MINUTES = 24 * 60
+
+
+@dataclass(frozen=True)
+class SendRules:
+    """Everything that limits when one message may go out."""
+
+    timezone: str
+    window: SendWindow | None = None
+    # (start_hour, end_hour) of SMS quiet hours, e.g. (21, 8); None for email or when off.
+    quiet_hours: tuple[int, int] | None = None
+    holidays: HolidayLookup | None = None
+
+
+@dataclass(frozen=True)
+class SendTime:
+    at: datetime  # aware, in the recipient's zone
+    reason: str | None  # None: allowed as due; else window | quiet hours | holiday
+    detail: str = ""
+
+    @property
+    def deferred(self) -> bool:
+        return self.reason is not None
+
+
+@lru_cache(maxsize=64)
+def _country_calendar(country: str, year: int) -> dict[date, str]:
+    import holidays
+
+    return dict(holidays.country_holidays(country, years=year))
+
+
+def holiday_lookup(country: str) -> HolidayLookup:
+    """Public holidays of `country` (ISO code; observed days included), by date."""
+
+    def lookup(day: date) -> str | None:
+        return _country_calendar(country, day.year).get(day)
+
+    return lookup
+
+
+def rules_for(options: SequenceOptions, timezone: str, *, quiet_hours: tuple[int, int] | None = None) -> SendRules:
+    return SendRules(
+        timezone=timezone,
+        window=options.send_window,
+        quiet_hours=quiet_hours,
+        holidays=holiday_lookup(options.holiday_country) if options.skip_holidays else None,
+    )
+
+
+def _minutes(value: time) -> int:
+    return value.hour * 60 + value.minute
+
+
+def _allowed_ranges(rules: SendRules) -> list[tuple[int, int]]:
+    """Minutes of the day [start, end) in which a send is allowed, by window and quiet hours."""
+    ranges = [(0, _DAY_MINUTES)]
+    if rules.window is not None:
+        ranges = [(_minutes(rules.window.start), _minutes(rules.window.end))]
+    if rules.quiet_hours is not None and rules.quiet_hours[0] != rules.quiet_hours[1]:
+        quiet_start, quiet_end = rules.quiet_hours[0] * 60, rules.quiet_hours[1] * 60
+        if quiet_start > quiet_end:  # e.g. 21:00-08:00, over midnight
+            open_ranges = [(quiet_end, quiet_start)]
+        else:
+            open_ranges = [(0, quiet_start), (quiet_end, _DAY_MINUTES)]
+        ranges = [
+            (max(a, c), min(b, d)) for a, b in ranges for c, d in open_ranges if max(a, c) < min(b, d)
+        ]
+    return sorted(ranges)
+
+
+def _blocked_day(day: date, rules: SendRules) -> tuple[str, str] | None:
+    if rules.holidays is not None:
+        name = rules.holidays(day)
+        if name:
+            return "holiday", name
+    if rules.window is not None and day.weekday() not in rules.window.weekday_numbers:
+        return "window", "not a sending day"
+    return None
+
+
+def _wall(day: date, minute: int, zone: ZoneInfo, fold: int = 0) -> datetime:
+    return datetime.combine(day, time(minute // 60, minute % 60), tzinfo=zone).replace(fold=fold)
+
+
+def _real(moment: datetime, zone: ZoneInfo) -> datetime:
+    """The moment as the zone would show it (a wall time in a DST gap moves forward)."""
+    return moment.astimezone(UTC).astimezone(zone)
+
+
+def next_send_time(due: datetime, rules: SendRules) -> SendTime:
+    """The first moment at or after `due` when a send is allowed under `rules`.
+
+    `reason` names the first rule that moved it (window, quiet hours, holiday). Raises
+    InvalidStateError when no moment within MAX_SEARCH_DAYS is allowed (e.g. a window that lies
+    entirely inside SMS quiet hours).
+    """
+    if due.tzinfo is None:
+        raise ValueError("due must be timezone-aware")
+    zone = ZoneInfo(rules.timezone)
+    local = due.astimezone(zone)
+    ranges = _allowed_ranges(rules)
+    reason: tuple[str, str] | None = None
+    day = local.date()
+    for _ in range(MAX_SEARCH_DAYS):
+        blocked = _blocked_day(day, rules)
+        if blocked is not None:
+            reason = reason or blocked
+            day += timedelta(days=1)
+            continue
+        for start, end in ranges:
+            if day == local.date():
+                now_minute = local.hour * 60 + local.minute + local.second / 60 + local.microsecond / 60e6
+                if start <= now_minute < end:
+                    return SendTime(local, None)
+                if now_minute >= end:
+                    continue
+            # fold=1 only matters when the opening falls in the repeated hour of a DST change.
+            for fold in (0, 1):
+                candidate = _real(_wall(day, start, zone, fold), zone)
+                minute = candidate.hour * 60 + candidate.minute
+                if candidate >= due and candidate.date() == day and start <= minute < end:
+                    reason = reason or _why_not(local, rules)
+                    return SendTime(candidate, reason[0], reason[1])
+        if day == local.date():
+            reason = reason or _why_not(local, rules)
+        day += timedelta(days=1)
+    raise InvalidStateError("no allowed send time: the send window lies inside quiet hours or never opens")
+
+
+def _why_not(local: datetime, rules: SendRules) -> tuple[str, str]:
+    minute = local.hour * 60 + local.minute
+    if rules.window is not None and not _minutes(rules.window.start) <= minute < _minutes(rules.window.end):
+        return "window", f"outside {rules.window.start:%H:%M}-{rules.window.end:%H:%M}"
+    if rules.quiet_hours is not None:
+        return "quiet hours", f"{rules.quiet_hours[0]:02d}:00-{rules.quiet_hours[1]:02d}:00"
+    return "window", "outside the window"
+
+
+def explain(due: datetime, rules: SendRules) -> tuple[SendTime, str]:
+    """next_send_time and a sentence saying why and until when, for events and previews."""
+    result = next_send_time(due, rules)
+    if not result.deferred:
+        return result, ""
+    detail = {
+        "window": "outside the send window" + (f" ({_window_text(rules.window)})" if rules.window else ""),
+        "quiet hours": f"SMS quiet hours in {rules.timezone}",
+        "holiday": "a public holiday",
+    }[result.reason]
+    if result.reason == "holiday":
+        detail = f"a public holiday ({result.detail})"
+    return result, f"{detail}; deferred until {result.at.isoformat()} ({rules.timezone})"
+
+
+def _window_text(window: SendWindow) -> str:
+    return f"{','.join(window.weekdays)} {window.start:%H:%M}-{window.end:%H:%M}"
+
+
+# -- business days ----------------------------------------------------------------------------
+
+
+def is_business_day(day: date, holidays: HolidayLookup | None) -> bool:
+    return day.weekday() < 5 and not (holidays is not None and holidays(day))
+
+
+def add_business_days(start: datetime, count: int, timezone: str, holidays: HolidayLookup | None = None) -> datetime:
+    """`count` business days (Mon-Fri, minus holidays when given) after `start`, at the same
+    local wall-clock time in `timezone`. A start on a weekend counts from the next business day."""
+    if start.tzinfo is None:
+        raise ValueError("start must be timezone-aware")
+    zone = ZoneInfo(timezone)
+    local = start.astimezone(zone)
+    day = local.date()
+    remaining = count
+    while remaining > 0:
+        day += timedelta(days=1)
+        if is_business_day(day, holidays):
+            remaining -= 1
+    return _real(datetime.combine(day, local.time().replace(tzinfo=None), tzinfo=zone), zone)
