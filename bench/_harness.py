@@ -454,6 +454,10 @@ class BenchWorld:
             "FOLLOWUPS_SENDGRID_BASE_URL": self.fake.url,
             "FOLLOWUPS_TWILIO_BASE_URL": self.fake.url,
             "FOLLOWUPS_STEP_RETRY_BASE_SECONDS": "0.5",
+            # The benchmarks send thousands of messages from one identity and account: the send
+            # caps (a product rule, 10 emails/s and 1,000 a day by default) would defer them.
+            # FOLLOWUPS_BENCH_CAPS=1 keeps them on to measure what they cost.
+            "FOLLOWUPS_CAPS_ENABLED": "true" if os.environ.get("FOLLOWUPS_BENCH_CAPS") else "false",
         }
         server_env = {
             **os.environ,

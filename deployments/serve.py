@@ -5,12 +5,19 @@ Each flow run is a new process (Prefect's stock runner). `limit` bounds how many
 
 from __future__ import annotations
 
+import os
+
 from prefect import serve
 
 from followups.deployments.definitions import local_deployments
 
 
 def serve_deployments(limit: int = 4) -> None:
+    from followups.settings import get_settings
+
+    # Each flow-run process sends heartbeats, so a run whose process dies with this runner is
+    # seen (and marked Crashed by the zombie-run automation) instead of staying Running.
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(get_settings().run_heartbeat_seconds))
     serve(*local_deployments(), limit=limit)
 
 

@@ -25,7 +25,7 @@ from followups.execution.deferral import hold_if_needed
 from followups.execution.waiting import run_wait
 from followups.flows import story
 from followups.prefect_runs import run_name
-from followups.steps import EmailStep, WaitStep
+from followups.steps import WaitStep, channel_of
 from followups.tasks.send_step import configured_send_step
 
 
@@ -95,7 +95,7 @@ def _run(enrollment_id: int, flow_run_id: uuid.UUID | None) -> State:
             if waited.outcome == "continue":
                 logger.info("WAIT step %s done", index)
             continue
-        channel = "email" if isinstance(step, EmailStep) else "sms"
+        channel = channel_of(step)
         held = hold_if_needed(plan, index, channel, flow_run_id)
         if held is not None:
             logger.info("%s step %s deferred to %s: %s", channel.upper(), index, held.until, held.reason)

@@ -7,8 +7,11 @@ every request so a test or benchmark can prove how many messages were really sen
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import socket
+import struct
 import threading
 import time
 import uuid
@@ -26,6 +29,14 @@ class ReceivedRequest:
     received_at: float
     message_id: str | None = None
     status: int = 0
+    # A 429's reset as an epoch (X-RateLimit-Reset, or now + Retry-After): no retry before it.
+    not_before: float | None = None
+
+
+# Answers that are not an HTTP status (recorded with these statuses, never counted as sent):
+# "timeout" holds the request past the client's timeout and closes without answering (a gateway
+# that never forwarded it); "reset" closes the connection at once with a TCP reset.
+TIMEOUT, RESET = 598, 599
 
 
 @dataclass
@@ -34,10 +45,12 @@ class FakeProviderServer:
     port: int = 0
     latency_seconds: float = 0.0
     error_rate: float = 0.0  # share of requests answered 503
+    hang_seconds: float = 3.0  # how long a "timeout" answer holds the request
     requests: list[ReceivedRequest] = field(default_factory=list)
     scripted: deque = field(default_factory=deque)  # statuses to answer first, e.g. [500, 500]
     # Per recipient (email address or phone number): answers for requests that mention it.
-    # An item is a status or (status, extra headers), e.g. (429, {"X-RateLimit-Reset": "..."}).
+    # An item is a status, (status, extra headers), e.g. (429, {"X-RateLimit-Reset": "..."}),
+    # or "timeout" / "reset".
     scripts: dict[str, deque] = field(default_factory=dict)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -96,6 +109,8 @@ class FakeProviderServer:
             for recipient, answers in self.scripts.items():
                 if answers and (recipient.encode() in body or recipient.replace("+", "%2B").encode() in body):
                     answer = answers.popleft()
+                    if isinstance(answer, str):
+                        return {"timeout": TIMEOUT, "reset": RESET}[answer], {}
                     return answer if isinstance(answer, tuple) else (answer, {})
             if self.scripted:
                 return self.scripted.popleft(), {}
@@ -118,12 +133,18 @@ class FakeProviderServer:
         record = ReceivedRequest(provider=provider, path=path, body=body, received_at=time.time(), status=status)
         with self._lock:
             self.requests.append(record)
+        if status in (TIMEOUT, RESET):
+            self._drop(handler, hang=self.hang_seconds if status == TIMEOUT else 0.0)
+            return
+        if status == 429:
+            extra_headers = {k: v() if callable(v) else v for k, v in extra_headers.items()}
         if provider == "sendgrid":
             if status == 202:
                 record.message_id = uuid.uuid4().hex[:22]
                 self._reply(handler, 202, None, {"X-Message-Id": record.message_id})
             elif status == 429:
                 headers = {"X-RateLimit-Reset": str(int(time.time()) + 1), **extra_headers}
+                record.not_before = float(headers["X-RateLimit-Reset"])
                 self._reply(handler, 429, {"errors": [{"message": "too many requests"}]}, headers)
             else:
                 self._reply(handler, status, {"errors": [{"message": f"fake error {status}", "field": None}]}, extra_headers)
@@ -145,7 +166,20 @@ class FakeProviderServer:
                 )
             else:
                 code = 20429 if status == 429 else 20500
+                if status == 429 and "Retry-After" in extra_headers:
+                    record.not_before = record.received_at + float(extra_headers["Retry-After"])
                 self._reply(handler, status, {"code": code, "message": f"fake error {status}", "status": status}, extra_headers)
+
+    @staticmethod
+    def _drop(handler: BaseHTTPRequestHandler, hang: float) -> None:
+        """No answer: after `hang` seconds, close the connection (SO_LINGER 0: a TCP reset)."""
+        if hang:
+            time.sleep(hang)
+        with contextlib.suppress(OSError):
+            handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        handler.close_connection = True
+        with contextlib.suppress(OSError):
+            handler.connection.close()
 
     @staticmethod
     def _reply(handler: BaseHTTPRequestHandler, status: int, payload, headers: dict[str, str] | None = None) -> None:

@@ -10,15 +10,23 @@ from typing import Any
 
 import httpx
 
-from followups.errors import PermanentProviderError, TransientProviderError
+from followups.errors import OutcomeUnknownProviderError, PermanentProviderError, TransientProviderError
+
+# Failures before the request could reach the provider: safe to retry.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError, httpx.WriteTimeout)
+# Failures after it was written: the provider may have accepted it, so it must not be resent.
+_ANSWER_LOST = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError)
 
 
 def post(client: httpx.Client, url: str, *, provider: str, label: str, **request: Any) -> httpx.Response:
     try:
         return client.post(url, **request)
-    except httpx.TimeoutException as exc:
-        # The message may or may not have been accepted; de-duplication is the caller's job.
-        raise TransientProviderError(f"request timed out: {type(exc).__name__}", provider=provider) from exc
+    except _NOT_SENT as exc:
+        raise TransientProviderError(f"not sent: {type(exc).__name__}: {exc}", provider=provider) from exc
+    except _ANSWER_LOST as exc:
+        raise OutcomeUnknownProviderError(
+            f"sent, but the answer was lost: {type(exc).__name__}: {exc}", provider=provider
+        ) from exc
     except httpx.UnsupportedProtocol as exc:
         # A malformed base URL is configuration, not a network hiccup: retrying cannot help.
         raise PermanentProviderError(f"bad {label} base URL: {exc}", provider=provider) from exc

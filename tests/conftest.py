@@ -49,7 +49,7 @@ TEST_ENV = {
 
 
 def _admin_engine():
-    return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
 
 
 def _with_database(url: str, name: str) -> str:

@@ -38,7 +38,7 @@ def stop(process: subprocess.Popen, timeout: float = 20) -> None:
 
 
 def _admin():
-    return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
 
 
 @contextlib.contextmanager

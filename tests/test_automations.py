@@ -67,15 +67,17 @@ def _ours() -> list:
 
 def test_apply_creates_three_automations_and_is_idempotent(alerting, cli):
     _, name, applied = alerting
-    assert [a.action for a in applied] == ["created"] * 3 or [a.action for a in applied] == ["updated"] * 3
+    assert [a.action for a in applied] in (["created"] * 4, ["updated"] * 4)
     code, out, err = cli("automations", "apply", "--block", f"custom-webhook/{name}", "--json")
     assert code == 0, err
-    assert [item["action"] for item in json.loads(out)] == ["updated"] * 3
+    assert [item["action"] for item in json.loads(out)] == ["updated"] * 4
     ours = _ours()
     assert sorted(a.name.split(": ", 1)[1] for a in ours) == [
-        "enrollment failed", "follow-up run failed or crashed", "reconciler found stranded enrollments",
+        "crash follow-up runs whose heartbeat stopped", "enrollment failed", "follow-up run failed or crashed",
+        "reconciler found stranded enrollments",
     ]
-    assert all(a.enabled and a.actions[0].type == "send-notification" for a in ours)
+    assert sorted(a.actions[0].type for a in ours) == ["change-flow-run-state"] + ["send-notification"] * 3
+    assert all(a.enabled for a in ours)
 
 
 def test_apply_names_a_missing_or_unset_block(sequence_runner, cli):
@@ -88,6 +90,11 @@ def test_apply_names_a_missing_or_unset_block(sequence_runner, cli):
     with pytest.raises(InvalidInputError) as refused:
         apply_automations("not a reference")
     assert refused.value.field == "notification_block"
+    # Without a block: the zombie-run rule alone (it notifies nobody), and a note saying so.
+    code, out, err = cli("automations", "apply")
+    assert code == 0, err
+    assert out.splitlines()[-1].startswith("no notification block")
+    assert [line.split(": ", 1)[0] for line in out.splitlines()[:-1]] in (["created"], ["updated"])
 
 
 def test_a_failed_step_alerts_for_the_run_and_the_enrollment(alerting, fake_providers):
@@ -129,3 +136,45 @@ def test_automations_of_two_databases_do_not_overlap():
     for automation in mine:
         matches = json.dumps(automation.trigger.model_dump(mode="json"))
         assert "aaaaaaaa" in matches and "bbbbbbbb" not in matches
+
+
+def test_a_follow_up_run_whose_heartbeat_stops_is_marked_crashed(sequence_runner):
+    """Prefect's recipe for runs whose process died with its runner: heartbeats, then silence.
+    The run here beats twice, as a runner's flow-run process does, and then goes quiet."""
+    import time
+
+    from prefect.events import emit_event
+    from prefect.states import Running
+
+    from followups.prefect_runs import run_tags, schedule_sequence_run
+
+    from prefect.events.schemas.automations import AutomationCore
+
+    from followups.alerts import zombie_rule
+
+    # The applied rule waits 90 s (the setting's default): the same rule, 10 s, for the test.
+    rule = zombie_rule(database_tag(), 10)
+    with get_client(sync_client=True) as client:
+        client.create_automation(AutomationCore(**{**rule.model_dump(exclude={"id"}), "name": rule.name + " (10 s)"}))
+    owner = new_owner()
+    enrollment = enroll_deal(owner, deal_input(), new_sequence(owner, [{"type": "WAIT", "days": 3}, {"type": "SMS", "body": "Hi"}]))
+    wait_for(lambda: enrollment_row(enrollment.id).next_due_at is not None, timeout=60, what="the wait to start")
+    from datetime import UTC, datetime, timedelta
+
+    zombie = schedule_sequence_run(enrollment.id, "D-zombie", 1, scheduled_time=datetime.now(UTC) + timedelta(days=30), key_suffix=":zombie")
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(zombie, Running(), force=True)
+        run = client.read_flow_run(zombie)
+        flow = client.read_flow(run.flow_id)
+    related = [{"prefect.resource.id": f"prefect.flow.{flow.id}", "prefect.resource.role": "flow", "prefect.resource.name": flow.name}]
+    related += [{"prefect.resource.id": f"prefect.tag.{tag}", "prefect.resource.role": "tag"} for tag in run.tags]
+    for _ in range(2):
+        emit_event(event="prefect.flow-run.heartbeat", resource={"prefect.resource.id": f"prefect.flow-run.{zombie}"}, related=related)
+        time.sleep(1)
+
+    def crashed():
+        with get_client(sync_client=True) as client:
+            return client.read_flow_run(zombie).state.type.value == "CRASHED"
+
+    wait_for(crashed, timeout=90, what="the silent run to be marked Crashed")
+    assert sorted(run.tags) == sorted(run_tags(enrollment.id, "D-zombie"))

@@ -339,3 +339,28 @@ def test_two_workers_making_the_same_days_limit_share_one(prefect_api, monkeypat
         assert limits_module._ensure_day_limits(client, [cap], day) == [cap.day_name(day)]
         stored = client.read_global_concurrency_limit_by_name(cap.day_name(day))
     assert stored.limit == 3 and stored.slot_decay_per_second == 0
+
+
+def test_limits_set_changes_only_what_it_is_given(database_url, cli, monkeypatch):
+    from followups.db.session import session_scope
+    from followups.users import ensure_user
+    from support import unique
+
+    name = unique("capper")
+    with session_scope() as session:
+        ensure_user(session, name)
+    assert cli("limits", "set", name, "--email-daily", "5", "--sms-daily", "0")[0] == 0
+    code, out, err = cli("limits", "set", name, "--email-daily", "7")
+    assert code == 0, err
+    assert out.strip() == f"{name}: email 7/day, sms no cap"  # the SMS cap was left alone
+    code, out, _ = cli("limits", "set", name, "--reset")
+    assert out.strip() == f"{name}: email 1000/day (the setting), sms 500/day (the setting)"
+    code, out, err = cli("limits", "set", name, "--email-daily", "-1")
+    assert code == 1 and err.strip() == "error: email_daily_cap: must be an integer between 0 and 10000000"
+
+
+def test_limits_apply_without_a_prefect_api_is_one_line(database_url, cli, monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr("followups.prefect_server.configured_api_url", lambda: None)
+    code, out, err = cli("limits", "apply")
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1 and "PREFECT_API_URL" in err

@@ -208,3 +208,25 @@ def test_an_unsubscribed_email_is_not_written_to_again(db, fake_providers, selle
     # The opt-out was from this owner's mail: another investor writing to the seller is not blocked.
     other = _enroll(ONE_EMAIL, seller_email)
     assert execute_send_step(other, 0).outcome == "sent"
+
+
+@pytest.mark.parametrize("answer", ["reset", "timeout"])
+def test_a_lost_answer_is_never_resent(prefect_api, fake_providers, seller_email, monkeypatch, answer):
+    """The request reached the provider and its answer was lost (a dropped connection, a read
+    timeout): perhaps sent, so the step is recorded outcome-unknown and the sequence goes on."""
+    from followups.settings import reset_settings
+
+    monkeypatch.setenv("FOLLOWUPS_PROVIDER_TIMEOUT_SECONDS", "1")
+    monkeypatch.setattr(fake_providers, "hang_seconds", 2.0)
+    reset_settings()
+    try:
+        fake_providers.script(seller_email, [answer, 202])
+        enrollment_id = _enroll(ONE_EMAIL, seller_email)
+        assert follow_up_sequence(enrollment_id) == "COMPLETED"
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+    assert len(fake_providers.for_recipient(seller_email)) == 1  # never a second request
+    [unknown] = [e for e in events_of(enrollment_id) if e.event_type == "STEP_OUTCOME_UNKNOWN"]
+    assert "the answer was lost" in unknown.failure_reason
+    assert "EMAIL_SENT" not in event_types(enrollment_id) and "STEP_RETRY" not in event_types(enrollment_id)

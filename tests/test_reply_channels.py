@@ -103,7 +103,12 @@ def test_a_reply_during_a_wait_cancels_the_pending_run_and_nothing_more_is_sent(
     wait_for(lambda: _run_state(pending) == "CANCELLED", timeout=30, what="the pending run cancelled")
     # Past the wait's due time (and a margin for a late runner) the run is still Cancelled.
     settled = due + timedelta(seconds=4)
-    wait_for(lambda: datetime.now(UTC) > settled and _run_state(pending) == "CANCELLED", timeout=30, what="the due time to pass")
+    wait_for(lambda: datetime.now(UTC) > settled, timeout=30, what="the due time to pass")
+    # A runner that had already picked the run up (it prefetches runs due within seconds) still
+    # starts it after the cancel: the run then finds the enrollment STOPPED and ends "Stopped".
+    with get_client(sync_client=True) as prefect:
+        state = prefect.read_flow_run(pending).state
+    assert state.type.value == "CANCELLED" or (state.type.value == "COMPLETED" and state.name == "Stopped"), state
     assert fake_providers.for_recipient(str(deal.seller_phone)) == []
     assert not any(e.event_type == "SMS_SENT" for e in events_of(enrollment))
     assert [e.event_type for e in events_of(enrollment)].count("EMAIL_SENT") == 1

@@ -193,3 +193,39 @@ def test_an_email_outside_its_window_is_deferred_to_a_scheduled_run(prefect_api,
         run = client.read_flow_run(row.prefect_flow_run_id)
         assert run.state.is_scheduled() and run.state.state_details.scheduled_time == until
         client.set_flow_run_state(run.id, Cancelled(), force=True)
+
+
+def test_a_run_that_starts_a_moment_before_its_window_waits_instead_of_deferring(database_url, monkeypatch):
+    """Prefect may start a deferred run up to half a second early: deferring again to the same
+    instant would hand the step to this very run and leave nothing holding it."""
+    from followups.db.session import session_scope
+    from followups.execution import deferral
+    from followups.lifecycle.plan import load_plan
+    from followups.settings import reset_settings
+    from support import event_types, new_enrollment, new_owner, new_sequence
+
+    monkeypatch.setenv("FOLLOWUPS_CAPS_ENABLED", "false")
+    reset_settings()
+    opens = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)  # a Monday
+    owner = new_owner()
+    window = {"send_window": {"weekdays": ["mon"], "start": "09:00", "end": "17:00"}}
+    enrollment_id = new_enrollment(owner, new_sequence(owner, [{"type": "EMAIL", "subject": "s", "text": "t"}], options=window))
+    moments = iter([opens - timedelta(seconds=0.4), opens + timedelta(milliseconds=5)])
+    slept: list[float] = []
+    monkeypatch.setattr(deferral, "clock", lambda: next(moments))
+    monkeypatch.setattr(deferral.time, "sleep", slept.append)
+    try:
+        with session_scope(read_only=True) as session:
+            plan = load_plan(session, enrollment_id)
+        assert deferral.hold_if_needed(plan, 0, "email", None) is None
+        assert slept == [pytest.approx(0.4)]
+        assert "STEP_DEFERRED" not in event_types(enrollment_id)
+        # Further off, the step is deferred to a scheduled run as usual (no Prefect here: the
+        # write is checked, not the run).
+        moments = iter([opens - timedelta(hours=2)])
+        monkeypatch.setattr(deferral, "defer", lambda *args: True)
+        held = deferral.hold_if_needed(plan, 0, "email", None)
+        assert held is not None and held.until == opens and held.reason == "window"
+    finally:
+        monkeypatch.undo()
+        reset_settings()

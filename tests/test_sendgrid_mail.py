@@ -13,7 +13,7 @@ import respx
 
 from followups.settings import Settings
 from followups.providers.messages import OutgoingEmail
-from followups.errors import PermanentProviderError, TransientProviderError
+from followups.errors import OutcomeUnknownProviderError, PermanentProviderError, TransientProviderError
 from followups.providers.sendgrid_mail import build_mail_payload, send_email
 
 API_KEY = "SG.test"
@@ -276,20 +276,25 @@ def test_429_without_hint_has_no_retry_after(settings, email, client, mock) -> N
 
 
 @pytest.mark.parametrize(
-    "error",
+    ("error", "unknown"),
     [
-        httpx.ConnectTimeout("connect timed out"),
-        httpx.ReadTimeout("read timed out"),
-        httpx.ConnectError("connection refused"),
-        httpx.RemoteProtocolError("server disconnected"),
+        (httpx.ConnectTimeout("connect timed out"), False),
+        (httpx.ConnectError("connection refused"), False),
+        (httpx.PoolTimeout("no connection free"), False),
+        (httpx.WriteTimeout("write timed out"), False),
+        # The request went out; the answer did not come back: perhaps sent.
+        (httpx.ReadTimeout("read timed out"), True),
+        (httpx.RemoteProtocolError("server disconnected"), True),
+        (httpx.ReadError("connection reset by peer"), True),
     ],
-    ids=lambda e: type(e).__name__,
+    ids=lambda e: type(e).__name__ if isinstance(e, Exception) else str(e),
 )
-def test_transport_errors_are_transient_and_chained(settings, email, client, mock, error: Exception) -> None:
+def test_transport_errors_are_transient_and_chained(settings, email, client, mock, error: Exception, unknown: bool) -> None:
     mock.post(SEND_URL).mock(side_effect=error)
 
     with pytest.raises(TransientProviderError) as info:
         send_email(client, settings, email)
+    assert isinstance(info.value, OutcomeUnknownProviderError) is unknown
 
     assert info.value.__cause__ is error
     assert info.value.status_code is None

@@ -11,7 +11,7 @@ import respx
 
 from followups.settings import Settings
 from followups.providers.messages import OutgoingSms
-from followups.errors import PermanentProviderError, TransientProviderError
+from followups.errors import OutcomeUnknownProviderError, PermanentProviderError, TransientProviderError
 from followups.providers.twilio_sms import send_sms
 
 TOKEN = "tok"
@@ -210,6 +210,8 @@ def test_transport_errors_are_transient_and_chained(settings, sms, client, mock,
 
     with pytest.raises(TransientProviderError) as info:
         send_sms(client, settings, sms)
+    # A lost answer is still transient for the provider layer, but marked: the sender never resends it.
+    assert isinstance(info.value, OutcomeUnknownProviderError) is isinstance(error, httpx.ReadTimeout)
 
     assert info.value.__cause__ is error
     assert TOKEN not in str(info.value)

@@ -27,7 +27,7 @@ from typing import Any
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import FlowRun
-from prefect.exceptions import Abort, PrefectHTTPStatusError
+from prefect.exceptions import Abort, Pause, PrefectHTTPStatusError
 from prefect.logging.loggers import patch_print
 from prefect.settings import (
     PREFECT_CLIENT_CSRF_SUPPORT_ENABLED,
@@ -186,8 +186,10 @@ class FastWorker:
     def _claim(self, client: SyncPrefectClient, flow_run: FlowRun) -> bool:
         try:
             state = propose_state_sync(client, Pending(message=self.identity.marker), flow_run_id=flow_run.id)
-        except Abort as exc:
-            logger.debug("Flow run %s was claimed elsewhere: %s", flow_run.id, exc)
+        except (Abort, Pause) as exc:
+            # Pause: suspended between the fetch and the claim (e.g. the enrollment was paused).
+            # Both are BaseExceptions, so one that escaped here would end the whole worker.
+            logger.debug("Flow run %s was claimed elsewhere or suspended: %s", flow_run.id, exc)
             self.counts.add("skipped")
             return False
         except Exception:

@@ -109,13 +109,50 @@ def _block_document_id(client: Any, reference: str) -> Any:
         ) from None
 
 
-def automations(db_tag: str, block_document_id: Any) -> list[Automation]:
-    """The automations of this database, as Prefect objects (pure: nothing is sent)."""
+def zombie_rule(db_tag: str, silent_seconds: int) -> Automation:
+    """A running follow-up run whose heartbeats stopped (its runner was killed, its machine
+    lost) is marked Crashed, Prefect's own recipe for such runs; the sync trigger then repairs
+    its enrollment. Without it the run would stay Running for ever and hold the enrollment."""
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    return Automation(
+        name=f"followups {db_tag.split(':')[1]}: crash follow-up runs whose heartbeat stopped",
+        description=f"No heartbeat nor state change for {silent_seconds} s from a running follow-up run: "
+        "its process is gone. Marked Crashed so that its enrollment is repaired.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            # Any later event of the run (a heartbeat, any state: our runs end in states named
+            # "Waiting", "Stopped", ...) shows it alive or finished.
+            expect={"prefect.flow-run.*"},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related=[
+                {"prefect.resource.role": "flow", "prefect.resource.name": "follow-up-sequence"},
+                {"prefect.resource.id": f"prefect.tag.{db_tag}"},
+            ],
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=silent_seconds,
+        ),
+        actions=[ChangeFlowRunState(
+            state=StateType.CRASHED, message=f"no heartbeat for {silent_seconds} s: the process running it is gone",
+        )],
+    )
+
+
+def automations(db_tag: str, block_document_id: Any, silent_seconds: int = 90) -> list[Automation]:
+    """The automations of this database, as Prefect objects (pure: nothing is sent). Without a
+    notification block only the zombie-run rule, which needs none."""
     from prefect.automations import Automation
     from prefect.events.actions import SendNotification
     from prefect.events.schemas.automations import EventTrigger, Posture
 
     prefix = f"followups {db_tag.split(':')[1]}"
+    if block_document_id is None:
+        return [zombie_rule(db_tag, silent_seconds)]
 
     def notify(subject: str, body: str) -> list[SendNotification]:
         return [SendNotification(block_document_id=block_document_id, subject=f"[{prefix}] {subject}", body=body)]
@@ -124,6 +161,7 @@ def automations(db_tag: str, block_document_id: Any) -> list[Automation]:
         return EventTrigger(expect=expect, posture=Posture.Reactive, threshold=1, within=0, **matches)
 
     return [
+        zombie_rule(db_tag, silent_seconds),
         Automation(
             name=f"{prefix}: follow-up run failed or crashed",
             description="A follow-up-sequence run of this database ended Failed or Crashed; the reconciler "
@@ -168,25 +206,22 @@ def automations(db_tag: str, block_document_id: Any) -> list[Automation]:
 
 
 def apply_automations(block: str | None = None) -> list[Applied]:
-    """Create or update this database's automations (idempotent: found by name)."""
+    """Create or update this database's automations (idempotent: found by name): the zombie-run
+    rule, and the three alerts when a notification block is named (argument or setting)."""
     from prefect.client.orchestration import get_client
     from prefect.events.schemas.automations import AutomationCore
 
     from followups.settings import get_settings
 
-    reference = block or get_settings().notification_block
-    if not reference:
-        raise InvalidInputError(
-            "no notification block configured; set FOLLOWUPS_NOTIFICATION_BLOCK to <block-type-slug>/<name>",
-            "notification_block",
-        )
-    if "/" not in reference:
+    settings = get_settings()
+    reference = block or settings.notification_block
+    if reference is not None and "/" not in reference:
         raise InvalidInputError("expected <block-type-slug>/<name>, e.g. custom-webhook/alerts", "notification_block")
     db_tag = database_tag()
     applied: list[Applied] = []
     with get_client(sync_client=True) as client:
-        block_id = _block_document_id(client, reference)
-        for automation in automations(db_tag, block_id):
+        block_id = _block_document_id(client, reference) if reference else None
+        for automation in automations(db_tag, block_id, settings.zombie_run_seconds):
             existing = client.read_automations_by_name(automation.name)
             body = automation.model_dump(exclude={"id"})
             if existing:

@@ -22,8 +22,9 @@ def register(app: typer.Typer, console: Console) -> None:
         )] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
     ) -> None:
-        """Create or update (idempotently) the automations that notify on a follow-up run that
-        Failed or Crashed, an enrollment that FAILED, and stranded enrollments found by the reconciler."""
+        """Create or update (idempotently) the automations: follow-up runs whose heartbeat stopped
+        are marked Crashed; with a notification block, alerts on a follow-up run that Failed or
+        Crashed, an enrollment that FAILED, and stranded enrollments found by the reconciler."""
         from followups.alerts import apply_automations
 
         applied = apply_automations(block)
@@ -32,3 +33,5 @@ def register(app: typer.Typer, console: Console) -> None:
             return
         for item in applied:
             console.print(f"{item.action}: {escape(item.name)}")
+        if len(applied) == 1:
+            console.print("no notification block (--block or FOLLOWUPS_NOTIFICATION_BLOCK): no alerts were applied")

@@ -23,6 +23,9 @@ def register(app: typer.Typer, console: Console) -> None:
     from followups.cli_alerts import register as register_alert_commands
 
     register_alert_commands(app, console)
+    from followups.cli_bulk import register as register_bulk_commands
+
+    register_bulk_commands(app, console)
 
     @app.command()
     def doctor(as_json: JsonFlag = False) -> None:

@@ -102,12 +102,26 @@ def register(app: typer.Typer, console: Console) -> None:
         user: str,
         email_daily: Annotated[Optional[int], typer.Option("--email-daily", help="Emails a day from this owner's address")] = None,
         sms_daily: Annotated[Optional[int], typer.Option("--sms-daily", help="SMS a day from this owner's number")] = None,
+        reset: Annotated[bool, typer.Option("--reset", help="Back to the settings' caps for both")] = False,
     ) -> None:
-        """Set an owner's own daily caps (left out: the setting applies); then `limits apply`."""
+        """Set an owner's own daily caps (0: no cap; a cap left out is unchanged); then `limits apply`."""
         from followups.db.session import session_scope
         from followups.limits import set_daily_caps
+        from followups.settings import get_settings
         from followups.users import user_id_by_name
 
+        email = None if reset else (... if email_daily is None else email_daily)
+        sms = None if reset else (... if sms_daily is None else sms_daily)
         with session_scope() as session:
-            caps = set_daily_caps(session, user_id_by_name(session, user), email=email_daily, sms=sms_daily)
-        console.print(f"{user}: email {caps['email_daily_cap'] or 'default'}/day, sms {caps['sms_daily_cap'] or 'default'}/day", markup=False)
+            caps = set_daily_caps(session, user_id_by_name(session, user), email=email, sms=sms)
+        settings = get_settings()
+
+        def shown(value: int | None, default: int) -> str:
+            if value is None:
+                return f"{default or 'no cap'}{'/day' if default else ''} (the setting)"
+            return f"{value}/day" if value else "no cap"
+
+        console.print(
+            f"{user}: email {shown(caps['email_daily_cap'], settings.email_daily_cap)}, "
+            f"sms {shown(caps['sms_daily_cap'], settings.sms_daily_cap)}", markup=False,
+        )

@@ -21,6 +21,7 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from followups.bulk import ItemResult, enroll_deals  # noqa: F401 - the batch API, re-exported
 from followups.db.models import OPEN_STATUSES, Deal, Enrollment, EnrollmentStatus, FollowUpEvent, Offer, Sequence
 from followups.db.session import session_scope
 from followups.deals import deal_id_by_external, upsert_deal

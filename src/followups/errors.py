@@ -59,5 +59,10 @@ class TransientProviderError(ProviderError):
     """429, 5xx, timeouts, connection errors, Twilio 20429: worth retrying."""
 
 
+class OutcomeUnknownProviderError(TransientProviderError):
+    """The request went out but its answer was lost (read timeout, connection dropped): the
+    provider may have sent the message. Never retried: a step is sent at most once."""
+
+
 class PermanentProviderError(ProviderError):
     """Bad request, bad credentials, opted-out recipient...: retrying cannot help."""

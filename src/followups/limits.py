@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from types import EllipsisType
 from typing import Any
 
 from sqlalchemy import select, update
@@ -92,15 +93,21 @@ def owner_daily_cap(session: Session, owner_id: int, channel: str) -> int | None
     return session.scalar(select(column).where(User.id == owner_id))
 
 
-def set_daily_caps(session: Session, owner_id: int, *, email: int | None, sms: int | None) -> dict[str, int | None]:
-    """Set an owner's own daily caps (None clears one: the setting applies)."""
+def set_daily_caps(
+    session: Session, owner_id: int, *, email: int | None | EllipsisType = ..., sms: int | None | EllipsisType = ...
+) -> dict[str, int | None]:
+    """Set an owner's own daily caps: a number (0: no cap), None (the setting applies again) or
+    left out (unchanged). Returns both as they now are."""
     owner_id = check_id(owner_id, "owner_id")
-    for field, value in (("email_daily_cap", email), ("sms_daily_cap", sms)):
+    changes = {field: value for field, value in (("email_daily_cap", email), ("sms_daily_cap", sms)) if value is not ...}
+    for field, value in changes.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_DAILY_CAP):
             raise InvalidInputError(f"must be an integer between 0 and {MAX_DAILY_CAP}", field=field)
     require_owner(session, owner_id)
-    session.execute(update(User).where(User.id == owner_id).values(email_daily_cap=email, sms_daily_cap=sms))
-    return {"email_daily_cap": email, "sms_daily_cap": sms}
+    if changes:
+        session.execute(update(User).where(User.id == owner_id).values(**changes))
+    row = session.execute(select(User.email_daily_cap, User.sms_daily_cap).where(User.id == owner_id)).one()
+    return {"email_daily_cap": row.email_daily_cap, "sms_daily_cap": row.sms_daily_cap}
 
 
 def configured_limits(session: Session, settings: Settings, db_id: uuid.UUID) -> list[CapLimit]:

@@ -18,7 +18,9 @@ import httpx
 LOCAL_API_URL = "http://127.0.0.1:4200/api"
 
 
-def api_is_healthy(api_url: str, timeout: float = 2.0) -> bool:
+def api_is_healthy(api_url: str | None, timeout: float = 2.0) -> bool:
+    if not api_url:
+        return False
     try:
         return httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout).status_code == 200
     except httpx.HTTPError:

@@ -13,11 +13,11 @@ from sqlalchemy.orm import Session
 
 from followups.errors import InvalidInputError
 from followups.inputs import DealInput, validate
-from followups.scheduling.planning import Recipient, plan_times
+from followups.scheduling.planning import Recipient, plan_times, quiet_hours_of
 from followups.sequence_options import load_stored_options
 from followups.sequences import get_sequence
 from followups.settings import get_settings
-from followups.steps import EmailStep, SmsStep, load_stored_steps
+from followups.steps import EmailStep, SmsStep, channel_of, load_stored_steps
 from followups.templating import DealView, SellerView, TemplateRenderError, build_context, render
 
 # Far enough for any plan, near enough that date arithmetic cannot overflow.
@@ -72,7 +72,7 @@ def preview_sequence(
     steps = load_stored_steps(sequence.steps)
     options = load_stored_options(sequence.options)
     settings = get_settings()
-    quiet = (settings.quiet_hours_start, settings.quiet_hours_end) if settings.quiet_hours_enabled else None
+    quiet = quiet_hours_of(settings)
     recipient = Recipient(checked.seller_timezone, checked.seller_phone)
     planned = plan_times(steps, moment, options, recipient, quiet)
     context = build_context(
@@ -91,7 +91,7 @@ def preview_sequence(
         row = item.as_dict()
         step = steps[item.index]
         if isinstance(step, EmailStep | SmsStep):
-            channel = "email" if isinstance(step, EmailStep) else "sms"
+            channel = channel_of(step)
             reachable = checked.seller_email if channel == "email" else checked.seller_phone
             row["message"] = _rendered(step, context) if reachable else None
             row["skipped"] = None if reachable else f"the deal has no seller {'email' if channel == 'email' else 'phone'}"

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     # The Prefect notification block the automations send through, as "<block-type-slug>/<name>"
     # (e.g. "slack-webhook/ops" or "custom-webhook/followups-alerts"); `followups automations apply`.
     notification_block: str | None = Field(default=None, pattern=r"^[a-z0-9-]+/[A-Za-z0-9_-]+$")
+    # Follow-up runs send a heartbeat this often (`followups serve`, the fast worker); one silent
+    # for zombie_run_seconds is marked Crashed by an automation (`followups automations apply`).
+    # (Prefect sends them 30 s apart at the most often.)
+    run_heartbeat_seconds: int = Field(default=30, ge=30, le=3600)
+    zombie_run_seconds: int = Field(default=90, ge=45, le=86400)
     quiet_hours_start: int = Field(default=21, ge=0, le=23)
     quiet_hours_end: int = Field(default=8, ge=0, le=23)
 
@@ -91,6 +96,14 @@ class Settings(BaseSettings):
     unsubscribe_link_max_age_days: int = Field(default=365, ge=0)
     # CAN-SPAM: the sender's physical postal address, appended to every email when set.
     email_physical_address: str = ""
+
+    @field_validator("zombie_run_seconds")
+    @classmethod
+    def _longer_than_a_heartbeat(cls, value: int, info) -> int:
+        beat = info.data.get("run_heartbeat_seconds", 30)
+        if value < beat + 15:
+            raise ValueError(f"must be at least run_heartbeat_seconds + 15 ({beat + 15}): a live run would look dead")
+        return value
 
     @field_validator("deployment_name")
     @classmethod

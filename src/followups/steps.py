@@ -102,6 +102,15 @@ class WaitStep(_Step):
 Step = Annotated[Union[EmailStep, SmsStep, WaitStep], Field(discriminator="type")]
 
 
+def channel_of(step: Any) -> str | None:
+    """"email" or "sms" for a message step; None for a WAIT."""
+    if isinstance(step, EmailStep):
+        return "email"
+    if isinstance(step, SmsStep):
+        return "sms"
+    return None
+
+
 class SequenceSteps(BaseModel):
     """The ordered steps of a sequence, with the rules that make a sequence runnable."""
 

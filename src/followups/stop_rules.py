@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from followups.sequence_options import version_options
-from followups.steps import EmailStep, SmsStep, Step
+from followups.steps import Step, channel_of
 
 
 class DealEvent(StrEnum):
@@ -52,13 +52,7 @@ def stop_rules(session: Session, sequence_version_id: int) -> StopRules:
 
 def channels(steps: list[Step]) -> frozenset[str]:
     """The channels a sequence reaches the seller on: "email", "sms"."""
-    found = set()
-    for step in steps:
-        if isinstance(step, EmailStep):
-            found.add("email")
-        elif isinstance(step, SmsStep):
-            found.add("sms")
-    return frozenset(found)
+    return frozenset(channel for channel in map(channel_of, steps) if channel)
 
 
 def reply_stops(rules: StopRules, steps: list[Step], reply_channel: str) -> bool:

@@ -6,6 +6,7 @@ until when. No process waits.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,13 +14,14 @@ from datetime import UTC, datetime
 
 from followups.db.models import EnrollmentStatus, EventType
 from followups.db.session import session_scope
+from followups.execution.waiting import SHORT_WAIT_SECONDS
 from followups.lifecycle import store
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
 from followups.lifecycle.transitions import Actor
 from followups.scheduling.caps import CapGate
-from followups.scheduling.planning import Recipient, step_rules
+from followups.scheduling.planning import Recipient, quiet_hours_of, step_rules
 from followups.scheduling.send_times import explain
-from followups.settings import Settings, get_settings
+from followups.settings import get_settings
 
 
 def _utc_now() -> datetime:
@@ -38,18 +40,9 @@ class Deferral:
     detail: str
 
 
-def quiet_hours_of(settings: Settings) -> tuple[int, int] | None:
-    return (settings.quiet_hours_start, settings.quiet_hours_end) if settings.quiet_hours_enabled else None
-
-
-def recipient_of(plan: EnrollmentPlan) -> Recipient:
-    # Owners have no zone of their own yet: the fallback after the deal and the phone is UTC.
-    return Recipient(plan.seller.timezone, plan.seller.phone)
-
-
 def outside_rules(plan: EnrollmentPlan, channel: str, now: datetime) -> Deferral | None:
     """Why the step may not go out at `now`, and until when; None when it may."""
-    rules = step_rules(channel, plan.options, recipient_of(plan), quiet_hours_of(get_settings()))
+    rules = step_rules(channel, plan.options, Recipient.of(plan.seller), quiet_hours_of(get_settings()))
     result, detail = explain(now, rules)
     if not result.deferred:
         return None
@@ -105,7 +98,21 @@ def hold_if_needed(
     """Defer the message step when it may not go out now; None means: send it now. (A deferral
     is returned even when the enrollment moved on meanwhile: this run sends nothing either way.)"""
     now = clock()
-    deferral = outside_rules(plan, channel, now) or over_cap(plan, channel, now, gate)
+    deferral = outside_rules(plan, channel, now)
+    if deferral is not None and (deferral.until - now).total_seconds() <= SHORT_WAIT_SECONDS:
+        # A deferred run may start a moment early (Prefect rounds its delay to the second): a
+        # run scheduled for the same instant would be this very run, and nothing would hold the
+        # step. Wait the moment out instead.
+        time.sleep(max(0.0, (deferral.until - now).total_seconds()))
+        now = clock()
+        deferral = outside_rules(plan, channel, now)
+    if deferral is None and _reachable(plan, channel):
+        deferral = over_cap(plan, channel, now, gate)
     if deferral is not None:
         defer(plan, step_index, deferral, flow_run_id)
     return deferral
+
+
+def _reachable(plan: EnrollmentPlan, channel: str) -> bool:
+    # A step with nowhere to go is skipped by the send itself: it must not use up a cap slot.
+    return bool(plan.seller.email if channel == "email" else plan.seller.phone)

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from followups.db.events import record_event, step_events
 from followups.db.models import SENT_EVENT_TYPES, EnrollmentStatus, EventType
 from followups.db.session import session_scope
-from followups.errors import InvalidStateError, ProviderError, TransientProviderError
+from followups.errors import InvalidStateError, OutcomeUnknownProviderError, ProviderError, TransientProviderError
 from followups.inputs import SenderIdentity
 from followups.lifecycle import store
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
@@ -232,6 +232,15 @@ def execute_send_step(
             error = exc
             outcome = {"attempt_event_id": attempt_event_id, "status_code": exc.status_code, "code": exc.code}
             last_attempt = attempt >= max_attempts
+            if isinstance(exc, OutcomeUnknownProviderError):
+                # The same as a worker dying after the call: perhaps sent, so never sent again.
+                store.advance(
+                    session, plan, step_index,
+                    event_type=EventType.STEP_OUTCOME_UNKNOWN, status="unknown", attempt=attempt,
+                    failure_reason=f"{exc.describe()}; not sent again to avoid a duplicate",
+                    content=outcome, **ids,
+                )
+                return StepResult("outcome-unknown", detail=exc.describe())
             if isinstance(exc, TransientProviderError) and not last_attempt:
                 if exc.retry_after:
                     outcome["not_before"] = (datetime.now(UTC) + timedelta(seconds=exc.retry_after)).isoformat()

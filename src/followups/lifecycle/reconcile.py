@@ -31,6 +31,7 @@ class Action(StrEnum):
     RESUME = "resume"  # resumed in Prefect: the enrollment is ACTIVE again
     CANCEL = "cancel"  # cancelled in Prefect: the enrollment is CANCELLED
     RESCHEDULE = "reschedule"  # the pending run is gone, ended or not ours: a new one at the due time
+    SCHEDULE = "schedule"  # an ACTIVE enrollment never got its first run (its enroller died in between)
     ADOPT = "adopt"  # the pending run is gone or ended and an operator started a new run: it continues
 
 
@@ -42,6 +43,9 @@ class Decision:
 
 NOTHING = Decision(Action.NONE)
 NOT_STARTED = {"SCHEDULED", "PENDING"}
+# How long an ACTIVE enrollment may sit without a pending run before the sweep schedules one:
+# enrolling commits the row, then creates its first run, seconds apart.
+UNSCHEDULED_GRACE_SECONDS = 300
 CANCELLED_STATES = {"CANCELLED", "CANCELLING"}
 ENDED_STATES = {"COMPLETED", "FAILED", "CRASHED"}
 REPAIR_BACKOFF_SECONDS = 30  # the second repair of one step waits 30 s, the third 60 s, ...
@@ -56,6 +60,7 @@ def decide(
     starting_run_id: uuid.UUID | None = None,
     run_is_ours: bool = True,
     suspend_expired: bool = False,
+    unscheduled_for: float | None = None,
 ) -> Decision:
     """What the enrollment must do about its pending run's state.
 
@@ -64,7 +69,10 @@ def decide(
     is starting now. `run_is_ours` is False when the pending run is another enrollment's or
     another database's. `suspend_expired` says the run failed because a suspend with a timeout
     (the Prefect UI's Pause dialog always sets one) ran out: the operator meant a pause.
+    `unscheduled_for` is how long (seconds) an enrollment without a pending run has been so.
     """
+    if pending_run_id is None and status == EnrollmentStatus.ACTIVE and (unscheduled_for or 0) > UNSCHEDULED_GRACE_SECONDS:
+        return Decision(Action.SCHEDULE, "the enrollment never got its first run")
     if pending_run_id is None or status not in (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED):
         return NOTHING
     gone = run_state is None or run_state in ENDED_STATES or not run_is_ours
@@ -145,6 +153,13 @@ def apply(
         if plan.status == EnrollmentStatus.PAUSED:
             plan = store.move(session, plan, EnrollmentStatus.ACTIVE, actor=Actor.PREFECT, content=content)
         return store.adopt(session, plan, starting_run_id, content={**content, **previous})
+    if decision.action is Action.SCHEDULE:
+        # The key of a first run: if the enroller did create it before dying, this finds that run
+        # rather than making a second one.
+        return store.reschedule(
+            session, plan, due=plan.next_due_at, actor=Actor.RECONCILER, event_type=EventType.RECONCILED,
+            content={**content, "previous_run_id": None},
+        )
     if decision.action is Action.RESCHEDULE:
         due = plan.next_due_at if plan.next_due_at and plan.next_due_at > datetime.now(UTC) else None
         repairs = _repairs_of_step(session, plan)

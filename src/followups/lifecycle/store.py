@@ -16,13 +16,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import BigInteger, Uuid, column, update, values
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from followups import prefect_runs
 from followups.db.events import record_event
-from followups.db.models import FINISHED_STATUSES, Enrollment, EnrollmentStatus, EventType
+from followups.db.models import FINISHED_STATUSES, Enrollment, EnrollmentStatus, EventType, FollowUpEvent
 from followups.errors import InvalidStateError
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
 from followups.lifecycle.transitions import Actor, check
@@ -91,6 +92,47 @@ def start(session: Session, enrollment: Enrollment) -> uuid.UUID:
     session.flush()
     plan = load_plan(session, enrollment.id, lock=True)
     return reschedule(session, plan, due=None, actor=Actor.API).prefect_flow_run_id
+
+
+def create_many(session: Session, rows: list[dict[str, Any]]) -> dict[int, int]:
+    """`create` for many deals at once (bulk import): one INSERT for the enrollments and one for
+    their ENROLLED events. Each row has deal_id, sequence_id, sequence_version_id and content.
+    A deal that already has an open enrollment in that sequence (the partial unique index) is
+    left out instead of failing the batch. Returns {deal_id: enrollment_id} of those created."""
+    if not rows:
+        return {}
+    check(None, None, EnrollmentStatus.ACTIVE, Actor.API)
+    values = [
+        {"deal_id": row["deal_id"], "sequence_id": row["sequence_id"], "sequence_version_id": row["sequence_version_id"],
+         "status": EnrollmentStatus.ACTIVE.value, "current_step": 0, "reply_token": secrets.token_urlsafe(18)}
+        for row in rows
+    ]
+    statement = pg_insert(Enrollment).values(values).on_conflict_do_nothing().returning(Enrollment.id, Enrollment.deal_id)
+    created = {deal_id: enrollment_id for enrollment_id, deal_id in session.execute(statement).all()}
+    content = {row["deal_id"]: row["content"] for row in rows}
+    events = [
+        {"enrollment_id": enrollment_id, "event_type": EventType.ENROLLED.value, "status": "ok",
+         "content": content[deal_id], "dedupe_key": f"enrollment:{enrollment_id}:enrolled"}
+        for deal_id, enrollment_id in created.items()
+    ]
+    if events:
+        session.execute(pg_insert(FollowUpEvent).values(events).on_conflict_do_nothing())
+    return created
+
+
+def set_first_runs(session: Session, runs: dict[int, uuid.UUID]) -> int:
+    """Store the first run of enrollments made by `create_many`, in one statement. Only where no
+    run is stored yet: a run that already started may have moved the enrollment on to a newer
+    pending run (a wait), which must not be overwritten. Returns how many rows changed."""
+    if not runs:
+        return 0
+    pairs = values(column("id", BigInteger), column("run_id", Uuid), name="first_runs").data(list(runs.items()))
+    statement = (
+        update(Enrollment)
+        .where(Enrollment.id == pairs.c.id, Enrollment.prefect_flow_run_id.is_(None))
+        .values(prefect_flow_run_id=pairs.c.run_id)
+    )
+    return session.execute(statement).rowcount
 
 
 # -- status changes -------------------------------------------------------------------------

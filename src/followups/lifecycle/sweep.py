@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
@@ -17,7 +18,7 @@ from followups.db.models import OPEN_STATUSES, Enrollment
 from followups.db.session import session_scope
 from followups.identity import database_tag
 from followups.lifecycle.plan import load_plan
-from followups.lifecycle.reconcile import Action, decide, reconcile
+from followups.lifecycle.reconcile import UNSCHEDULED_GRACE_SECONDS, Action, apply, decide, reconcile
 
 
 @dataclass
@@ -36,6 +37,7 @@ class SweepReport:
 
 def sweep(*, repair: bool = True, batch: int = 200) -> SweepReport:
     report = SweepReport()
+    _schedule_the_unscheduled(report, repair)
     db_tag = database_tag()  # once per sweep, not once per enrollment
     after = 0
     while True:
@@ -73,3 +75,28 @@ def sweep(*, repair: bool = True, batch: int = 200) -> SweepReport:
                     after_plan = reconcile(session, before)
                     if (after_plan.status, after_plan.prefect_flow_run_id) != (before.status, before.prefect_flow_run_id):
                         report.repaired[decision.action.value] += 1
+
+
+def _schedule_the_unscheduled(report: SweepReport, repair: bool) -> None:
+    """ACTIVE enrollments that never got a first run: whoever enrolled them died between the
+    commit and creating the run (a bulk import, an API process)."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=UNSCHEDULED_GRACE_SECONDS)
+    with session_scope(read_only=True) as session:
+        ids = session.scalars(
+            select(Enrollment.id).where(
+                Enrollment.status == "ACTIVE", Enrollment.prefect_flow_run_id.is_(None), Enrollment.updated_at < cutoff,
+            ).order_by(Enrollment.id)
+        ).all()
+    for enrollment_id in ids:
+        report.checked += 1
+        with session_scope() as session:
+            plan = load_plan(session, enrollment_id, lock=True)
+            touched = session.scalar(select(Enrollment.updated_at).where(Enrollment.id == enrollment_id))
+            idle = (datetime.now(UTC) - touched).total_seconds() if touched else None
+            decision = decide(plan.status, plan.prefect_flow_run_id, None, unscheduled_for=idle)
+            if decision.action is not Action.SCHEDULE:
+                continue  # it got its run meanwhile
+            report.found.append((enrollment_id, decision.action.value, decision.why))
+            if repair:
+                apply(session, plan, decision, run_state=None)
+                report.repaired[decision.action.value] += 1

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from followups.db.models import OPEN_STATUSES, EnrollmentStatus, EventType, FollowUpEvent
 from followups.lifecycle.plan import EnrollmentPlan
-from followups.scheduling.planning import Recipient, channel_of, step_rules, wait_due, wait_zone
+from followups.scheduling.planning import Recipient, channel_of, quiet_hours_of, step_rules, wait_due, wait_zone
 from followups.scheduling.send_times import next_send_time
 from followups.settings import get_settings
 from followups.steps import EmailStep, WaitStep
@@ -68,9 +68,9 @@ def timeline(session: Session, plan: EnrollmentPlan) -> list[TimelineStep]:
         if event.step_index is not None:
             by_step.setdefault(event.step_index, []).append(event)
     steps: list[TimelineStep] = []
-    recipient = Recipient(plan.seller.timezone, plan.seller.phone)
+    recipient = Recipient.of(plan.seller)
     settings = get_settings()
-    quiet = (settings.quiet_hours_start, settings.quiet_hours_end) if settings.quiet_hours_enabled else None
+    quiet = quiet_hours_of(settings)
     now = datetime.now(UTC)
     clock = max(plan.next_due_at, now) if plan.next_due_at else now
     open_status = EnrollmentStatus(plan.status) in OPEN_STATUSES

@@ -9,11 +9,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from followups.scheduling.send_times import SendRules, add_business_days, explain, holiday_lookup, rules_for
 from followups.scheduling.zones import recipient_zone
 from followups.sequence_options import SequenceOptions
-from followups.steps import EmailStep, SmsStep, Step, WaitStep
+from followups.steps import Step, WaitStep, channel_of
+
+
+def quiet_hours_of(settings: Any) -> tuple[int, int] | None:
+    """SMS quiet hours from the settings, as (start hour, end hour); None when switched off."""
+    return (settings.quiet_hours_start, settings.quiet_hours_end) if settings.quiet_hours_enabled else None
 
 
 @dataclass(frozen=True)
@@ -22,16 +28,13 @@ class Recipient:
     phone: str | None = None
     owner_timezone: str | None = None
 
+    @classmethod
+    def of(cls, seller: Any) -> Recipient:
+        """The recipient of an enrollment's messages, from its seller (a SellerView)."""
+        return cls(seller.timezone, seller.phone)
+
     def zone(self, channel: str) -> tuple[str, str]:
         return recipient_zone(channel, self.timezone, self.phone, self.owner_timezone)
-
-
-def channel_of(step: Step) -> str | None:
-    if isinstance(step, EmailStep):
-        return "email"
-    if isinstance(step, SmsStep):
-        return "sms"
-    return None
 
 
 def step_rules(

@@ -1,0 +1,66 @@
+"""POST /api/enrollments/batch: enroll up to 1,000 deals of the caller in one sequence.
+
+The request as a whole is refused only when it cannot be done at all (too many items: 413;
+another owner's or a missing sequence: 404; a disabled one: 409; a body that is not an object
+with a list: 422). Otherwise it answers 207 with one entry per item, in order: `ok` (enrolled,
+its first run scheduled), `exists` (the deal already has an enrollment in that sequence, so a
+retried request enrolls nothing twice) or `error` (the field inside the item, and why; nothing
+of that item was stored).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
+
+from followups import control
+from followups.api.auth import CurrentUser
+from followups.api.errors import error_responses
+from followups.bulk import MAX_BATCH
+from followups.inputs import Id
+
+router = APIRouter(tags=["enrollments"])
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sequence_id: Id
+    # Items are validated one by one by the core, so a bad one gets its own answer.
+    items: list[Any] = Field(description=f"Deals (as in POST /api/enrollments), at most {MAX_BATCH}")
+
+
+class BatchItemOut(BaseModel):
+    index: int
+    status: Literal["ok", "exists", "error"]
+    deal: str | None = Field(description="The deal's external id, when it could be read")
+    enrollment_id: int | None
+    flow_run_id: str | None
+    field: str | None = Field(description="For errors: the dotted path inside the item, e.g. seller_phone")
+    message: str
+
+
+class BatchOut(BaseModel):
+    sequence_id: int
+    counts: dict[str, int] = Field(description="Items per status")
+    items: list[BatchItemOut]
+
+
+@router.post(
+    "/api/enrollments/batch",
+    status_code=207,
+    response_model=BatchOut,
+    responses={207: {"description": "One answer per item"}} | error_responses(401, 404, 409, 413, 422, 503),
+)
+def enroll_batch(body: BatchRequest, user_id: CurrentUser) -> dict[str, Any]:
+    """Enroll many deals in one of the caller's sequences and start each one; one answer per item.
+    Idempotent on each deal's `external_id`."""
+    if len(body.items) > MAX_BATCH:
+        raise HTTPException(status_code=413, detail=f"at most {MAX_BATCH} items per batch, got {len(body.items)}")
+    results = control.enroll_deals(user_id, body.items, body.sequence_id)
+    counts = {"ok": 0, "exists": 0, "error": 0}
+    for result in results:
+        counts[result.status] += 1
+    return {"sequence_id": body.sequence_id, "counts": counts, "items": [result.as_dict() for result in results]}

@@ -1,0 +1,270 @@
+"""Enrolling many deals at once: `control.enroll_deals`, the `import` command and the HTTP batch.
+
+One answer per item: `ok` (enrolled now, with its enrollment and first run), `exists` (the deal
+already has an enrollment in that sequence, open or finished: idempotent on the deal's external
+id) or `error` (the field and why; nothing of that item is written). Each chunk of up to 100
+items costs two short transactions and one Prefect call:
+
+1. every item is validated by the same `DealInput` as a single enrollment;
+2. one transaction takes an advisory lock per (owner, sequence, deal), in sorted order, so two
+   imports of the same file wait for each other instead of both enrolling (and never deadlock);
+   it answers `exists` for deals already enrolled, upserts the other deals and inserts their
+   enrollments and ENROLLED events in one statement each, and commits;
+3. the first runs are created with Prefect's bulk endpoint, one idempotency key per enrollment;
+4. one UPDATE stores their ids (`lifecycle.store.set_first_runs`).
+
+The runs are made after the commit so that a run the worker starts at once finds its enrollment
+(until step 4 the enrollment has no pending run, which the flow takes as a fresh start). If the
+process dies between 2 and 4, the same import run again schedules the missing runs: same keys,
+same runs. Chunks run on a few threads so one chunk's database work overlaps another's Prefect call.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from followups import prefect_runs
+from followups.db.models import Deal, Enrollment, EnrollmentStatus
+from followups.db.session import session_scope
+from followups.errors import InvalidInputError
+from followups.inputs import DealInput, check_id, require_owner, validate
+from followups.lifecycle import store
+from followups.sequences import latest_version_id
+
+MAX_BATCH = 1000  # items per HTTP request
+CHUNK = 100  # items per transaction and per Prefect bulk call (Prefect's own limit)
+WORKERS = 3  # chunks in flight: enough to overlap database and Prefect work on 2 cores
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    index: int  # position in the batch
+    status: str  # ok | exists | error
+    deal: str | None = None  # the deal's external id, when it could be read
+    enrollment_id: int | None = None
+    flow_run_id: uuid.UUID | None = None
+    field: str | None = None  # for errors: the dotted path inside the item
+    message: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["flow_run_id"] = str(self.flow_run_id) if self.flow_run_id else None
+        return out
+
+
+@dataclass
+class BatchOutcome:
+    results: list[ItemResult]
+    # Seconds spent, summed over the worker threads (they overlap, so the sum can exceed the wall time).
+    db_seconds: float = 0.0
+    prefect_seconds: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def enroll_deals(owner_id: int, items: Sequence[Any], sequence_id: int) -> list[ItemResult]:
+    """Enroll many deals in `sequence_id` and start each one's sequence; one answer per item.
+
+    Bad items never stop good ones. Raises only for the request as a whole: NotFoundError (no
+    such owner, or no such sequence for this owner), InvalidStateError (disabled sequence),
+    InvalidInputError (more than MAX_BATCH items, or not a list).
+    """
+    return enroll_batch(owner_id, items, sequence_id, max_items=MAX_BATCH).results
+
+
+def enroll_batch(
+    owner_id: int,
+    items: Sequence[Any],
+    sequence_id: int,
+    *,
+    max_items: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> BatchOutcome:
+    """`enroll_deals` with timings and no size limit unless given; `progress(n)` after each chunk."""
+    owner_id = check_id(owner_id, "owner_id")
+    sequence_id = check_id(sequence_id, "sequence_id")
+    if not isinstance(items, list | tuple):
+        raise InvalidInputError("must be a list of deals", field="items")
+    if max_items is not None and len(items) > max_items:
+        raise InvalidInputError(f"at most {max_items} items per batch", field="items")
+    with session_scope(read_only=True) as session:
+        check_request(session, owner_id, sequence_id)
+    outcome = BatchOutcome(results=[])
+    numbered = list(enumerate(items))
+    chunks = [numbered[start : start + CHUNK] for start in range(0, len(numbered), CHUNK)]
+    # Each chunk runs in a copy of the caller's context: Prefect's settings (the API URL) live there.
+    futures = [_workers().submit(contextvars.copy_context().run, _chunk, owner_id, sequence_id, chunk) for chunk in chunks]
+    for future in futures:
+        results, db_seconds, prefect_seconds = future.result()
+        outcome.results.extend(results)
+        outcome.db_seconds += db_seconds
+        outcome.prefect_seconds += prefect_seconds
+        if progress is not None:
+            progress(len(results))
+    for result in outcome.results:
+        outcome.counts[result.status] = outcome.counts.get(result.status, 0) + 1
+    return outcome
+
+
+def _workers() -> ThreadPoolExecutor:
+    # One long-lived pool: its threads keep their Prefect clients (one each) between batches.
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="followups-bulk")
+        return _pool
+
+
+def check_request(session: Session, owner_id: int, sequence_id: int) -> None:
+    from followups.control import _enabled_sequence  # control re-exports this module
+
+    require_owner(session, owner_id)
+    _enabled_sequence(session, owner_id, sequence_id)
+
+
+def _external_id_of(item: Any) -> str | None:
+    value = item.get("external_id") if isinstance(item, dict) else None
+    return value if isinstance(value, str) and len(value) <= 200 and value.isprintable() else None
+
+
+def _validated(chunk: list[tuple[int, Any]]) -> tuple[dict[int, ItemResult], dict[str, tuple[int, DealInput]], list[tuple[int, str]]]:
+    """(answers for bad items, the first valid item of each deal, later repeats of a deal)."""
+    bad: dict[int, ItemResult] = {}
+    valid: dict[str, tuple[int, DealInput]] = {}
+    repeats: list[tuple[int, str]] = []
+    for index, item in chunk:
+        try:
+            deal = validate(DealInput, item)
+        except InvalidInputError as exc:
+            bad[index] = ItemResult(index, "error", _external_id_of(item), field=exc.field, message=exc.message)
+            continue
+        except Exception as exc:  # noqa: BLE001 - one absurd item must not cost the others their answer
+            bad[index] = ItemResult(index, "error", None, message=f"invalid item ({type(exc).__name__})")
+            continue
+        if deal.external_id in valid:
+            repeats.append((index, deal.external_id))
+        else:
+            valid[deal.external_id] = (index, deal)
+    return bad, valid, repeats
+
+
+def _chunk(owner_id: int, sequence_id: int, chunk: list[tuple[int, Any]]) -> tuple[list[ItemResult], float, float]:
+    bad, valid, repeats = _validated(chunk)
+    answers: dict[int, ItemResult] = dict(bad)
+    started = time.perf_counter()
+    # deal ref -> (index, enrollment id, needs its first run)
+    enrolled: dict[str, tuple[int, int, bool]] = {}
+    created: set[str] = set()
+    if valid:
+        with session_scope() as session:
+            enrolled, created = _store(session, owner_id, sequence_id, valid)
+    db_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    to_schedule = [(enrollment_id, ref) for ref, (_, enrollment_id, needs_run) in enrolled.items() if needs_run]
+    runs: dict[int, uuid.UUID | str] = {}
+    if to_schedule:
+        try:
+            runs = prefect_runs.schedule_first_runs(to_schedule)
+        except Exception as exc:  # noqa: BLE001 - Prefect down or refusing: stored, answered, repaired by a rerun
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            runs = {enrollment_id: reason for enrollment_id, _ in to_schedule}
+    prefect_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    scheduled = {eid: run for eid, run in runs.items() if isinstance(run, uuid.UUID)}
+    if scheduled:
+        with session_scope() as session:
+            store.set_first_runs(session, scheduled)
+    db_seconds += time.perf_counter() - started
+
+    for ref, (index, enrollment_id, needs_run) in enrolled.items():
+        run = runs.get(enrollment_id)
+        status = "ok" if ref in created else "exists"
+        if isinstance(run, str):
+            answers[index] = ItemResult(
+                index, "error", ref, enrollment_id, field="prefect",
+                message=f"enrolled, but its first run could not be scheduled ({run}); import it again to schedule it",
+            )
+        else:
+            answers[index] = ItemResult(index, status, ref, enrollment_id, run, message="first run scheduled now" if (needs_run and status == "exists") else "")
+    for index, ref in repeats:
+        first = answers[valid[ref][0]]
+        if first.status == "error":
+            answers[index] = ItemResult(index, "error", ref, first.enrollment_id, field=first.field, message=first.message)
+        else:
+            answers[index] = ItemResult(index, "exists", ref, first.enrollment_id, first.flow_run_id, message="repeated in this batch")
+    return [answers[index] for index, _ in chunk], db_seconds, prefect_seconds
+
+
+def _store(
+    session: Session, owner_id: int, sequence_id: int, valid: dict[str, tuple[int, DealInput]]
+) -> tuple[dict[str, tuple[int, int, bool]], set[str]]:
+    """Step 2 above. Returns {deal ref: (index, enrollment id, needs its first run)} and the refs
+    enrolled now."""
+    check_request(session, owner_id, sequence_id)
+    version_id, version = latest_version_id(session, sequence_id)
+    keys = sorted(f"enroll:{owner_id}:{sequence_id}:{ref}" for ref in valid)
+    # Sorted, so two imports of overlapping files take the locks in the same order.
+    session.execute(
+        text(
+            "SELECT pg_advisory_xact_lock(h) FROM "
+            "(SELECT DISTINCT hashtext(k) AS h FROM unnest(CAST(:keys AS text[])) AS k ORDER BY h) AS ordered"
+        ),
+        {"keys": keys},
+    )
+    enrolled = {ref: (valid[ref][0], eid, needs) for ref, (eid, needs) in _existing(session, owner_id, sequence_id, list(valid)).items()}
+    fresh = {ref: item for ref, item in valid.items() if ref not in enrolled}
+    if not fresh:
+        return enrolled, set()
+    rows = [{"owner_id": owner_id, **deal.model_dump()} for _, deal in fresh.values()]
+    statement = insert(Deal).values(rows)
+    statement = statement.on_conflict_do_update(
+        index_elements=["owner_id", "external_id"],
+        set_={key: statement.excluded[key] for key in rows[0] if key not in ("owner_id", "external_id")},
+    ).returning(Deal.id, Deal.external_id)
+    deal_ids = {ref: deal_id for deal_id, ref in session.execute(statement).all()}
+    made = store.create_many(
+        session,
+        [
+            {"deal_id": deal_ids[ref], "sequence_id": sequence_id, "sequence_version_id": version_id,
+             "content": {"sequence_id": sequence_id, "sequence_version": version, "deal": ref, "source": "batch"}}
+            for ref in fresh
+        ],
+    )
+    created = {ref for ref in fresh if deal_ids[ref] in made}
+    for ref in created:
+        enrolled[ref] = (fresh[ref][0], made[deal_ids[ref]], True)
+    missed = [ref for ref in fresh if ref not in created]
+    if missed:  # an open enrollment made meanwhile by a single enroll (not under our locks)
+        for ref, (eid, needs) in _existing(session, owner_id, sequence_id, missed).items():
+            enrolled[ref] = (fresh[ref][0], eid, needs)
+    return enrolled, created
+
+
+def _existing(session: Session, owner_id: int, sequence_id: int, refs: list[str]) -> dict[str, tuple[int, bool]]:
+    """{deal ref: (its newest enrollment in the sequence, whether it still needs its first run)}."""
+    rows = session.execute(
+        select(Deal.external_id, Enrollment.id, Enrollment.status, Enrollment.current_step, Enrollment.prefect_flow_run_id)
+        .join(Enrollment, Enrollment.deal_id == Deal.id)
+        .where(Deal.owner_id == owner_id, Deal.external_id.in_(refs), Enrollment.sequence_id == sequence_id)
+        .order_by(Deal.external_id, Enrollment.id.desc())
+        .distinct(Deal.external_id)
+    ).all()
+    return {
+        ref: (eid, status == EnrollmentStatus.ACTIVE.value and step == 0 and run_id is None)
+        for ref, eid, status, step, run_id in rows
+    }

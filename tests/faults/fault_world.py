@@ -1,0 +1,193 @@
+"""The world engineer F's fault scenarios run in: a Prefect server of the module's own (on
+PostgreSQL), the session's followups database and fake providers, and executors started and
+killed as real processes: the fast worker (`python -m followups.worker`) or the stock runner
+(`followups serve`), one at a time."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import text
+
+from followups.db.session import session_scope
+
+DEPLOYMENT = "follow-up-sequence/followups"
+# Sends are quick, waits short: the scenario is about the faults, not the calendar.
+SEQUENCE = [
+    {"type": "EMAIL", "subject": "Offer on {{ deal.property_address }}", "text": "Hi {{ seller.first_name }}"},
+    {"type": "WAIT", "seconds": 1},
+    {"type": "EMAIL", "subject": "Following up", "text": "Still interested?"},
+    {"type": "WAIT", "seconds": 1},
+    {"type": "SMS", "body": "Hi {{ seller.first_name }}, any thoughts on our offer?"},
+]
+
+
+@contextlib.contextmanager
+def module_prefect(tmp_path_factory, name: str) -> Iterator[str]:
+    """A Prefect server only this module's executors poll; this process's client points at it."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from prefect_servers import prefect_server
+
+    with prefect_server(tmp_path_factory.mktemp(name), name=name) as url:
+        saved = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = url  # for `followups reconcile` subprocesses
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: url}):
+                yield url
+        finally:
+            if saved is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = saved
+
+
+class Executor:
+    """One executor process: kind "fast" (python -m followups.worker) or "stock" (followups serve)."""
+
+    def __init__(self, kind: str, prefect_api: str, log_path: Path) -> None:
+        self.kind = kind
+        self.prefect_api = prefect_api
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90) -> Executor:
+        from prefect.client.orchestration import get_client
+
+        started = datetime.now(UTC)
+        env = {**os.environ, "PREFECT_API_URL": self.prefect_api, "PYTHONSAFEPATH": "1"}
+        if self.kind == "fast":
+            command = ["-m", "followups.worker", "--concurrency", "4", "--poll", "0.3"]
+        else:
+            command = ["-m", "followups.cli", "serve", "--limit", "4"]
+        with open(self.log_path, "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, *command], env=env, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        # Ready: the deployment exists and this process has polled it since it started.
+        deadline = time.monotonic() + timeout
+        with get_client(sync_client=True) as client:
+            while True:
+                if self.process.poll() is not None:
+                    raise AssertionError(f"the {self.kind} executor exited with {self.process.returncode}:\n{self.log()}")
+                with contextlib.suppress(Exception):
+                    deployment = client.read_deployment_by_name(DEPLOYMENT)
+                    if deployment.last_polled and deployment.last_polled >= started:
+                        return self
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the {self.kind} executor did not poll within {timeout}s:\n{self.log()}")
+                time.sleep(0.2)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL to the whole process group (the stock runner's flow-run children too)."""
+        if self.alive():
+            os.killpg(self.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def terminate(self, timeout: float = 60) -> int | None:
+        """SIGTERM and wait; None when it had to be killed after `timeout`."""
+        if not self.alive():
+            return self.process.returncode if self.process else None
+        os.killpg(self.pid, signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    def log(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+
+def reconcile_cli() -> int:
+    """`followups reconcile` as an operator runs it; returns how many enrollments it repaired."""
+    env = {**os.environ, "PYTHONSAFEPATH": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "followups.cli", "reconcile"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, f"followups reconcile failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout.count("reschedule") + done.stdout.count("RECONCILED")
+
+
+def reconciled_count(enrollment_ids) -> int:
+    """Enrollments that needed the reconciler (they have a RECONCILED event)."""
+    with session_scope() as session:
+        return session.scalar(
+            text("SELECT count(DISTINCT enrollment_id) FROM follow_up_events WHERE event_type = 'RECONCILED' "
+                 "AND enrollment_id = ANY(:ids)"),
+            {"ids": list(enrollment_ids)},
+        ) or 0
+
+
+def step_state(enrollment_ids) -> dict[tuple[int, int], set[str]]:
+    """Event types recorded so far per (enrollment, step)."""
+    with session_scope() as session:
+        rows = session.execute(
+            text("SELECT enrollment_id, step_index, event_type FROM follow_up_events "
+                 "WHERE enrollment_id = ANY(:ids) AND step_index IS NOT NULL"),
+            {"ids": list(enrollment_ids)},
+        ).all()
+    state: dict[tuple[int, int], set[str]] = {}
+    for row in rows:
+        state.setdefault((row.enrollment_id, row.step_index), set()).add(row.event_type)
+    return state
+
+
+OUTCOMES = {"EMAIL_SENT", "SMS_SENT", "STEP_FAILED", "STEP_SKIPPED", "STEP_OUTCOME_UNKNOWN"}
+
+
+def attempts_in_flight(enrollment_ids) -> set[tuple[int, int]]:
+    """Steps with a committed STEP_ATTEMPT and no outcome: after a kill, exactly the steps the
+    product must (conservatively) record as outcome-unknown, since the call may have gone out."""
+    return {k for k, types in step_state(enrollment_ids).items() if "STEP_ATTEMPT" in types and not types & OUTCOMES}
+
+
+class ProviderTap:
+    """Wraps the fake provider's handler: calls `on_arrival(body)` when a request arrives
+    (before its latency; a true result drops it unrecorded) and `on_answered(body)` once the
+    answer was written."""
+
+    def __init__(self, fake) -> None:
+        self.fake = fake
+        self.original = fake._handle
+        self.on_arrival = None
+        self.on_answered = None
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> ProviderTap:
+        def tapped(handler, body):
+            hook = self.on_arrival
+            if hook is not None and hook(body):
+                handler.close_connection = True  # dropped unanswered: never delivered
+                return None
+            result = self.original(handler, body)
+            with contextlib.suppress(Exception):
+                handler.wfile.flush()
+            hook = self.on_answered
+            if hook is not None:
+                hook(body)
+            return result
+
+        self.fake._handle = tapped
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.fake._handle = self.original

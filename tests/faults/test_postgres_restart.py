@@ -1,0 +1,134 @@
+"""PostgreSQL restarted (`pg_ctlcluster ... restart`) while runs execute.
+
+Every connection of every process dies at once: the executor's, this test's, and the Prefect
+server's (it uses the same PostgreSQL). The product reconnects (pool pre-ping), a step whose
+database work failed is retried by a new run, and nothing is sent twice. A step that had its
+STEP_ATTEMPT committed before the restart and no outcome after it may have been delivered
+while its outcome commit failed: like a kill between call and commit, it may only end
+STEP_OUTCOME_UNKNOWN. The Prefect server is NOT restarted by the test: it must survive on its
+own, since an operator's PostgreSQL maintenance must not need a Prefect restart.
+
+Runs under /tmp/heavy.lock (single-process faults run): nothing else may use PostgreSQL then.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+
+from checks import EventLedger, check_sends, fault_report, fault_schedule, scale, wait_final_states  # noqa: F401
+from fault_world import (
+    DEPLOYMENT, SEQUENCE, Executor, attempts_in_flight, module_prefect, reconcile_cli, reconciled_count, step_state,
+)
+from followups.control import enroll_deal
+from support import deal_input, new_owner, new_sequence, wait_for
+
+pytestmark = pytest.mark.faults
+
+
+def _cluster() -> str:
+    return sorted(os.listdir("/etc/postgresql"))[0]
+
+
+def pg_ready() -> bool:
+    return subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", "5432", "-t", "2"], capture_output=True).returncode == 0
+
+
+def wait_pg(timeout: float = 60) -> None:
+    wait_for(pg_ready, timeout=timeout, interval=0.2, what="PostgreSQL to accept connections")
+
+
+def restart_postgres() -> float:
+    """Restart the cluster; returns how long PostgreSQL was away."""
+    started = time.monotonic()
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", _cluster(), "main", "restart"],
+        check=True, capture_output=True, timeout=120,
+    )
+    wait_pg()
+    return time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def prefect_url(fake_providers, tmp_path_factory):
+    try:
+        with module_prefect(tmp_path_factory, "faults_pg") as url:
+            yield url
+    finally:
+        # Whatever happened, leave PostgreSQL running for the next module.
+        if not pg_ready():
+            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", _cluster(), "main", "start"], timeout=120)
+        wait_pg(120)
+
+
+def _prefect_serves(url: str) -> bool:
+    """The server answers a request that reads its database (health alone does not)."""
+    try:
+        if httpx.get(f"{url}/health", timeout=3).status_code != 200:
+            return False
+        with get_client(sync_client=True) as client:
+            client.read_deployment_by_name(DEPLOYMENT)
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.parametrize("kind", ["fast", "stock"])
+def test_postgres_restart_while_runs_execute(kind, prefect_url, fake_providers, fault_schedule, fault_report, tmp_path):
+    owner = new_owner()
+    sequence = new_sequence(owner, SEQUENCE)
+    ledger = EventLedger()
+    ledger.checkpoint("start")
+    executor = Executor(kind, prefect_url, tmp_path / "executor.log").start()
+    restarts = scale(1, 3)
+    per_batch = scale(6, 20)
+    ids: list[int] = []
+    accept: set[tuple[int, int]] = set()
+    away: list[float] = []
+    prefect_back: list[float] = []
+    # A little provider latency keeps steps in flight when the restart lands.
+    fake_providers.latency_seconds = 0.2
+    try:
+        for n in range(restarts):
+            batch = [enroll_deal(owner, deal_input(), sequence).id for _ in range(per_batch)]
+            ids += batch
+            sends_before = fault_schedule.randint(1, per_batch)
+            wait_for(
+                lambda: sum(bool(t & {"EMAIL_SENT", "SMS_SENT"}) for t in step_state(batch).values()) >= sends_before,
+                timeout=90, interval=0.05, what="sends to be under way",
+            )
+            time.sleep(fault_schedule.uniform(0.0, 0.5))
+            before = attempts_in_flight(ids)
+            away.append(round(restart_postgres(), 1))
+            # Attempts committed before the restart and still without an outcome after it: their
+            # outcome commit may have died with the connection after the provider accepted.
+            accept |= before & attempts_in_flight(ids)
+            back = time.monotonic()
+            wait_for(lambda: _prefect_serves(prefect_url), timeout=90, interval=0.5, what="the Prefect server to serve again")
+            prefect_back.append(round(time.monotonic() - back, 1))
+            ledger.checkpoint(f"after restart {n + 1}")
+        fake_providers.latency_seconds = 0.0
+        assert executor.alive(), f"the {kind} executor died with the database restart:\n{executor.log()}"
+        wait_final_states({i: "COMPLETED" for i in ids}, timeout=scale(150, 400), repair=reconcile_cli, repair_every=15)
+        sends = check_sends(fake_providers, ids, accept_unknown=accept)
+        ledger.assert_unchanged()
+    finally:
+        fake_providers.latency_seconds = 0.0
+        if not pg_ready():
+            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", _cluster(), "main", "start"], timeout=120)
+            wait_pg(120)
+        executor.terminate(timeout=30)
+        fault_report.extra.update(
+            executor=kind, restarts=restarts, postgres_away_s=away, prefect_back_s=prefect_back, accepted_unknown=len(accept),
+            log=str(Path(executor.log_path)),
+        )
+        fault_report.stranded_repaired = reconciled_count(ids) if pg_ready() else 0
+    fault_report.add_sends(sends)
+    fault_report.enrollments = len(ids)
+    fault_report.finish()

@@ -1,0 +1,342 @@
+"""Bulk enrollment: `control.enroll_deals`, `followups import FILE` and POST /api/enrollments/batch,
+against PostgreSQL and a real Prefect server (runs are created, not executed: no runner here)."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import threading
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
+
+from api_support import make_client, new_api_user
+from followups.db.models import Deal, Enrollment, FollowUpEvent
+from followups.db.session import session_scope
+from followups.errors import NotFoundError
+from support import new_owner, new_sequence, unique, unique_phone
+
+
+@pytest.fixture(scope="module")
+def deployment(prefect_api: str):
+    from followups.deployments.definitions import sequence_deployment
+
+    return sequence_deployment().apply()
+
+
+def deal(ref: str | None = None, **overrides) -> dict:
+    return {
+        "external_id": ref or unique("B"),
+        "property_address": "12 Elm Street, Springfield",
+        "seller_name": "Pat Seller",
+        "seller_email": "pat@example.com",
+        "seller_phone": unique_phone(),
+        **overrides,
+    }
+
+
+def counts(owner_id: int) -> tuple[int, int, int]:
+    with session_scope() as session:
+        deals = session.scalar(select(func.count()).select_from(Deal).where(Deal.owner_id == owner_id))
+        enrollments = session.scalar(
+            select(func.count()).select_from(Enrollment).join(Deal, Enrollment.deal_id == Deal.id).where(Deal.owner_id == owner_id)
+        )
+        events = session.scalar(
+            select(func.count()).select_from(FollowUpEvent).join(Enrollment).join(Deal, Enrollment.deal_id == Deal.id)
+            .where(Deal.owner_id == owner_id)
+        )
+    return deals, enrollments, events
+
+
+def runs_of(enrollment_ids: list[int]) -> dict[int, list]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    found: dict[int, list] = {}
+    with get_client(sync_client=True) as client:
+        for eid in enrollment_ids:
+            found[eid] = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"enrollment:{eid}"])))
+    return found
+
+
+def test_mixed_batch_answers_each_item_and_stores_nothing_of_bad_ones(deployment):
+    from followups.control import enroll_deals
+    from followups.identity import database_tag
+
+    owner = new_owner()
+    sequence = new_sequence(owner)
+    items = [deal(), deal(seller_phone="not a phone"), "not an object", deal(), deal(external_id="bad id!"), deal(extra=1)]
+    results = enroll_deals(owner, items, sequence)
+    assert [r.status for r in results] == ["ok", "error", "error", "ok", "error", "error"]
+    assert results[1].field == "seller_phone" and results[1].deal == items[1]["external_id"]
+    assert results[4].field == "external_id" and results[5].field == "extra"
+    assert counts(owner) == (2, 2, 2)  # two deals, two enrollments, two ENROLLED events
+    good = [results[0], results[3]]
+    with session_scope() as session:
+        rows = {e.id: e for e in session.scalars(select(Enrollment).where(Enrollment.id.in_([r.enrollment_id for r in good])))}
+    runs = runs_of([r.enrollment_id for r in good])
+    for result, item in zip(good, [items[0], items[3]], strict=True):
+        row = rows[result.enrollment_id]
+        assert row.status == "ACTIVE" and row.current_step == 0
+        assert row.prefect_flow_run_id == result.flow_run_id
+        [run] = runs[result.enrollment_id]
+        assert run.id == result.flow_run_id and run.state.type.value == "SCHEDULED"
+        assert run.parameters == {"enrollment_id": result.enrollment_id}
+        assert {"followups", database_tag(), f"deal:{item['external_id']}", f"enrollment:{result.enrollment_id}"} <= set(run.tags)
+
+
+def test_rerun_is_idempotent_and_a_finished_enrollment_counts_as_there(deployment):
+    from followups.control import cancel_enrollment, enroll_deals
+
+    owner = new_owner()
+    sequence = new_sequence(owner)
+    items = [deal() for _ in range(5)] + [deal()]
+    items[-1]["external_id"] = items[0]["external_id"]  # the same deal twice in one batch
+    first = enroll_deals(owner, items, sequence)
+    assert [r.status for r in first] == ["ok"] * 5 + ["exists"]
+    assert first[5].enrollment_id == first[0].enrollment_id
+    cancel_enrollment(first[1].enrollment_id)
+    again = enroll_deals(owner, items, sequence)
+    assert [r.status for r in again] == ["exists"] * 6
+    assert [r.enrollment_id for r in again] == [r.enrollment_id for r in first]
+    assert counts(owner)[:2] == (5, 5)
+    assert all(len(runs) == 1 for runs in runs_of([r.enrollment_id for r in first[:5]]).values())
+
+
+def test_request_level_errors(deployment):
+    from followups.control import enroll_deals
+    from followups.errors import InvalidInputError, InvalidStateError
+    from followups.sequences import update_sequence
+
+    owner, other = new_owner(), new_owner()
+    sequence = new_sequence(other)
+    with pytest.raises(NotFoundError):
+        enroll_deals(owner, [deal()], sequence)
+    with pytest.raises(InvalidInputError):
+        enroll_deals(owner, [deal()] * 1001, new_sequence(owner))
+    disabled = new_sequence(owner)
+    with session_scope() as session:
+        update_sequence(session, owner, disabled, {"enabled": False})
+    with pytest.raises(InvalidStateError):
+        enroll_deals(owner, [deal()], disabled)
+    assert counts(owner) == (0, 0, 0)
+
+
+def test_a_missing_first_run_is_scheduled_by_the_next_import(deployment, monkeypatch):
+    from followups import prefect_runs
+    from followups.control import enroll_deals
+
+    owner = new_owner()
+    sequence = new_sequence(owner)
+    items = [deal() for _ in range(3)]
+
+    def down(_):
+        raise ConnectionError("Prefect is down")
+
+    monkeypatch.setattr(prefect_runs, "schedule_first_runs", down)
+    failed = enroll_deals(owner, items, sequence)
+    assert [(r.status, r.field) for r in failed] == [("error", "prefect")] * 3
+    assert all(r.enrollment_id for r in failed)
+    monkeypatch.undo()
+    repaired = enroll_deals(owner, items, sequence)
+    assert [r.status for r in repaired] == ["exists"] * 3 and all(r.flow_run_id for r in repaired)
+    assert [r.enrollment_id for r in repaired] == [r.enrollment_id for r in failed]
+    runs = runs_of([r.enrollment_id for r in failed])
+    assert all(len(found) == 1 for found in runs.values())
+
+
+def test_two_concurrent_imports_enroll_each_deal_once(deployment):
+    from followups.bulk import enroll_batch
+
+    owner = new_owner()
+    sequence = new_sequence(owner)
+    items = [deal() for _ in range(250)]
+    outcomes: list = []
+    barrier = threading.Barrier(2)
+
+    def run() -> None:
+        barrier.wait()
+        outcomes.append(enroll_batch(owner, items, sequence))
+
+    # In copies of this context: the test session's Prefect settings live there.
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(run,)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert len(outcomes) == 2
+    pairs = [(a, b) for a, b in zip(*(o.results for o in outcomes), strict=True)]
+    odd = [(a, b) for a, b in pairs if {a.status, b.status} != {"ok", "exists"}]
+    assert odd == [], odd[0][0].message
+    assert counts(owner)[:2] == (250, 250)
+    ids = {r.enrollment_id for o in outcomes for r in o.results}
+    assert len(ids) == 250
+    runs = runs_of(sorted(ids)[:40])
+    assert all(len(found) == 1 for found in runs.values())
+
+
+# -- the CLI ----------------------------------------------------------------------------------
+
+
+def _csv(rows: list[dict]) -> str:
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.DictWriter(out, ["external_id", "property_address", "seller_name", "seller_email", "seller_phone"], extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def test_cli_import_csv_reports_bad_rows_by_line_and_is_resumable(deployment, cli, tmp_path):
+    from followups.users import ensure_user
+
+    name = unique("importer")
+    with session_scope() as session:
+        owner = ensure_user(session, name)
+    sequence = new_sequence(owner)
+    rows = [deal() for _ in range(6)]
+    rows[2]["seller_phone"] = "12"  # line 4
+    rows[4]["seller_name"] = "=HYPERLINK(\"http://x\")"  # line 6: CSV injection
+    path = tmp_path / "deals.csv"
+    path.write_text("\ufeff" + _csv(rows[:3]))  # first half, with a byte-order mark
+    code, out, err = cli("import", str(path), "--sequence", str(sequence), "--owner", name, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert (report["enrolled"], report["already_there"]) == (2, 0), report["bad_rows"]
+    assert report["bad_rows"] == [{"line": 4, "field": "seller_phone", "message": report["bad_rows"][0]["message"]}]
+    path.write_text(_csv(rows))  # the whole file: resumes
+    code, out, err = cli("import", str(path), "--sequence", str(sequence), "--owner", name)
+    assert code == 0, err
+    assert "6 row(s) read (csv): 2 enrolled, 2 already there, 2 bad" in " ".join(out.split())
+    assert "line 4: seller_phone" in out and "line 6: seller_name: looks like a spreadsheet formula" in out
+    assert counts(owner)[:2] == (4, 4)
+
+
+def test_cli_import_jsonl_and_hostile_lines(deployment, cli, tmp_path):
+    from followups.users import ensure_user
+
+    name = unique("importer")
+    with session_scope() as session:
+        owner = ensure_user(session, name)
+    sequence = new_sequence(owner)
+    good = [deal() for _ in range(3)]
+    lines = [
+        json.dumps(good[0]).encode(),
+        b"not json",
+        json.dumps(deal(property_address="x" * 1_000_000)).encode(),  # a 1 MB field: over the line limit
+        json.dumps(good[1]).encode().replace(b"Pat", b"P\x00t"),  # a NUL byte
+        json.dumps(deal(seller_name="Jos\u00e9"), ensure_ascii=False).encode("utf-8").replace(b"\xc3\xa9", b"\xe9"),  # Latin-1
+        b"[1, 2]",
+        json.dumps(deal(seller_name="P\u0000t")).encode(),  # an escaped NUL: refused by the core
+        b"",
+        json.dumps(good[2]).encode(),
+    ]
+    path = tmp_path / "deals.data"  # no telling extension: detected from the content
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    code, out, err = cli("import", str(path), "--sequence", str(sequence), "--owner", name, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["format"] == "jsonl" and report["enrolled"] == 2
+    bad = {row["line"]: row for row in report["bad_rows"]}
+    assert sorted(bad) == [2, 3, 4, 5, 6, 7]
+    assert "longer than" in bad[3]["message"] and "NUL" in bad[4]["message"] and "UTF-8" in bad[5]["message"]
+    assert bad[7]["field"] == "seller_name"
+    assert "Traceback" not in out + err
+
+
+def test_cli_import_fatal_cases_exit_1(deployment, cli, tmp_path):
+    from followups.users import ensure_user
+
+    name = unique("importer")
+    with session_scope() as session:
+        owner = ensure_user(session, name)
+    sequence = new_sequence(owner)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    unknown = tmp_path / "cols.csv"
+    unknown.write_text("external_id,favourite_colour\nD-1,red\n")
+    for args in (
+        [str(tmp_path / "missing.csv"), "--sequence", str(sequence)],
+        [str(empty), "--sequence", str(sequence)],
+        [str(unknown), "--sequence", str(sequence)],
+        [str(unknown), "--sequence", "999999999"],
+    ):
+        code, out, err = cli("import", *args, "--owner", name)
+        assert code == 1 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, (args, err)
+
+
+# -- HTTP -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def http(deployment):
+    with make_client() as client:
+        yield client
+
+
+def test_http_batch(http):
+    user, other = new_api_user(), new_api_user()
+    sequence = new_sequence(user.id)
+    items = [deal(), deal(seller_email="nope", seller_phone=None), deal()]
+    answer = http.post("/api/enrollments/batch", json={"sequence_id": sequence, "items": items}, headers=user.headers)
+    assert answer.status_code == 207, answer.text
+    body = answer.json()
+    assert body["counts"] == {"ok": 2, "exists": 0, "error": 1}
+    assert [i["status"] for i in body["items"]] == ["ok", "error", "ok"]
+    assert body["items"][1]["field"] == "seller_email"
+    again = http.post("/api/enrollments/batch", json={"sequence_id": sequence, "items": items}, headers=user.headers).json()
+    assert again["counts"] == {"ok": 0, "exists": 2, "error": 1}
+    too_many = http.post("/api/enrollments/batch", json={"sequence_id": sequence, "items": [{}] * 1001}, headers=user.headers)
+    assert too_many.status_code == 413
+    foreign = http.post("/api/enrollments/batch", json={"sequence_id": sequence, "items": [deal()]}, headers=other.headers)
+    assert foreign.status_code == 404
+    assert http.post("/api/enrollments/batch", json={"sequence_id": sequence, "items": [deal()]}).status_code == 401
+    assert counts(user.id)[:2] == (2, 2) and counts(other.id) == (0, 0, 0)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+_items = st.lists(
+    _json | st.fixed_dictionaries({"external_id": st.text(max_size=40), "seller_name": st.text(max_size=40)}, optional={"seller_phone": st.text(max_size=20), "context": _json}),
+    max_size=5,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=st.one_of(_json, st.fixed_dictionaries({"sequence_id": st.just("OWN") | st.integers() | st.text(max_size=5), "items": _items | _json})))
+def test_http_batch_hostile_bodies_never_5xx(http, body):
+    user = _hostile_user()
+    if isinstance(body, dict) and body.get("sequence_id") == "OWN":
+        body["sequence_id"] = _hostile_user.sequence
+    answer = http.post("/api/enrollments/batch", content=json.dumps(body), headers={**user.headers, "Content-Type": "application/json"})
+    assert answer.status_code < 500, answer.text
+    assert answer.status_code in (207, 404, 409, 413, 422)
+
+
+def _hostile_user():
+    if not hasattr(_hostile_user, "user"):
+        _hostile_user.user = new_api_user()
+        _hostile_user.sequence = new_sequence(_hostile_user.user.id)
+    return _hostile_user.user
+
+
+def test_http_batch_hostile_raw_bytes(http):
+    user = new_api_user()
+    sequence = new_sequence(user.id)
+    bodies = [
+        b"\x00\xff\xfe", b"{", b'{"sequence_id": %d, "items": "x"}' % sequence,
+        b'{"sequence_id": %d, "items": [{"external_id": "A\\u0000B"}]}' % sequence,
+        b'{"sequence_id": %d, "items": [' % sequence + b",".join([b"{}"] * 1000) + b"]}",
+        b'{"sequence_id": %d, "items": [{"context": ' % sequence + b"[" * 5000 + b"]" * 5000 + b"}]}",
+    ]
+    for raw in bodies:
+        answer = http.post("/api/enrollments/batch", content=raw, headers={**user.headers, "Content-Type": "application/json"})
+        assert answer.status_code < 500, (raw[:40], answer.text)
+    assert counts(user.id) == (0, 0, 0)
