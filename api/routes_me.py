@@ -30,6 +30,7 @@ class SenderIdentityOut(BaseModel):
     email_from_name: str | None
     sms_from: str | None
     messaging_service_sid: str | None
+    timezone: str | None = Field(description="The owner's zone, for deals and phones that give none")
     effective: EffectiveSender = Field(description="What messages go out with: unset fields come from the global settings")
 
 

@@ -85,6 +85,8 @@ class User(Base):
     email_from_name: Mapped[str | None] = mapped_column(String(200))
     sms_from: Mapped[str | None] = mapped_column(String(32))
     messaging_service_sid: Mapped[str | None] = mapped_column(String(64))
+    # The owner's zone: a message's zone when the deal and the phone number give none.
+    timezone: Mapped[str | None] = mapped_column(String(64))
     # Daily sends allowed from this owner's identity (NULL: settings); see followups.limits.
     email_daily_cap: Mapped[int | None] = mapped_column(Integer)
     sms_daily_cap: Mapped[int | None] = mapped_column(Integer)

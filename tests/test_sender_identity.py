@@ -60,7 +60,7 @@ def stored(owner: int) -> dict:
 def test_set_and_get_normalise_and_fall_back_to_the_settings(db):
     settings = get_settings()
     owner = with_identity(FULL)
-    assert stored(owner) == {**FULL, "sms_from": "+15035550177", "messaging_service_sid": None}
+    assert stored(owner) == {**FULL, "sms_from": "+15035550177", "messaging_service_sid": None, "timezone": None}
     with session_scope() as session:
         sender = load_sender(session, owner, settings)
         assert (sender.email_from, sender.email_from_name) == (FULL["email_from"], FULL["email_from_name"])
@@ -74,7 +74,7 @@ def test_set_and_get_normalise_and_fall_back_to_the_settings(db):
 
         set_sender_identity(session, owner, None)  # cleared: the settings' identity again
         sender = load_sender(session, owner, settings)
-    assert stored(owner) == dict.fromkeys(FULL | {"messaging_service_sid": None})
+    assert stored(owner) == dict.fromkeys(FULL | {"messaging_service_sid": None, "timezone": None})
     assert (sender.email_from, sender.sms_from, sender.messaging_service_sid) == (
         settings.sendgrid_from_email, settings.twilio_from_number, None
     )

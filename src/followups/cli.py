@@ -15,10 +15,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from followups.cli_output import deal_from_options, error_line, events_table, fail, load_file, one_line, print_json
-from followups.cli_output import sequence_table, status_output
+from followups.cli_output import (deal_from_options, error_line, events_table, fail, load_file, one_line, print_json,
+                                  sequence_table, status_output)
 from followups.cli_ops import register as register_operator_commands
-from followups.cli_deals import register as register_deal_commands
 from followups.errors import FollowupsError
 
 app = typer.Typer(help="Offer follow-up sequences on Prefect.", no_args_is_help=True, pretty_exceptions_enable=False)
@@ -111,6 +110,7 @@ def users_identity(
     email_from_name: Annotated[Optional[str], typer.Option(help="Display name of that address")] = None,
     sms_from: Annotated[Optional[str], typer.Option(help="E.164 number the user's SMS come from")] = None,
     messaging_service: Annotated[Optional[str], typer.Option(help="Twilio Messaging Service SID (MG…) instead")] = None,
+    timezone: Annotated[Optional[str], typer.Option(help="The user's IANA zone, for deals and phones without one")] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Forget the identity first (back to the settings)")] = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -118,7 +118,7 @@ def users_identity(
     from followups.cli_output import sender_identity_output
     from followups.users import change_identity_of
 
-    changes = {"email_from": email_from, "email_from_name": email_from_name, "sms_from": sms_from}
+    changes = {"email_from": email_from, "email_from_name": email_from_name, "sms_from": sms_from, "timezone": timezone}
     identity = change_identity_of(name, {**changes, "messaging_service_sid": messaging_service}, clear=clear)
     sender_identity_output(console, name, identity, as_json)
 
@@ -366,7 +366,6 @@ def events(
 
 
 register_operator_commands(app, console)
-register_deal_commands(app, console)
 
 
 def main() -> None:

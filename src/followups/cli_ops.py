@@ -16,16 +16,14 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")
 
 
 def register(app: typer.Typer, console: Console) -> None:
-    # cli.py is at its size limit: the schedule commands register through here.
+    # cli.py is at its size limit: the newer command groups register through here.
+    from followups.cli_alerts import register as register_alert_commands
+    from followups.cli_bulk import register as register_bulk_commands
+    from followups.cli_deals import register as register_deal_commands
     from followups.cli_schedule import register as register_schedule_commands
 
-    register_schedule_commands(app, console)
-    from followups.cli_alerts import register as register_alert_commands
-
-    register_alert_commands(app, console)
-    from followups.cli_bulk import register as register_bulk_commands
-
-    register_bulk_commands(app, console)
+    for register_commands in (register_schedule_commands, register_alert_commands, register_bulk_commands, register_deal_commands):
+        register_commands(app, console)
 
     @app.command()
     def doctor(as_json: JsonFlag = False) -> None:

@@ -143,6 +143,7 @@ def sender_identity_output(console: Console, user_name: str, identity: Any, as_j
         ("email from", effective["email_from"], described["email_from"]),
         ("email from name", effective["email_from_name"], described["email_from_name"]),
         ("sms from", sms, described["messaging_service_sid"] or described["sms_from"]),
+        ("time zone", described["timezone"] or "UTC (deals and phones without a zone)", described["timezone"]),
     ]
     table = Table(title=f"Sending identity of {escape(user_name)}")
     for column in ("field", "value", "source"):

@@ -152,6 +152,10 @@ class SenderIdentity(_Input):
     messaging_service_sid: MessagingServiceSid | None = Field(
         default=None, description="Twilio Messaging Service the owner's SMS are sent through, instead of a number"
     )
+    timezone: TimeZone | None = Field(
+        default=None, description="The owner's IANA time zone: send windows and quiet hours use it when the deal "
+        "and the seller's phone number give none",
+    )
 
     @model_validator(mode="after")
     def _one_sms_sender(self) -> SenderIdentity:

@@ -261,6 +261,33 @@ def _ensure_day_limits(client: Any, caps: Sequence[CapLimit], day: date) -> list
     return names
 
 
+_known_rates: set[str] = set()
+
+
+def _ensure_rate_limits(caps: Sequence[CapLimit]) -> None:
+    """Each rate limit, created from its configured values if missing (once per process)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    missing = [cap for cap in caps if cap.name not in _known_rates]
+    if not missing:
+        return
+    with get_client(sync_client=True) as client:
+        for cap in missing:
+            try:
+                client.read_global_concurrency_limit_by_name(cap.name)
+            except ObjectNotFound:
+                try:
+                    client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(
+                        name=cap.name, limit=cap.limit, slot_decay_per_second=cap.decay_per_second, active=True,
+                    ))
+                except ObjectAlreadyExists:  # another worker made it meanwhile
+                    pass
+            with _known_lock:
+                _known_rates.add(cap.name)
+
+
 class PrefectCapGate:
     """Takes a slot of the day's limit of each daily cap (at once, all or nothing; refused means
     the day is used up), then a slot of each rate limit, waiting at most `wait_seconds`. Holds
@@ -282,6 +309,10 @@ class PrefectCapGate:
             return deferral_for([LimitState(cap, cap.limit) for cap in daily], now, spread_key)
         if not rates:
             return CapDecision(True)
+        if not self.strict:
+            # Made from the settings when `limits apply` has not run yet: the caps hold from the
+            # first send (strict instead stops sending until they are applied).
+            _ensure_rate_limits(rates)
         try:
             rate_limit([cap.name for cap in rates], occupy=1, timeout_seconds=self.wait_seconds, strict=self.strict)
         except TimeoutError:

@@ -73,7 +73,9 @@ def preview_sequence(
     options = load_stored_options(sequence.options)
     settings = get_settings()
     quiet = quiet_hours_of(settings)
-    recipient = Recipient(checked.seller_timezone, checked.seller_phone)
+    from followups.users import get_sender_identity
+
+    recipient = Recipient(checked.seller_timezone, checked.seller_phone, get_sender_identity(session, owner_id).timezone)
     planned = plan_times(steps, moment, options, recipient, quiet)
     context = build_context(
         DealView(checked.external_id, checked.property_address, checked.offer_amount, checked.context),

@@ -21,7 +21,7 @@ from followups.errors import NotFoundError
 from followups.inputs import SenderIdentity, check_id, check_name, require_owner, validate
 from followups.settings import Settings
 
-IDENTITY_FIELDS = ("email_from", "email_from_name", "sms_from", "messaging_service_sid")
+IDENTITY_FIELDS = ("email_from", "email_from_name", "sms_from", "messaging_service_sid", "timezone")
 
 
 def ensure_user(session: Session, name: str) -> int:

@@ -42,7 +42,7 @@ class Deferral:
 
 def outside_rules(plan: EnrollmentPlan, channel: str, now: datetime) -> Deferral | None:
     """Why the step may not go out at `now`, and until when; None when it may."""
-    rules = step_rules(channel, plan.options, Recipient.of(plan.seller), quiet_hours_of(get_settings()))
+    rules = step_rules(channel, plan.options, Recipient.of(plan.seller, plan.owner_timezone), quiet_hours_of(get_settings()))
     result, detail = explain(now, rules)
     if not result.deferred:
         return None

@@ -47,7 +47,7 @@ def run_wait(enrollment_id: int, step_index: int, step: WaitStep, flow_run_id: u
         started = first_event(session, enrollment_id, step_index, EventType.WAIT_STARTED)
         now = session.scalar(select(func.now()))
         if started is None:
-            due = wait_due(now, step, plan.options, wait_zone(plan.steps, step_index, Recipient.of(plan.seller)))
+            due = wait_due(now, step, plan.options, wait_zone(plan.steps, step_index, Recipient.of(plan.seller, plan.owner_timezone)))
             plan = store.reschedule(
                 session, plan, due=due, actor=Actor.FLOW,
                 event_type=EventType.WAIT_STARTED,

@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from followups.db.models import OPEN_STATUSES, Deal, Enrollment, EnrollmentStatus, SequenceVersion
+from followups.db.models import OPEN_STATUSES, Deal, Enrollment, EnrollmentStatus, SequenceVersion, User
 from followups.errors import NotFoundError
 from followups.sequence_options import SequenceOptions, load_stored_options
 from followups.steps import Step, load_stored_steps
@@ -41,6 +41,8 @@ class EnrollmentPlan:
     reply_token: str
     # The pinned version's options (send window, holidays, stop rules).
     options: SequenceOptions = field(default_factory=SequenceOptions)
+    # The owner's zone: a message's zone when the deal and the phone number give none.
+    owner_timezone: str | None = None
 
     @property
     def finished_steps(self) -> bool:
@@ -103,4 +105,5 @@ def load_plan(session: Session, enrollment_id: int, *, lock: bool = False, owner
         ),
         reply_token=enrollment.reply_token,
         options=load_stored_options(version.options),
+        owner_timezone=session.scalar(select(User.timezone).where(User.id == deal.owner_id)),
     )

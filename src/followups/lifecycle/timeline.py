@@ -68,7 +68,7 @@ def timeline(session: Session, plan: EnrollmentPlan) -> list[TimelineStep]:
         if event.step_index is not None:
             by_step.setdefault(event.step_index, []).append(event)
     steps: list[TimelineStep] = []
-    recipient = Recipient.of(plan.seller)
+    recipient = Recipient.of(plan.seller, plan.owner_timezone)
     settings = get_settings()
     quiet = quiet_hours_of(settings)
     now = datetime.now(UTC)

@@ -29,9 +29,10 @@ class Recipient:
     owner_timezone: str | None = None
 
     @classmethod
-    def of(cls, seller: Any) -> Recipient:
-        """The recipient of an enrollment's messages, from its seller (a SellerView)."""
-        return cls(seller.timezone, seller.phone)
+    def of(cls, seller: Any, owner_timezone: str | None = None) -> Recipient:
+        """The recipient of an enrollment's messages, from its seller (a SellerView) and the
+        owner's zone (the last fallback)."""
+        return cls(seller.timezone, seller.phone, owner_timezone)
 
     def zone(self, channel: str) -> tuple[str, str]:
         return recipient_zone(channel, self.timezone, self.phone, self.owner_timezone)
