@@ -152,7 +152,7 @@ OTHER_RUN = uuid.uuid4()
         ("PAUSED", "SCHEDULED", None, Action.RESUME),
         ("PAUSED", "PENDING", None, Action.RESUME),
         ("PAUSED", "RUNNING", None, Action.NONE),
-        ("PAUSED", "RUNNING", RUN, Action.RESUME),
+        ("PAUSED", "RUNNING", RUN, Action.NONE),  # no resume in its history: claimed before the suspend
         ("PAUSED", "RUNNING", OTHER_RUN, Action.NONE),
         ("PAUSED", "CANCELLED", None, Action.CANCEL),
         ("PAUSED", "FAILED", None, Action.NONE),  # an expired suspend: stays paused
@@ -168,6 +168,26 @@ def test_an_expired_suspend_pauses_an_active_enrollment_and_leaves_a_paused_one(
     assert decide("ACTIVE", RUN, "FAILED", suspend_expired=True).action is Action.PAUSE
     assert decide("PAUSED", RUN, "FAILED", suspend_expired=True).action is Action.NONE
     assert decide("PAUSED", RUN, "FAILED", starting_run_id=OTHER_RUN, suspend_expired=True).action is Action.ADOPT
+
+
+@pytest.mark.parametrize("run_state", ["RUNNING", "PAUSED"])
+def test_a_paused_enrollments_run_goes_on_only_when_its_history_shows_a_resume(run_state):
+    # A worker that claimed the run before the pause suspended it starts it anyway: that is no
+    # resume, and the flow must suspend itself again rather than turn the enrollment ACTIVE.
+    assert decide("PAUSED", RUN, run_state, starting_run_id=RUN).action is Action.NONE
+    assert decide("PAUSED", RUN, run_state, starting_run_id=RUN, resumed_in_prefect=True).action is Action.RESUME
+    # A run started by hand alongside a live pending run only goes along, resumed or not.
+    assert decide("PAUSED", RUN, run_state, starting_run_id=OTHER_RUN, resumed_in_prefect=True).action is Action.NONE
+
+
+def test_a_run_stopped_by_its_runner_shutting_down_is_repaired_not_cancelled():
+    assert decide("ACTIVE", RUN, "CANCELLED", stopped_by_runner=True).action is Action.RESCHEDULE
+    assert decide("ACTIVE", RUN, "CANCELLED").action is Action.CANCEL  # an operator's cancel
+    assert decide("PAUSED", RUN, "CANCELLED", stopped_by_runner=True).action is Action.NONE  # stays paused
+    assert decide("PAUSED", RUN, "CANCELLED").action is Action.CANCEL
+    # Like an ended run, it lets a run started by hand take the enrollment over.
+    assert decide("ACTIVE", RUN, "CANCELLED", starting_run_id=OTHER_RUN, stopped_by_runner=True).action is Action.ADOPT
+    assert decide("ACTIVE", RUN, "CANCELLED", starting_run_id=OTHER_RUN).action is Action.CANCEL
 
 
 @pytest.mark.parametrize("status", list(EnrollmentStatus))

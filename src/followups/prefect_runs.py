@@ -211,6 +211,45 @@ def suspend_expired(run: FlowRun | None) -> bool:
     return bool(state and state.is_failed() and "never resumed" in (state.message or ""))
 
 
+# The message Prefect 3.9's runner gives the Cancelled state of each run it stops on its way out
+# (`Runner.cancel_all`, on SIGTERM or when `serve` ends); its flow-run processes are killed.
+RUNNER_SHUTDOWN_MESSAGE = "Runner is shutting down."
+
+
+def _history(flow_run_id: uuid.UUID) -> list[Any]:
+    """The run's states, oldest first."""
+    return sorted(_client().read_flow_run_states(flow_run_id), key=lambda s: s.timestamp)
+
+
+def stopped_by_runner(run: FlowRun | None) -> bool:
+    """The run was Cancelled by its runner shutting down, not by anyone asking: an operator's
+    cancel (UI, `prefect flow-run cancel`) goes through Cancelling first; the runner's own
+    shutdown sets Cancelled straight from Running. The history is read only for a run whose
+    state carries the runner's message."""
+    state = run.state if run is not None else None
+    if not (state and state.is_cancelled() and state.message == RUNNER_SHUTDOWN_MESSAGE):
+        return False
+    since_running: list[Any] = []
+    for past in _history(run.id):
+        since_running = [] if past.is_running() else [*since_running, past]
+    return not any(past.is_cancelling() for past in since_running)
+
+
+def resumed_since_suspend(flow_run_id: uuid.UUID) -> bool:
+    """Whether someone resumed the run after its last suspend. Every resume (Prefect's Resume,
+    `resume_flow_run`, `resume_run`) puts a suspended run back in the queue as Scheduled
+    ("Resuming"); a worker that claimed the run before the suspend landed moves it from
+    Suspended straight to Running, which Prefect allows."""
+    after_pause: list[Any] = []
+    paused = False
+    for past in _history(flow_run_id):
+        if past.is_paused():
+            paused, after_pause = True, []
+        else:
+            after_pause.append(past)
+    return paused and any(past.is_scheduled() for past in after_pause)
+
+
 def suspend_run(run: FlowRun) -> None:
     from prefect.client.schemas.objects import StateType
     from prefect.flow_runs import suspend_flow_run
@@ -227,13 +266,20 @@ def suspend_run(run: FlowRun) -> None:
 def resume_run(run: FlowRun, due: datetime | None) -> None:
     """Resume a suspended run, keeping what is left of its wait: one state change, Scheduled
     "Resuming" at the due time (what `resume_flow_run` does, but for later than now)."""
+    from prefect.exceptions import NotPausedError
     from prefect.flow_runs import resume_flow_run
     from prefect.states import Scheduled
 
     if due is not None and due > datetime.now(UTC):
         _client().set_flow_run_state(run.id, Scheduled(scheduled_time=due, name="Resuming"), force=True)
-    else:
+        return
+    try:
         resume_flow_run(run.id)
+    except NotPausedError:
+        # It left Suspended since it was read: a worker that had claimed it before the pause
+        # started it (its checkpoint waits for this resume's lock, then goes on), or it ended
+        # (the enrollment's repair replaces it). Either way there is nothing left to resume.
+        pass
 
 
 def cancel_run(run: FlowRun) -> None:

@@ -37,6 +37,11 @@ def scale(ci: int, full: int) -> int:
     return full if FULL else ci
 
 
+# The stock runner's variants of the slow scenarios (a runner per round, process start-up) keep
+# CI under its time budget by running at full scale only; the fast worker's run in CI too.
+full_only = pytest.mark.skipif(not FULL, reason="stock-runner variant: runs with FOLLOWUPS_FAULTS_SCALE=full")
+
+
 # -- the seeded schedule ------------------------------------------------------------------
 
 

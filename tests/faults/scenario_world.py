@@ -242,3 +242,17 @@ def calls_by_enrollment(fake: FakeProviderServer, enrollment_ids: list[int]) -> 
             fake.for_recipient(email) + fake.for_recipient(phone), key=lambda r: r.received_at
         )
     return found
+
+
+def operator_reconcile(enrollment_ids) -> list[tuple[int, str]]:
+    """`followups reconcile --json` as an operator runs it: the (enrollment, action) it found
+    among `enrollment_ids` (the sweep also sees other scenarios' leftovers in the database)."""
+    import json
+
+    env = {**os.environ, "PYTHONSAFEPATH": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "followups.cli", "reconcile", "--json"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, f"followups reconcile failed:\n{done.stdout}\n{done.stderr}"
+    ours = set(enrollment_ids)
+    return [(f["enrollment_id"], f["action"]) for f in json.loads(done.stdout)["found"] if f["enrollment_id"] in ours]

@@ -169,16 +169,10 @@ def _open_runs(enrollment_ids) -> list:
     return held
 
 
-STOCK_SIGTERM_CRASHES = pytest.mark.xfail(
-    strict=True,
-    reason="defect: SIGTERM to `followups serve` (Prefect's runner shutdown) signals its flow-run "
-    "processes, so steps in flight crash after their STEP_ATTEMPT (ending STEP_OUTCOME_UNKNOWN, never "
-    "sent), and the runner marks a run it stopped Cancelled, which the sync trigger turns into a "
-    "CANCELLED enrollment",
-)
-
-
-@pytest.mark.parametrize("kind", ["fast", pytest.param("stock", marks=STOCK_SIGTERM_CRASHES)])
+# Stock: the runner's shutdown SIGTERMs its flow-run processes (and the group signal reaches them
+# too); a send holds the signal until its outcome is committed (`execution.sigterm`), and a run
+# the runner marks Cancelled ("Runner is shutting down.") is replaced, not taken as a cancel.
+@pytest.mark.parametrize("kind", ["fast", "stock"])
 def test_sigterm_with_steps_in_flight_hands_back_or_finishes_every_run(kind, prefect_url, fake_providers, fault_schedule, fault_report, tmp_path):
     owner = new_owner()
     sequence = new_sequence(owner, SEQUENCE)

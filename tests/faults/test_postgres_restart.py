@@ -22,7 +22,7 @@ import httpx
 import pytest
 from prefect.client.orchestration import get_client
 
-from checks import EventLedger, check_sends, fault_report, fault_schedule, scale, wait_final_states  # noqa: F401
+from checks import EventLedger, check_sends, fault_report, fault_schedule, full_only, scale, wait_final_states  # noqa: F401
 from fault_world import (
     DEPLOYMENT, SEQUENCE, Executor, attempts_in_flight, module_prefect, reconcile_cli, reconciled_count, step_state,
 )
@@ -79,7 +79,7 @@ def _prefect_serves(url: str) -> bool:
         return False
 
 
-@pytest.mark.parametrize("kind", ["fast", "stock"])
+@pytest.mark.parametrize("kind", ["fast", pytest.param("stock", marks=full_only)])
 def test_postgres_restart_while_runs_execute(kind, prefect_url, fake_providers, fault_schedule, fault_report, tmp_path):
     owner = new_owner()
     sequence = new_sequence(owner, SEQUENCE)

@@ -3,7 +3,10 @@
 It applies the one reconciliation rule (`lifecycle.reconcile`) to the run's own state, so what
 an operator did to this run in Prefect shows in the enrollment, and tells the flow what to do:
 - the run was suspended in Prefect: the enrollment is PAUSED, and the flow stays suspended;
-- the run starts while the enrollment is PAUSED: someone resumed it in Prefect, so it goes on;
+- the run starts while the enrollment is PAUSED: if its history shows a resume after the suspend,
+  someone resumed it in Prefect, so it goes on; if not, a worker had claimed it before the pause
+  suspended it (Prefect lets a claimed run start from Suspended), so the flow suspends itself
+  again and sends nothing;
 - the enrollment was paused through our API between steps: the flow suspends itself, so that
   resuming (from our API or the Prefect UI) restarts this very run;
 - a run started by hand while the pending run has ended (an expired suspend, a deleted run)

@@ -60,6 +60,8 @@ def decide(
     starting_run_id: uuid.UUID | None = None,
     run_is_ours: bool = True,
     suspend_expired: bool = False,
+    stopped_by_runner: bool = False,
+    resumed_in_prefect: bool = False,
     unscheduled_for: float | None = None,
 ) -> Decision:
     """What the enrollment must do about its pending run's state.
@@ -69,13 +71,17 @@ def decide(
     is starting now. `run_is_ours` is False when the pending run is another enrollment's or
     another database's. `suspend_expired` says the run failed because a suspend with a timeout
     (the Prefect UI's Pause dialog always sets one) ran out: the operator meant a pause.
+    `stopped_by_runner` says the run was Cancelled by its runner shutting down, which nobody
+    asked for: it is repaired like a crashed run. `resumed_in_prefect` (read only for a PAUSED
+    enrollment's starting pending run) says the run's history shows a resume after its suspend;
+    without one, the run was claimed by a worker before the suspend landed and must not go on.
     `unscheduled_for` is how long (seconds) an enrollment without a pending run has been so.
     """
     if pending_run_id is None and status == EnrollmentStatus.ACTIVE and (unscheduled_for or 0) > UNSCHEDULED_GRACE_SECONDS:
         return Decision(Action.SCHEDULE, "the enrollment never got its first run")
     if pending_run_id is None or status not in (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED):
         return NOTHING
-    gone = run_state is None or run_state in ENDED_STATES or not run_is_ours
+    gone = run_state is None or run_state in ENDED_STATES or stopped_by_runner or not run_is_ours
     if starting_run_id is not None and starting_run_id != pending_run_id:
         # Someone started a fresh run (e.g. `prefect deployment run`): it carries the enrollment
         # on when the pending run cannot; otherwise the pending run keeps it.
@@ -91,13 +97,21 @@ def decide(
             return Decision(Action.PAUSE, "the pending run was suspended in Prefect")
         if suspend_expired:
             return Decision(Action.PAUSE, "the pending run was suspended in Prefect and its suspend expired")
+        if stopped_by_runner:
+            return Decision(Action.RESCHEDULE, "the pending run was stopped by its runner shutting down")
         if run_state in CANCELLED_STATES:
             return Decision(Action.CANCEL, "the pending run was cancelled in Prefect")
         if run_state in ENDED_STATES:
             return Decision(Action.RESCHEDULE, f"the pending run ended {run_state} without finishing its step")
         return NOTHING
     if starting_run_id is not None:
-        return Decision(Action.RESUME, "the suspended run was resumed in Prefect")
+        if resumed_in_prefect:
+            return Decision(Action.RESUME, "the suspended run was resumed in Prefect")
+        # A worker claimed the run before the pause suspended it, and Prefect lets a claimed run
+        # start from Suspended: nobody resumed it, so the flow suspends itself again.
+        return NOTHING
+    if stopped_by_runner:
+        return NOTHING  # like an ended run: stays PAUSED; resuming starts a new run
     if run_state in NOT_STARTED and run_is_ours:
         # Our pause keeps the run Suspended; Scheduled again means someone resumed it.
         return Decision(Action.RESUME, "the suspended run was resumed in Prefect")
@@ -121,6 +135,10 @@ def reconcile(
         return plan
     if read:
         run = prefect_runs.read_run(plan.prefect_flow_run_id)
+    resumed = False
+    if plan.status == EnrollmentStatus.PAUSED and starting_run_id is not None and starting_run_id == plan.prefect_flow_run_id:
+        # The one case that needs the run's history (rare: a paused enrollment's run starting).
+        resumed = prefect_runs.resumed_since_suspend(starting_run_id)
     decision = decide(
         plan.status,
         plan.prefect_flow_run_id,
@@ -128,6 +146,8 @@ def reconcile(
         starting_run_id=starting_run_id,
         run_is_ours=run is None or prefect_runs.belongs_here(run, plan.enrollment_id),
         suspend_expired=prefect_runs.suspend_expired(run),
+        stopped_by_runner=prefect_runs.stopped_by_runner(run),
+        resumed_in_prefect=resumed,
     )
     return apply(session, plan, decision, run_state=prefect_runs.state_type(run), starting_run_id=starting_run_id)
 

@@ -1,0 +1,133 @@
+"""Races between the product's controls and the executors, replayed one state change at a time
+on a real Prefect server: a pause that lands after a worker claimed the run, a resume done in
+Prefect, a run stopped by its runner shutting down, and a stop signal in the middle of a send.
+
+The runs belong to a deployment nobody serves, so no executor moves them behind the test's back.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.responses import SetStateStatus
+from prefect.flow_runs import resume_flow_run
+from prefect.states import Cancelled, Cancelling, Pending, Running, Suspended
+
+from followups import prefect_runs
+from followups.control import pause_enrollment, resume_enrollment
+from followups.db.session import session_scope
+from followups.execution.checkpoint import Next, checkpoint
+from followups.execution.sigterm import sigterm_held
+from followups.lifecycle import store
+from followups.lifecycle.plan import load_plan
+from followups.lifecycle.reconcile import reconcile_enrollment
+from followups.lifecycle.transitions import Actor
+from followups.settings import reset_settings
+from support import enrollment_row, event_types, new_enrollment, new_owner, new_sequence
+
+STEPS = [{"type": "EMAIL", "subject": "Offer", "text": "Hi"}, {"type": "WAIT", "seconds": 60}, {"type": "SMS", "body": "Any news?"}]
+
+
+@pytest.fixture
+def unserved(prefect_api, monkeypatch):
+    from followups.deployments.definitions import sequence_deployment
+
+    monkeypatch.setenv("FOLLOWUPS_DEPLOYMENT_NAME", f"follow-up-sequence/races-{uuid.uuid4().hex[:6]}")
+    reset_settings()
+    sequence_deployment().apply()
+    yield
+    monkeypatch.undo()
+    reset_settings()
+
+
+def _enrollment_with_a_run() -> tuple[int, uuid.UUID]:
+    """An ACTIVE enrollment whose pending run is Scheduled (for later: nothing is due)."""
+    owner = new_owner()
+    enrollment_id = new_enrollment(owner, new_sequence(owner, STEPS))
+    with session_scope() as session:
+        plan = load_plan(session, enrollment_id, lock=True)
+        plan = store.reschedule(session, plan, due=datetime.now(UTC) + timedelta(hours=1), actor=Actor.API)
+    return enrollment_id, plan.prefect_flow_run_id
+
+
+def _set(run_id, state, force: bool = True):
+    with get_client(sync_client=True) as client:
+        return client.set_flow_run_state(run_id, state, force=force)
+
+
+def _start(run_id) -> None:
+    """What an executor does with a claimed run: propose Running, orchestrated (not forced)."""
+    assert _set(run_id, Running(), force=False).status == SetStateStatus.ACCEPT
+
+
+def test_a_pause_that_lands_after_the_workers_claim_is_kept(unserved):
+    enrollment_id, run_id = _enrollment_with_a_run()
+    _set(run_id, Pending(message="claimed by a worker"))
+    assert pause_enrollment(enrollment_id).status == "PAUSED"
+    assert prefect_runs.read_run(run_id).state.is_paused()
+    _start(run_id)  # Prefect lets a claimed run start from Suspended: nobody resumed it
+    check = checkpoint(enrollment_id, run_id, starting=True)
+    assert (check.next, check.plan.status) == (Next.SUSPEND, "PAUSED")
+    assert "RESUMED" not in event_types(enrollment_id)
+    # The flow suspends itself; the investor's resume is accepted and the run goes on.
+    _set(run_id, Suspended(pause_key="again"))
+    assert resume_enrollment(enrollment_id).status == "ACTIVE"
+    _set(run_id, Pending(message="claimed by a worker"))
+    _start(run_id)
+    check = checkpoint(enrollment_id, run_id, starting=True)
+    assert (check.next, check.plan.status) == (Next.GO, "ACTIVE")
+    assert event_types(enrollment_id).count("RESUMED") == 1
+
+
+def test_a_resume_done_in_prefect_lets_the_paused_enrollments_run_go_on(unserved):
+    enrollment_id, run_id = _enrollment_with_a_run()
+    pause_enrollment(enrollment_id)
+    resume_flow_run(run_id)  # the UI's Resume: Scheduled "Resuming"
+    _set(run_id, Pending(message="claimed by a worker"))
+    _start(run_id)
+    check = checkpoint(enrollment_id, run_id, starting=True)
+    assert (check.next, check.plan.status) == (Next.GO, "ACTIVE")
+    resumed = [t for t in event_types(enrollment_id) if t == "RESUMED"]
+    assert resumed == ["RESUMED"]
+
+
+def test_a_run_stopped_by_its_runner_shutting_down_is_replaced_not_cancelled(unserved):
+    enrollment_id, run_id = _enrollment_with_a_run()
+    _set(run_id, Pending())
+    _set(run_id, Running())
+    # What Prefect's runner does to each run it still has when it shuts down.
+    _set(run_id, Cancelled(message=prefect_runs.RUNNER_SHUTDOWN_MESSAGE))
+    with session_scope() as session:
+        plan = reconcile_enrollment(session, enrollment_id)
+    assert plan.status == "ACTIVE" and plan.prefect_flow_run_id != run_id
+    assert "RECONCILED" in event_types(enrollment_id) and "CANCELLED" not in event_types(enrollment_id)
+
+
+def test_an_operators_cancel_during_a_runner_shutdown_still_cancels(unserved):
+    enrollment_id, run_id = _enrollment_with_a_run()
+    _set(run_id, Pending())
+    _set(run_id, Running())
+    _set(run_id, Cancelling(message="cancelled in the UI"))
+    _set(run_id, Cancelled(message=prefect_runs.RUNNER_SHUTDOWN_MESSAGE))
+    with session_scope() as session:
+        reconcile_enrollment(session, enrollment_id)
+    assert enrollment_row(enrollment_id).status == "CANCELLED"
+
+
+def test_a_sigterm_during_a_send_is_delivered_after_it():
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: seen.append(signum))
+    try:
+        with sigterm_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # Python runs handlers between bytecodes: give it many chances
+                pass
+            assert seen == []
+        assert seen == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
