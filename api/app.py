@@ -47,10 +47,11 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     install_openapi(app)
+    # The batch routes come before /api/enrollments/{enrollment_id}, which would take "batch" for an id.
+    app.include_router(__import__("followups.api.routes_batch", fromlist=["router"]).router)  # POST /api/enrollments/batch
     for module in (routes_sequences, routes_preview, stats, routes_enrollments, webhooks_sendgrid, webhooks_twilio, health):
         app.include_router(module.router)
     app.include_router(routes_me.router)
-    app.include_router(__import__("followups.api.routes_batch", fromlist=["router"]).router)  # POST /api/enrollments/batch
     for module in (routes_deals, routes_analytics, routes_unsubscribe):
         app.include_router(module.router)
     # Added last = outermost: the last-resort guard wraps the size limit, which wraps the app.

@@ -64,3 +64,10 @@ def enroll_batch(body: BatchRequest, user_id: CurrentUser) -> dict[str, Any]:
     for result in results:
         counts[result.status] += 1
     return {"sequence_id": body.sequence_id, "counts": counts, "items": [result.as_dict() for result in results]}
+
+
+@router.api_route("/api/enrollments/batch", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+def batch_other_methods() -> None:
+    # Without this, GET /api/enrollments/batch would reach /api/enrollments/{enrollment_id} and
+    # answer 422 ("batch" is not an id) instead of 405.
+    raise HTTPException(status_code=405, detail="Method Not Allowed", headers={"Allow": "POST"})
