@@ -39,6 +39,10 @@ TEST_ENV = {
     "FOLLOWUPS_STEP_RETRY_JITTER_FACTOR": "0.1",
     # Tests send at any hour; quiet hours have their own tests.
     "FOLLOWUPS_QUIET_HOURS_ENABLED": "false",
+    # Send rates that never throttle: many tests send at once from one account (the caps have
+    # their own tests, which set their rates; the daily caps keep their defaults).
+    "FOLLOWUPS_EMAIL_RATE_PER_SECOND": "1000",
+    "FOLLOWUPS_SMS_RATE_PER_SECOND": "1000",
     # No scheduled sweep: tests run the reconciler themselves, when they mean to.
     "FOLLOWUPS_RECONCILE_INTERVAL_SECONDS": "0",
     "PREFECT_RUNNER_POLL_FREQUENCY": "1",
