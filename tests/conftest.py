@@ -43,6 +43,9 @@ TEST_ENV = {
     # their own tests, which set their rates; the daily caps keep their defaults).
     "FOLLOWUPS_EMAIL_RATE_PER_SECOND": "1000",
     "FOLLOWUPS_SMS_RATE_PER_SECOND": "1000",
+    # Tests make enrollments without runs and drive their flows themselves: the sweep must not
+    # schedule those (tests/test_sweep.py backdates its own past this).
+    "FOLLOWUPS_UNSCHEDULED_GRACE_SECONDS": "31536000",
     # No scheduled sweep: tests run the reconciler themselves, when they mean to.
     "FOLLOWUPS_RECONCILE_INTERVAL_SECONDS": "0",
     "PREFECT_RUNNER_POLL_FREQUENCY": "1",

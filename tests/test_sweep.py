@@ -48,7 +48,9 @@ def test_the_sweep_gives_a_stranded_new_enrollment_its_first_run_once(prefect_ap
     # The enroller created the first run, then died before storing its id.
     # (An hour ahead: no runner of the session may run it during the test.)
     first_run = schedule_sequence_run(stranded, "D-stranded", 0, scheduled_time=datetime.now(UTC) + timedelta(hours=1))
-    _strand(stranded, UNSCHEDULED_GRACE_SECONDS + 60)
+    from followups.settings import get_settings
+
+    _strand(stranded, get_settings().unscheduled_grace_seconds + 60)
     _strand(fresh, 5)  # its enroller may still be creating the run: left alone
 
     report = sweep()

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     # (Prefect sends them 30 s apart at the most often.)
     run_heartbeat_seconds: int = Field(default=30, ge=30, le=3600)
     zombie_run_seconds: int = Field(default=90, ge=45, le=86400)
+    # An ACTIVE enrollment without a pending run for this long is given its first run by the sweep.
+    unscheduled_grace_seconds: int = Field(default=300, ge=30)
     quiet_hours_start: int = Field(default=21, ge=0, le=23)
     quiet_hours_end: int = Field(default=8, ge=0, le=23)
 

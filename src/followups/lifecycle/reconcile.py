@@ -63,6 +63,7 @@ def decide(
     stopped_by_runner: bool = False,
     resumed_in_prefect: bool = False,
     unscheduled_for: float | None = None,
+    unscheduled_grace: float = UNSCHEDULED_GRACE_SECONDS,
 ) -> Decision:
     """What the enrollment must do about its pending run's state.
 
@@ -77,7 +78,7 @@ def decide(
     without one, the run was claimed by a worker before the suspend landed and must not go on.
     `unscheduled_for` is how long (seconds) an enrollment without a pending run has been so.
     """
-    if pending_run_id is None and status == EnrollmentStatus.ACTIVE and (unscheduled_for or 0) > UNSCHEDULED_GRACE_SECONDS:
+    if pending_run_id is None and status == EnrollmentStatus.ACTIVE and (unscheduled_for or 0) > unscheduled_grace:
         return Decision(Action.SCHEDULE, "the enrollment never got its first run")
     if pending_run_id is None or status not in (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED):
         return NOTHING

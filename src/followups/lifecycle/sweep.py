@@ -18,7 +18,7 @@ from followups.db.models import OPEN_STATUSES, Enrollment
 from followups.db.session import session_scope
 from followups.identity import database_tag
 from followups.lifecycle.plan import load_plan
-from followups.lifecycle.reconcile import UNSCHEDULED_GRACE_SECONDS, Action, apply, decide, reconcile
+from followups.lifecycle.reconcile import Action, apply, decide, reconcile
 
 
 @dataclass
@@ -80,7 +80,10 @@ def sweep(*, repair: bool = True, batch: int = 200) -> SweepReport:
 def _schedule_the_unscheduled(report: SweepReport, repair: bool) -> None:
     """ACTIVE enrollments that never got a first run: whoever enrolled them died between the
     commit and creating the run (a bulk import, an API process)."""
-    cutoff = datetime.now(UTC) - timedelta(seconds=UNSCHEDULED_GRACE_SECONDS)
+    from followups.settings import get_settings
+
+    grace = get_settings().unscheduled_grace_seconds
+    cutoff = datetime.now(UTC) - timedelta(seconds=grace)
     with session_scope(read_only=True) as session:
         ids = session.scalars(
             select(Enrollment.id).where(
@@ -93,7 +96,7 @@ def _schedule_the_unscheduled(report: SweepReport, repair: bool) -> None:
             plan = load_plan(session, enrollment_id, lock=True)
             touched = session.scalar(select(Enrollment.updated_at).where(Enrollment.id == enrollment_id))
             idle = (datetime.now(UTC) - touched).total_seconds() if touched else None
-            decision = decide(plan.status, plan.prefect_flow_run_id, None, unscheduled_for=idle)
+            decision = decide(plan.status, plan.prefect_flow_run_id, None, unscheduled_for=idle, unscheduled_grace=grace)
             if decision.action is not Action.SCHEDULE:
                 continue  # it got its run meanwhile
             report.found.append((enrollment_id, decision.action.value, decision.why))
