@@ -162,6 +162,21 @@ def db(database_url: str) -> str:
     return database_url
 
 
+RUNNER_LOGS: list[Path] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that used the session's runner reports the end of the runner's output: a
+    run that never started is explained there, and the log is gone once the session ends."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and call.when == "call" and "sequence_runner" in getattr(item, "fixturenames", ()):
+        for log in RUNNER_LOGS:
+            lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+            report.sections.append(("session runner (last 60 lines)", "\n".join(lines[-60:])))
+
+
 @pytest.fixture(scope="session")
 def sequence_runner(prefect_api: str, tmp_path_factory) -> Iterator[subprocess.Popen]:
     """`followups serve` in its own process: the stock Prefect runner executing deployment runs."""
@@ -176,6 +191,7 @@ def sequence_runner(prefect_api: str, tmp_path_factory) -> Iterator[subprocess.P
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    RUNNER_LOGS.append(log)
     try:
         # `serve` registers the deployments one after another: wait for the last one too.
         wait_for_deployment("follow-up-sequence/followups", timeout=60)

@@ -1,11 +1,12 @@
 """Bulk enrollment: `control.enroll_deals`, `followups import FILE` and POST /api/enrollments/batch,
-against PostgreSQL and a real Prefect server (runs are created, not executed: no runner here)."""
+against PostgreSQL and a real Prefect server (runs are created, not executed: see `deployment`)."""
 
 from __future__ import annotations
 
 import contextvars
 import json
 import threading
+import uuid
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,9 +22,17 @@ from support import new_owner, new_sequence, unique, unique_phone
 
 @pytest.fixture(scope="module")
 def deployment(prefect_api: str):
+    """A deployment of the sequence flow under a name no runner serves. The session's runner
+    serves the default name on the same server: it would execute the hundreds of runs made here,
+    and every other module's runs on this xdist worker would queue behind them for minutes."""
     from followups.deployments.definitions import sequence_deployment
+    from followups.settings import reset_settings
 
-    return sequence_deployment().apply()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FOLLOWUPS_DEPLOYMENT_NAME", f"follow-up-sequence/bulk-{uuid.uuid4().hex[:6]}")
+        reset_settings()
+        yield sequence_deployment().apply()
+    reset_settings()
 
 
 def deal(ref: str | None = None, **overrides) -> dict:

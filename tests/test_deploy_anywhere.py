@@ -150,8 +150,14 @@ def test_prefect_deploy_all_makes_deployments_a_worker_runs_from_anywhere(own_pr
             )
             assert worker.poll() is None, f"the worker exited:\n{log.read_text()[-4000:]}"
             with get_client(sync_client=True) as client:
-                runs = client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployed["follow-up-sequence/followups"].id]))
+                sequence_runs = FlowRunFilter(
+                    deployment_id=FlowRunFilterDeploymentId(any_=[deployed["follow-up-sequence/followups"].id])
+                )
+                # The enrollment's COMPLETED row commits before the run reports its final state.
+                runs = wait_for(
+                    lambda: (found := client.read_flow_runs(flow_run_filter=sequence_runs))
+                    and all(r.state and r.state.is_final() for r in found) and found,
+                    timeout=60, interval=0.5, what="both runs to reach a final state in Prefect",
                 )
                 never_ran = client.read_flow_runs(
                     flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[reconcile.id]))

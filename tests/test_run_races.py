@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -22,7 +23,7 @@ from followups import prefect_runs
 from followups.control import pause_enrollment, resume_enrollment
 from followups.db.session import session_scope
 from followups.execution.checkpoint import Next, checkpoint
-from followups.execution.sigterm import sigterm_held
+from followups.execution.stop_guard import stops_held, stop_thread_when_safe
 from followups.lifecycle import store
 from followups.lifecycle.plan import load_plan
 from followups.lifecycle.reconcile import reconcile_enrollment
@@ -123,7 +124,7 @@ def test_a_sigterm_during_a_send_is_delivered_after_it():
     seen: list[int] = []
     previous = signal.signal(signal.SIGTERM, lambda signum, _frame: seen.append(signum))
     try:
-        with sigterm_held():
+        with stops_held():
             os.kill(os.getpid(), signal.SIGTERM)
             for _ in range(1000):  # Python runs handlers between bytecodes: give it many chances
                 pass
@@ -131,3 +132,40 @@ def test_a_sigterm_during_a_send_is_delivered_after_it():
         assert seen == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_thread_stop_during_a_send_is_delivered_after_it():
+    """The fast worker's cancel (an exception raised in the run's thread) waits for the send."""
+    from followups.worker.executing import _raise_in_thread
+
+    class Stopped(Exception):
+        pass
+
+    inside, release = threading.Event(), threading.Event()
+    seen: list[str] = []
+
+    def send() -> None:
+        try:
+            with stops_held():
+                inside.set()
+                release.wait(5)
+                for _ in range(1000):  # async exceptions land between bytecodes: give it chances
+                    pass
+                seen.append("send finished")
+            for _ in range(1000):
+                pass
+            seen.append("went on after the send")
+        except Stopped:
+            seen.append("stopped")
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    assert inside.wait(5)
+    ident = thread.ident
+    assert stop_thread_when_safe(ident, lambda: _raise_in_thread(ident, Stopped)) is False
+    release.set()
+    thread.join(5)
+    assert seen == ["send finished", "stopped"]
+    # Outside a send the stop is immediate.
+    calls: list[int] = []
+    assert stop_thread_when_safe(ident, lambda: calls.append(1)) is True and calls == [1]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import ctypes
+import functools
 import logging
 import queue
 import threading
@@ -30,6 +31,8 @@ from prefect.flow_engine import run_flow
 from prefect.flows import Flow
 from prefect.states import Cancelled, Crashed
 from prefect.utilities.engine import propose_state_sync
+
+from followups.execution.stop_guard import stop_thread_when_safe
 
 logger = logging.getLogger("followups.fast_worker")
 
@@ -235,8 +238,11 @@ class Executor:
                 if slot.run is None or slot.run.id != flow_run.id:
                     continue
                 slot.cancel_sent = True
-                delivered = _raise_in_thread(slot.thread.ident, _CancelledByPrefect)
-            logger.info("Flow run %s was cancelled in Prefect: stopping it (%s)", flow_run.id, delivered)
+                ident = slot.thread.ident
+                # A send in flight finishes and commits its outcome first (`execution.stop_guard`).
+                now = stop_thread_when_safe(ident, functools.partial(_raise_in_thread, ident, _CancelledByPrefect))
+            logger.info("Flow run %s was cancelled in Prefect: %s", flow_run.id,
+                        "stopping it" if now else "stopping it once its send in flight is recorded")
 
     # -- shutdown --------------------------------------------------------------------------------
 

@@ -180,12 +180,15 @@ def test_operators_act_on_runs_from_the_prefect_ui(world, fault_schedule, fault_
     # (check_sends counts it as reached because the CANCELLED/PAUSED event names it).
     never_attempted = [v for v in sends.violations if "0 outcome events []" in v and key_of(v) not in attempted
                        and expected[key_of(v)[0]] in ("CANCELLED", "PAUSED")]
-    # Known defect: a run cancelled while its send is in flight is stopped after the provider
-    # accepted the message and before the outcome commit, and nothing records the outcome.
-    unrecorded = [v for v in sends.violations if "0 outcome events []" in v and key_of(v) in attempted
-                  and action[key_of(v)[0]] == "cancel-running"]
-    real = [v for v in sends.violations if v not in never_attempted and v not in unrecorded]
-    assert not real, f"{len(real)} send-step violations:\n" + "\n".join(real[:40])
+    # A run cancelled while its send is in flight stops once the send's outcome is committed
+    # (`execution.stop_guard`): an attempt without an outcome is a violation like any other.
+    real = [v for v in sends.violations if v not in never_attempted]
+    if real:
+        told = events_by_enrollment(sorted({key_of(v)[0] for v in real}))
+        raise AssertionError(f"{len(real)} send-step violations:\n" + "\n".join(
+            f"{v} (action {action[key_of(v)[0]]}; events {[(x.event_type, x.step_index) for x in told[key_of(v)[0]]]})"
+            for v in real[:40]
+        ) + f"\n{world.logs()[-6000:]}")
 
     calls = calls_by_enrollment(world.fake, ids)
     events = events_by_enrollment(ids)
@@ -222,17 +225,7 @@ def test_operators_act_on_runs_from_the_prefect_ui(world, fault_schedule, fault_
         reconciled_by_action={a: sum(1 for e in ids if action[e] == a and "RECONCILED" in
                                      {x.event_type for x in events[e]}) for a in sorted(set(action.values()))},
         never_attempted_steps=len(never_attempted),
-        cancelled_in_flight_without_outcome=[key_of(v) for v in unrecorded],
     )
     print(f"actions {fault_report.extra['actions']}; reconcile found {fault_report.extra['reconcile_cli_found']}; "
           f"RECONCILED by action {fault_report.extra['reconciled_by_action']}; {sends.counts()}")
-    if unrecorded:
-        fault_report.defect(
-            f"open: {len(unrecorded)} send step(s) of runs cancelled in the Prefect UI while the send was in flight "
-            "have a STEP_ATTEMPT and an accepted provider call but no outcome event (no EMAIL_SENT, no "
-            "STEP_OUTCOME_UNKNOWN): the executor stops the run between the call and the commit and nothing "
-            "records the outcome afterwards"
-        )
     fault_report.finish()
-    if unrecorded:
-        pytest.xfail(f"defect: cancelled in-flight sends without an outcome event: {[key_of(v) for v in unrecorded]}")

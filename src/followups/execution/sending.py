@@ -24,7 +24,7 @@ from followups.db.events import record_event, step_events
 from followups.db.models import SENT_EVENT_TYPES, EnrollmentStatus, EventType
 from followups.db.session import session_scope
 from followups.errors import InvalidStateError, OutcomeUnknownProviderError, ProviderError, TransientProviderError
-from followups.execution.sigterm import sigterm_held
+from followups.execution.stop_guard import stops_held
 from followups.inputs import SenderIdentity
 from followups.lifecycle import store
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
@@ -173,8 +173,8 @@ def execute_send_step(
 
     error: ProviderError | None = None
     # A stop signal between the attempt's commit and the outcome's would leave the step
-    # outcome-unknown (never sent): it waits for this transaction (`execution.sigterm`).
-    with sigterm_held(), session_scope() as session:
+    # outcome-unknown (never sent): it waits for this transaction (`execution.stop_guard`).
+    with stops_held(), session_scope() as session:
         plan = load_plan(session, enrollment_id, lock=True)
         if plan.status != EnrollmentStatus.ACTIVE:
             return StepResult("not-active")
