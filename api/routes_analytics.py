@@ -19,6 +19,7 @@ router = APIRouter(prefix="/api/sequences", tags=["sequences"])
 class CountsOut(BaseModel):
     sent: int
     delivered: int = Field(description="Messages with a delivered callback (once per message)")
+    opened: int = Field(description="Emails opened at least once (once per message)")
     bounced: int = Field(description="Messages bounced, dropped, undelivered or failed (once per message)")
     replied: int = Field(description="Enrollments with a reply")
     unsubscribed: int = Field(description="Enrollments with an opt-out (unsubscribe, spam report, STOP)")

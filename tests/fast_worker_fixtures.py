@@ -12,22 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from prefect_servers import prefect_server, stop
-
-DEPLOYMENT = "follow-up-sequence/followups"
-
-
-_stop = stop
+from executor_process import ExecutorProcess, fast_worker_command
+from prefect_servers import prefect_server
 
 
 @pytest.fixture(scope="session")
@@ -48,72 +39,13 @@ def fast_worker_api(fast_worker_server: str, fake_providers) -> Iterator[str]:
         yield fast_worker_server
 
 
-class FastWorkerProcess:
+class FastWorkerProcess(ExecutorProcess):
     """One `python -m followups.worker` process."""
 
     def __init__(self, prefect_api: str, log_path: Path, concurrency: int = 4, poll: float = 0.2) -> None:
-        self.prefect_api = prefect_api
-        self.log_path = log_path
+        super().__init__(fast_worker_command(concurrency, poll), prefect_api, log_path, label="fast worker")
         self.concurrency = concurrency
         self.poll = poll
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 60) -> FastWorkerProcess:
-        from prefect.client.orchestration import get_client
-
-        started = datetime.now(UTC)
-        # PYTHONSAFEPATH: `python -m` must import the installed package, not a checkout in the cwd.
-        env = {**os.environ, "PREFECT_API_URL": self.prefect_api, "PYTHONSAFEPATH": "1"}
-        command = ["-m", "followups.worker", "--concurrency", str(self.concurrency), "--poll", str(self.poll)]
-        with open(self.log_path, "ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, *command],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        # Ready: the deployment exists and this worker has polled it since it started.
-        deadline = time.monotonic() + timeout
-        with get_client(sync_client=True) as client:
-            while True:
-                if self.process.poll() is not None:
-                    raise AssertionError(f"the fast worker exited with {self.process.returncode}:\n{self.log()}")
-                with contextlib.suppress(Exception):
-                    deployment = client.read_deployment_by_name(DEPLOYMENT)
-                    if deployment.last_polled and deployment.last_polled >= started:
-                        return self
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"the fast worker did not start polling in {timeout}s:\n{self.log()}")
-                time.sleep(0.2)
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no clean-up of any kind, like a machine losing power."""
-        if self.alive():
-            os.killpg(self.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def terminate(self, timeout: float = 60) -> int:
-        assert self.process is not None
-        if self.alive():
-            os.killpg(self.pid, signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"the fast worker did not stop within {timeout}s of SIGTERM:\n{self.log()}") from None
-
-    def log(self, chars: int = 6000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
 
 class FastWorkers:
@@ -133,7 +65,8 @@ class FastWorkers:
 
     def stop_shared(self) -> None:
         if self._shared is not None and self._shared.alive():
-            self._shared.terminate()
+            code = self._shared.terminate()
+            assert code is not None, f"the fast worker did not stop within 60 s of SIGTERM:\n{self._shared.log()}"
         self._shared = None
 
     def dedicated(self, name: str, **options) -> FastWorkerProcess:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import select
@@ -112,3 +114,23 @@ def reach_wait(wait_seconds: float):
     wait_for(lambda: "WAIT_STARTED" in event_types(enrollment.id), timeout=60, what="the wait to start")
     started = [e for e in events_of(enrollment.id) if e.event_type == "WAIT_STARTED"][0]
     return deal, enrollment.id, datetime.fromisoformat(started.content["due_at"])
+
+
+@contextlib.contextmanager
+def using(url: str, deployment: str) -> Iterator[None]:
+    """Point this process's settings at one followups database and its deployment name."""
+    from followups.settings import reset_settings
+
+    saved = {k: os.environ.get(k) for k in ("FOLLOWUPS_DATABASE_URL", "FOLLOWUPS_DEPLOYMENT_NAME")}
+    os.environ["FOLLOWUPS_DATABASE_URL"] = url
+    os.environ["FOLLOWUPS_DEPLOYMENT_NAME"] = f"follow-up-sequence/{deployment}"
+    reset_settings()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        reset_settings()

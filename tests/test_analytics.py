@@ -8,7 +8,7 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from followups.analytics import sequence_analytics
+from followups.analytics import sequence_analytics, sequence_stats
 from followups.db.events import record_event
 from followups.db.models import EventType, FollowUpEvent
 from followups.db.session import session_scope
@@ -79,20 +79,26 @@ def test_counts_per_sequence_and_per_step(built):
     report = sequence_analytics(owner, sequence).as_dict()
     assert rows() == before
     assert report["totals"] == {
-        "sent": 6, "delivered": 3, "bounced": 1, "replied": 1, "unsubscribed": 1,
+        "sent": 6, "delivered": 3, "opened": 1, "bounced": 1, "replied": 1, "unsubscribed": 1,
         "stopped": {"deal_closed": 1, "email spamreport": 1, "offer_accepted": 1, "replied": 1, "unsubscribed": 1},
     }
-    zero = {"sent": 0, "delivered": 0, "bounced": 0, "replied": 0, "unsubscribed": 0, "stopped": {}}
+    zero = {"sent": 0, "delivered": 0, "opened": 0, "bounced": 0, "replied": 0, "unsubscribed": 0, "stopped": {}}
     steps = report["steps"]
     assert [s["type"] for s in steps] == ["EMAIL", "WAIT", "EMAIL", "WAIT", "SMS"]
     assert [s["step_index"] for s in steps] == [0, 1, 2, 3, 4]
     strip = lambda s: {k: v for k, v in s.items() if k not in ("step_index", "type")}  # noqa: E731
-    assert strip(steps[0]) == {**zero, "sent": 4, "delivered": 2, "unsubscribed": 1,
+    assert strip(steps[0]) == {**zero, "sent": 4, "delivered": 2, "opened": 1, "unsubscribed": 1,
                                "stopped": {"email spamreport": 1, "unsubscribed": 1}}
     assert strip(steps[1]) == zero and strip(steps[3]) == zero
     assert strip(steps[2]) == {**zero, "sent": 1, "bounced": 1, "replied": 1, "stopped": {"replied": 1}}
     assert strip(steps[4]) == {**zero, "sent": 1, "delivered": 1, "stopped": {"deal_closed": 1}}
     assert report["before_first_message"] == {**zero, "stopped": {"offer_accepted": 1}}
+    # The stats are the same totals, with the enrollments by status.
+    stats = sequence_stats(owner, sequence)
+    assert {k: stats[k] for k in ("sent", "delivered", "opened", "bounced", "replied", "unsubscribed")} == {
+        k: v for k, v in report["totals"].items() if k != "stopped"
+    }
+    assert stats["enrolled"] == 5 and stats["active"] == 5 and rows() == before
 
 
 def test_an_empty_sequence_and_another_owners_sequence(built):

@@ -4,6 +4,7 @@ the Python API, HTTP, the CLI and the Prefect events via the real deployment tri
 from __future__ import annotations
 
 import json
+import contextvars
 import threading
 from urllib.parse import quote
 
@@ -106,7 +107,7 @@ def test_the_same_event_delivered_five_times_at_once_stops_each_enrollment_once(
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=deliver) for _ in range(5)]
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(deliver,)) for _ in range(5)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -3,6 +3,7 @@ SendGrid/Twilio server: retries and backoff, permanent failures, rate limits, no
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from datetime import datetime
@@ -125,7 +126,12 @@ def test_two_concurrent_runs_of_one_enrollment_send_each_step_once(prefect_api, 
     fake_providers.latency_seconds = 0.3
     try:
         results = []
-        threads = [threading.Thread(target=lambda: results.append(follow_up_sequence(enrollment_id))) for _ in range(2)]
+        # Each thread runs in a copy of this context: Prefect's API URL is a context setting, and a
+        # bare thread would start a temporary server of its own.
+        threads = [
+            threading.Thread(target=contextvars.copy_context().run, args=(lambda: results.append(follow_up_sequence(enrollment_id)),))
+            for _ in range(2)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import func, select
@@ -19,8 +18,7 @@ from followups.db.migrate import upgrade
 from followups.db.models import Enrollment, FollowUpEvent
 from followups.db.session import dispose_engines, session_scope
 from followups.prefect_server import wait_for_deployment
-from followups.settings import reset_settings
-from support import deal_input, wait_for
+from support import deal_input, using, wait_for
 
 ENROLLMENTS = 12
 STEPS = [
@@ -28,24 +26,6 @@ STEPS = [
     {"type": "WAIT", "seconds": 1},
     {"type": "SMS", "body": "Any news on {{ deal.external_id }}?"},
 ]
-
-
-@contextmanager
-def using(url: str, deployment: str) -> Iterator[None]:
-    """Point this process's settings at one database and its deployment name."""
-    saved = {k: os.environ.get(k) for k in ("FOLLOWUPS_DATABASE_URL", "FOLLOWUPS_DEPLOYMENT_NAME")}
-    os.environ["FOLLOWUPS_DATABASE_URL"] = url
-    os.environ["FOLLOWUPS_DEPLOYMENT_NAME"] = f"follow-up-sequence/{deployment}"
-    reset_settings()
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        reset_settings()
 
 
 @pytest.fixture

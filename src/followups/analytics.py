@@ -2,7 +2,7 @@
 
 Counted (all versions of the sequence together):
 - sent: EMAIL_SENT / SMS_SENT events;
-- delivered, bounced: messages (enrollment, step) with such a provider callback, once each (a
+- delivered, opened, bounced: messages (enrollment, step) with such a provider callback, once each (a
   callback stored before its send was committed is joined through the provider message id);
 - replied, unsubscribed: enrollments with a REPLY_RECEIVED / OPTED_OUT, once each;
 - stopped: STOPPED events by reason (offer_accepted, offer_rejected, deal_closed, replied,
@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
 from followups.db.models import Sequence
 from followups.db.session import session_scope
@@ -29,7 +30,22 @@ from followups.steps import load_stored_steps
 
 # Provider callbacks, as stored in content->>'event' of PROVIDER_EVENT rows (SendGrid, Twilio).
 DELIVERED = ("delivered",)
+OPENED = ("open",)
 BOUNCED = ("bounce", "dropped", "undelivered", "failed")
+
+ENROLLMENT_COUNTS = text(
+    """
+    SELECT count(*) AS enrolled,
+           count(*) FILTER (WHERE status = 'ACTIVE') AS active,
+           count(*) FILTER (WHERE status = 'PAUSED') AS paused,
+           count(*) FILTER (WHERE status = 'COMPLETED') AS completed,
+           count(*) FILTER (WHERE status = 'STOPPED') AS stopped,
+           count(*) FILTER (WHERE status = 'CANCELLED') AS cancelled,
+           count(*) FILTER (WHERE status = 'FAILED') AS failed
+    FROM enrollments
+    WHERE sequence_id = :sequence_id
+    """
+)
 
 _ATTRIBUTED = """
     WITH en AS (SELECT id FROM enrollments WHERE sequence_id = :sequence_id),
@@ -71,6 +87,8 @@ COUNTS = text(
            count(DISTINCT enrollment_id::text || ':' || coalesce(step, -1)::text)
                FILTER (WHERE event_type = 'PROVIDER_EVENT' AND provider_event = ANY(:delivered)) AS delivered,
            count(DISTINCT enrollment_id::text || ':' || coalesce(step, -1)::text)
+               FILTER (WHERE event_type = 'PROVIDER_EVENT' AND provider_event = ANY(:opened)) AS opened,
+           count(DISTINCT enrollment_id::text || ':' || coalesce(step, -1)::text)
                FILTER (WHERE event_type = 'PROVIDER_EVENT' AND provider_event = ANY(:bounced)) AS bounced,
            count(DISTINCT enrollment_id) FILTER (WHERE event_type = 'REPLY_RECEIVED') AS replied,
            count(DISTINCT enrollment_id) FILTER (WHERE event_type = 'OPTED_OUT') AS unsubscribed
@@ -94,6 +112,7 @@ STOPS = text(
 class Counts:
     sent: int = 0
     delivered: int = 0
+    opened: int = 0
     bounced: int = 0
     replied: int = 0
     unsubscribed: int = 0
@@ -118,8 +137,8 @@ class SequenceAnalytics:
 
 
 def _counts(row: Any) -> dict[str, Any]:
-    return {"sent": row.sent, "delivered": row.delivered, "bounced": row.bounced, "replied": row.replied,
-            "unsubscribed": row.unsubscribed}
+    return {"sent": row.sent, "delivered": row.delivered, "opened": row.opened, "bounced": row.bounced,
+            "replied": row.replied, "unsubscribed": row.unsubscribed}
 
 
 def sequence_analytics(owner_id: int, sequence_id: int) -> SequenceAnalytics:
@@ -127,14 +146,29 @@ def sequence_analytics(owner_id: int, sequence_id: int) -> SequenceAnalytics:
     Another owner's sequence is a NotFoundError, like a missing one."""
     check_id(owner_id, "owner_id")
     check_id(sequence_id, "sequence_id")
-    params = {"sequence_id": sequence_id, "delivered": list(DELIVERED), "bounced": list(BOUNCED)}
     with session_scope(read_only=True) as session:
-        sequence = session.scalars(select(Sequence).where(Sequence.id == sequence_id, Sequence.owner_id == owner_id)).first()
-        if sequence is None:
-            raise NotFoundError("sequence", sequence_id)
-        types = [str(step.type) for step in load_stored_steps(sequence.steps)]
-        counts = session.execute(COUNTS, params).all()
-        stops = session.execute(STOPS, params).all()
+        return _analytics(session, owner_id, sequence_id)
+
+
+def sequence_stats(owner_id: int, sequence_id: int) -> dict[str, int]:
+    """The sequence's enrollments by status, and the totals of its analytics."""
+    check_id(owner_id, "owner_id")
+    check_id(sequence_id, "sequence_id")
+    with session_scope(read_only=True) as session:
+        totals = _analytics(session, owner_id, sequence_id).totals
+        enrollments = session.execute(ENROLLMENT_COUNTS, {"sequence_id": sequence_id}).mappings().one()
+    events = {k: v for k, v in asdict(totals).items() if k != "stopped"}  # `stopped` here: STOPPED enrollments
+    return {"sequence_id": sequence_id, **events, **enrollments}
+
+
+def _analytics(session: Session, owner_id: int, sequence_id: int) -> SequenceAnalytics:
+    params = {"sequence_id": sequence_id, "delivered": list(DELIVERED), "opened": list(OPENED), "bounced": list(BOUNCED)}
+    sequence = session.scalars(select(Sequence).where(Sequence.id == sequence_id, Sequence.owner_id == owner_id)).first()
+    if sequence is None:
+        raise NotFoundError("sequence", sequence_id)
+    types = [str(step.type) for step in load_stored_steps(sequence.steps)]
+    counts = session.execute(COUNTS, params).all()
+    stops = session.execute(STOPS, params).all()
     totals, before, by_step = Counts(), Counts(), {}
     for row in counts:
         if row.total:

@@ -13,7 +13,7 @@ from followups.cli_output import print_json
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 Owner = Annotated[str, typer.Option("--owner", envvar="FOLLOWUPS_OWNER", help="User who owns the deal or sequence")]
-COUNTERS = ("sent", "delivered", "bounced", "replied", "unsubscribed")
+COUNTERS = ("sent", "delivered", "opened", "bounced", "replied", "unsubscribed")
 
 
 def _owner_id(name: str) -> int:
@@ -72,7 +72,7 @@ def register(app: typer.Typer, console: Console) -> None:
 
     @app.command()
     def analytics(sequence: int, owner: Owner = "default", as_json: JsonFlag = False) -> None:
-        """Sent, delivered, bounced, replied, unsubscribed and stops by reason, per step."""
+        """Sent, delivered, opened, bounced, replied, unsubscribed and stops by reason, per step."""
         from followups.analytics import sequence_analytics
         from followups.inputs import check_id
 

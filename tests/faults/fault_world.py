@@ -1,4 +1,4 @@
-"""The world engineer F's fault scenarios run in: a Prefect server of the module's own (on
+"""The world the process-level fault scenarios run in: a Prefect server of the module's own (on
 PostgreSQL), the session's followups database and fake providers, and executors started and
 killed as real processes: the fast worker (`python -m followups.worker`) or the stock runner
 (`followups serve`), one at a time."""
@@ -7,20 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import text
 
+from executor_process import DEPLOYMENT, ExecutorProcess, fast_worker_command, stock_runner_command
 from followups.db.session import session_scope
 
-DEPLOYMENT = "follow-up-sequence/followups"
 # Sends are quick, waits short: the scenario is about the faults, not the calendar.
 SEQUENCE = [
     {"type": "EMAIL", "subject": "Offer on {{ deal.property_address }}", "text": "Hi {{ seller.first_name }}"},
@@ -51,70 +48,13 @@ def module_prefect(tmp_path_factory, name: str) -> Iterator[str]:
                 os.environ["PREFECT_API_URL"] = saved
 
 
-class Executor:
+class Executor(ExecutorProcess):
     """One executor process: kind "fast" (python -m followups.worker) or "stock" (followups serve)."""
 
-    def __init__(self, kind: str, prefect_api: str, log_path: Path) -> None:
+    def __init__(self, kind: str, prefect_api: str, log_path: Path, deployment: str = DEPLOYMENT) -> None:
+        command = fast_worker_command(poll=0.3) if kind == "fast" else stock_runner_command()
+        super().__init__(command, prefect_api, log_path, label=f"{kind} executor", deployment=deployment)
         self.kind = kind
-        self.prefect_api = prefect_api
-        self.log_path = log_path
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 90) -> Executor:
-        from prefect.client.orchestration import get_client
-
-        started = datetime.now(UTC)
-        env = {**os.environ, "PREFECT_API_URL": self.prefect_api, "PYTHONSAFEPATH": "1"}
-        if self.kind == "fast":
-            command = ["-m", "followups.worker", "--concurrency", "4", "--poll", "0.3"]
-        else:
-            command = ["-m", "followups.cli", "serve", "--limit", "4"]
-        with open(self.log_path, "ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, *command], env=env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        # Ready: the deployment exists and this process has polled it since it started.
-        deadline = time.monotonic() + timeout
-        with get_client(sync_client=True) as client:
-            while True:
-                if self.process.poll() is not None:
-                    raise AssertionError(f"the {self.kind} executor exited with {self.process.returncode}:\n{self.log()}")
-                with contextlib.suppress(Exception):
-                    deployment = client.read_deployment_by_name(DEPLOYMENT)
-                    if deployment.last_polled and deployment.last_polled >= started:
-                        return self
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"the {self.kind} executor did not poll within {timeout}s:\n{self.log()}")
-                time.sleep(0.2)
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL to the whole process group (the stock runner's flow-run children too)."""
-        if self.alive():
-            os.killpg(self.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def terminate(self, timeout: float = 60) -> int | None:
-        """SIGTERM and wait; None when it had to be killed after `timeout`."""
-        if not self.alive():
-            return self.process.returncode if self.process else None
-        os.killpg(self.pid, signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return None
-
-    def log(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
 
 def reconcile_cli() -> int:

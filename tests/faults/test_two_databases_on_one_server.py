@@ -10,10 +10,8 @@ collected in one pytest run.)
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -22,7 +20,7 @@ from sqlalchemy import create_engine, text
 from checks import EventLedger, check_sends, fault_report, fault_schedule, scale, wait_final_states  # noqa: F401
 from conftest import PG_ADMIN_URL, _admin_engine, _with_database
 from fault_world import Executor, module_prefect
-from support import deal_input
+from support import deal_input, using
 
 pytestmark = pytest.mark.faults
 
@@ -35,45 +33,17 @@ STEPS = [
 ]
 
 
-@contextmanager
-def using(url: str, deployment: str) -> Iterator[None]:
-    """Point this process's settings at one database and its deployment name."""
-    from followups.settings import reset_settings
-
-    saved = {k: os.environ.get(k) for k in ("FOLLOWUPS_DATABASE_URL", "FOLLOWUPS_DEPLOYMENT_NAME")}
-    os.environ["FOLLOWUPS_DATABASE_URL"] = url
-    os.environ["FOLLOWUPS_DEPLOYMENT_NAME"] = f"follow-up-sequence/{deployment}"
-    reset_settings()
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        reset_settings()
-
-
 class SideExecutor(Executor):
-    """A fast worker for one database: F's executor, started with that database's settings and
+    """A fast worker for one database (`fault_world.Executor`), started with that database's settings and
     ready when that database's own deployment has been polled."""
 
     def __init__(self, url: str, deployment: str, prefect_api: str, log_path) -> None:
-        super().__init__("fast", prefect_api, log_path)
-        self.url, self.deployment = url, deployment
+        super().__init__("fast", prefect_api, log_path, deployment=f"follow-up-sequence/{deployment}")
+        self.url, self.side_deployment = url, deployment
 
     def start(self, timeout: float = 90) -> SideExecutor:
-        import fault_world
-
-        saved = fault_world.DEPLOYMENT
-        fault_world.DEPLOYMENT = f"follow-up-sequence/{self.deployment}"  # what start() waits for
-        try:
-            with using(self.url, self.deployment):
-                super().start(timeout)
-        finally:
-            fault_world.DEPLOYMENT = saved
-        return self
+        with using(self.url, self.side_deployment):
+            return super().start(timeout)
 
 
 @pytest.fixture(scope="module")
