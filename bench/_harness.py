@@ -691,10 +691,11 @@ def enroll_scheduled(owner: int, sequence_id: int, deal_input: dict[str, Any], s
     create_enrollment + schedule_sequence_run, exactly what enroll_deal does for "now")."""
     from followups.db.models import Enrollment
     from followups.db.session import session_scope
-    from followups.enrollment import as_deal_input, create_enrollment
-    from followups.scheduling import schedule_sequence_run
+    from followups.control import create_enrollment
+    from followups.inputs import DealInput
+    from followups.prefect_runs import schedule_sequence_run
 
-    deal_in = as_deal_input(deal_input)
+    deal_in = DealInput.model_validate(deal_input)
     with session_scope() as session:
         enrollment = create_enrollment(session, owner, deal_in, sequence_id)
         run_id = schedule_sequence_run(enrollment.id, deal_in.external_id, 0, scheduled_time=scheduled_time)

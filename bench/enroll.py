@@ -34,13 +34,13 @@ import _harness as h  # noqa: E402
 
 
 class _Timed:
-    """Times followups.enrollment.schedule_sequence_run (the Prefect part of enroll_deal)."""
+    """Times followups.prefect_runs.schedule_sequence_run (the Prefect part of enroll_deal)."""
 
     def __init__(self) -> None:
-        import followups.enrollment as enrollment
+        import followups.prefect_runs as prefect_runs
 
-        self.module = enrollment
-        self.original = enrollment.schedule_sequence_run
+        self.module = prefect_runs
+        self.original = prefect_runs.schedule_sequence_run
         self.local = threading.local()
 
     def __enter__(self) -> _Timed:
@@ -63,7 +63,7 @@ class _Timed:
 def _sequential(owner: int, sequence_id: int, n: int, label: str, timer: _Timed, reuse_client: bool) -> dict:
     from prefect.context import SyncClientContext
 
-    from followups.enrollment import enroll_deal
+    from followups.control import enroll_deal
 
     latencies, prefect_part, ids = [], [], []
     context = SyncClientContext() if reuse_client else contextlib.nullcontext()
@@ -86,7 +86,7 @@ def _sequential(owner: int, sequence_id: int, n: int, label: str, timer: _Timed,
 
 def run_path(world, kind: str, args) -> dict:
     from followups.control import cancel_enrollment
-    from followups.enrollment import enroll_deal
+    from followups.control import enroll_deal
 
     owner, sequence_id = h.new_owner_and_sequence()
     n_load = args.n if kind == "fast" else args.stock_n

@@ -109,7 +109,7 @@ def waiting_count(enrollment_ids: list[int]) -> int:
 
 
 def park_with_flows(world, ex, owner: int, sequence_id: int, n: int, label: str, timeout: float) -> dict:
-    from followups.enrollment import enroll_deal
+    from followups.control import enroll_deal
 
     started = time.perf_counter()
     prefix = f"park-{label}-{time.time_ns()}"
@@ -132,14 +132,15 @@ def park_directly(owner: int, sequence_id: int, n: int) -> dict:
     from followups.db.events import record_event
     from followups.db.models import Enrollment, EventType
     from followups.db.session import session_scope
-    from followups.enrollment import as_deal_input, create_enrollment
-    from followups.scheduling import schedule_sequence_run
+    from followups.control import create_enrollment
+    from followups.inputs import DealInput
+    from followups.prefect_runs import schedule_sequence_run
 
     due = datetime.now(UTC) + timedelta(days=30)
     prefix = f"bulk-{time.time_ns()}"
 
     def one(i: int) -> int:
-        deal_in = as_deal_input(h.deal(i, prefix))
+        deal_in = DealInput.model_validate(h.deal(i, prefix))
         with session_scope() as session:
             enrollment = create_enrollment(session, owner, deal_in, sequence_id)
             enrollment.current_step = 1
@@ -175,7 +176,7 @@ def api_latency(deployment_id, owner: int, sequence_id: int, samples: int, ex: h
     from prefect.settings import PREFECT_API_URL
 
     from followups.control import cancel_enrollment
-    from followups.enrollment import enroll_deal
+    from followups.control import enroll_deal
 
     api = PREFECT_API_URL.value()
     enrolled: list[int] = []

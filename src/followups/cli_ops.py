@@ -20,9 +20,10 @@ def register(app: typer.Typer, console: Console) -> None:
     from followups.cli_alerts import register as register_alert_commands
     from followups.cli_bulk import register as register_bulk_commands
     from followups.cli_deals import register as register_deal_commands
+    from followups.cli_scaled import register as register_scaled_commands
     from followups.cli_schedule import register as register_schedule_commands
 
-    for register_commands in (register_schedule_commands, register_alert_commands, register_bulk_commands, register_deal_commands):
+    for register_commands in (register_schedule_commands, register_alert_commands, register_bulk_commands, register_deal_commands, register_scaled_commands):
         register_commands(app, console)
 
     @app.command()

@@ -66,3 +66,7 @@ class OutcomeUnknownProviderError(TransientProviderError):
 
 class PermanentProviderError(ProviderError):
     """Bad request, bad credentials, opted-out recipient...: retrying cannot help."""
+
+
+class ScaledServerError(FollowupsError):
+    """The scaled Prefect server could not be started (or one of its processes died)."""
