@@ -48,6 +48,16 @@ def runs_of(enrollment_id: int) -> list[FlowRun]:
         )
 
 
+def final_runs_of(enrollment_id: int, count: int) -> list[FlowRun]:
+    """The enrollment's `count` runs once Prefect shows each in a final state (the enrollment's
+    COMPLETED row commits before the last run reports Completed)."""
+    return wait_for(
+        lambda: (runs := runs_of(enrollment_id)) and len(runs) == count
+        and all(r.state is not None and r.state.is_final() for r in runs) and runs,
+        timeout=30, what=f"{count} runs of enrollment {enrollment_id} in a final state",
+    )
+
+
 def claimers_of(flow_run_id) -> list[WorkerIdentity | None]:
     """Who claimed the run, in order (a Pending state per claim)."""
     with get_client(sync_client=True) as client:
@@ -201,8 +211,8 @@ def test_every_run_of_a_sequence_was_claimed_by_the_fast_worker(fast_worker, fak
     deal = deal_input(seller_email=f"{unique('fw')}@example.com")
     enrollment = enroll_deal(owner, deal, new_sequence(owner, FAST_SEQUENCE))
     wait_for(lambda: enrollment_row(enrollment.id).status == "COMPLETED", timeout=60, what="COMPLETED")
-    runs = runs_of(enrollment.id)
-    assert len(runs) == 3 and all(r.state.is_completed() for r in runs)
+    runs = final_runs_of(enrollment.id, 3)
+    assert all(r.state.is_completed() for r in runs)
     finals = []
     for run in runs:
         claimers = claimers_of(run.id)
@@ -378,5 +388,5 @@ def test_sigkill_mid_send_then_a_restarted_worker_finishes_with_one_send_per_ste
     names = state_names(killed_run.id)
     assert names[names.index("Crashed") :] == ["Crashed", "AwaitingRetry", "Pending", "Running", "Waiting"]
     assert [c.pid for c in claimers_of(killed_run.id)] == [first.pid, second.pid]
-    runs = runs_of(enrollment.id)
-    assert len(runs) == 3 and all(r.state.is_completed() for r in runs)
+    runs = final_runs_of(enrollment.id, 3)
+    assert all(r.state.is_completed() for r in runs)

@@ -25,12 +25,18 @@ def test_email_wait_email_wait_sms_runs_through_the_deployment(sequence_runner, 
     assert len(fake_providers.for_recipient(deal.seller_phone)) == 1
 
     # Each wait ended its run; the next part was a separate run scheduled for the due time.
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["follow-up-sequence"])),
-            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"enrollment:{enrollment.id}"])),
-        )
-    assert len(runs) == 3 and all(run.state.is_completed() for run in runs)
+    def sequence_runs():
+        with get_client(sync_client=True) as client:
+            return client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["follow-up-sequence"])),
+                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"enrollment:{enrollment.id}"])),
+            )
+
+    # The enrollment's COMPLETED row commits before the last run reports its final state.
+    runs = wait_for(lambda: (found := sequence_runs()) and len(found) == 3
+                    and all(r.state is not None and r.state.is_final() for r in found) and found,
+                    timeout=30, what="the three runs in a final state")
+    assert all(run.state.is_completed() for run in runs)
     assert all(f"deal:{deal.external_id}" in run.tags for run in runs)
     started = [e for e in events if e.event_type == "WAIT_STARTED"]
     run_by_id = {run.id: run for run in runs}
