@@ -23,7 +23,7 @@ from followups.flows.story import artifact_key
 from followups.identity import database_tag
 from followups.prefect_links import flow_run_link, runs_list_link
 from followups.prefect_runs import run_name
-from support import reach_wait
+from support import reach_wait, wait_for
 
 CHROMIUM = os.environ.get("FOLLOWUPS_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = os.environ.get("FOLLOWUPS_SCREENSHOTS_DIR")
@@ -65,7 +65,9 @@ def _runs_of(enrollment_id: int) -> list:
 def test_a_waiting_run_reads_like_the_sequence(sequence_runner, prefect_api, page):
     deal, enrollment_id, _ = reach_wait(3600)
     ui = prefect_api.removesuffix("/api")
-    [done] = [run for run in _runs_of(enrollment_id) if run.state and run.state.name == "Waiting"]
+    # The wait's event commits before the run reports its final "Waiting" state.
+    [done] = wait_for(lambda: [run for run in _runs_of(enrollment_id) if run.state and run.state.name == "Waiting"],
+                      timeout=30, what="the run to end Waiting in Prefect")
 
     page.goto(flow_run_link(done.id, ui))
     page.get_by_text(run_name(enrollment_id, deal.external_id, 0)).first.wait_for(timeout=30_000)
@@ -104,8 +106,9 @@ def test_the_status_runs_link_shows_every_run_of_the_enrollment(sequence_runner,
     assert printed.split("&startDate")[0] == link.split("&startDate")[0] == f"{ui}/runs?type=range"
     assert printed.endswith(f"&tag={database_tag()}&tag=enrollment:{enrollment_id}")
 
-    runs = _runs_of(enrollment_id)
-    assert len(runs) == 2 and {run.state.name for run in runs} == {"Waiting", "Scheduled"}
+    runs = wait_for(lambda: (found := _runs_of(enrollment_id)) and {run.state.name for run in found if run.state}
+                    == {"Waiting", "Scheduled"} and found, timeout=30, what="the Waiting and the Scheduled run")
+    assert len(runs) == 2
     page.goto(printed)
     page.get_by_text(re.compile(r"^2 runs?$")).first.wait_for(timeout=30_000)
     for run in runs:
