@@ -138,6 +138,60 @@ def test_automations_of_two_databases_do_not_overlap():
         assert "aaaaaaaa" in matches and "bbbbbbbb" not in matches
 
 
+class ZombieWorld:
+    """The zombie-run rule applied with 10 s of silence (the setting's default is 90 s) and
+    matching a tag only this test's runs carry, so that no other run of the session's server
+    (they beat every 30 s) can be taken for a zombie; runs of a real waiting enrollment, due in
+    30 days so that no runner picks them up."""
+
+    def __init__(self) -> None:
+        from prefect.events.schemas.automations import AutomationCore
+
+        from followups.alerts import zombie_rule
+
+        self.tag = f"followups-db:{uuid.uuid4().hex[:8]}"
+        with get_client(sync_client=True) as client:
+            self.rule_id = client.create_automation(AutomationCore(**zombie_rule(self.tag, 10).model_dump(exclude={"id"})))
+        owner = new_owner()
+        self.enrollment = enroll_deal(owner, deal_input(), new_sequence(owner, [{"type": "WAIT", "days": 3}, {"type": "SMS", "body": "Hi"}]))
+        wait_for(lambda: enrollment_row(self.enrollment.id).next_due_at is not None, timeout=60, what="the wait to start")
+        self.runs: list[uuid.UUID] = []
+
+    def run(self, name: str) -> uuid.UUID:
+        """A follow-up run created with the tag, as served runs are: a state event names the
+        tags the run was created with (Prefect caches them), not tags added later."""
+        from datetime import UTC, datetime, timedelta
+
+        from prefect.states import Scheduled
+
+        from followups.settings import get_settings
+
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name(get_settings().deployment_name)
+            run_id = client.create_flow_run_from_deployment(
+                deployment.id,
+                parameters={"enrollment_id": self.enrollment.id},
+                state=Scheduled(scheduled_time=datetime.now(UTC) + timedelta(days=30)),
+                name=f"zombie test · {name}",
+                tags=[self.tag, f"enrollment:{self.enrollment.id}"],
+            ).id
+        self.runs.append(run_id)
+        return run_id
+
+    def state_of(self, run_id: uuid.UUID) -> str:
+        with get_client(sync_client=True) as client:
+            return client.read_flow_run(run_id).state.type.value
+
+    def close(self) -> None:
+        from prefect.states import Cancelled
+
+        with get_client(sync_client=True) as client:
+            client.delete_automation(self.rule_id)
+            for run_id in self.runs:
+                if self.state_of(run_id) not in ("COMPLETED", "CRASHED"):
+                    client.set_flow_run_state(run_id, Cancelled(), force=True)
+
+
 def test_a_follow_up_run_whose_heartbeat_stops_is_marked_crashed(sequence_runner):
     """Prefect's recipe for runs whose process died with its runner: heartbeats, then silence.
     The run here beats twice, as a runner's flow-run process does, and then goes quiet."""
@@ -146,46 +200,50 @@ def test_a_follow_up_run_whose_heartbeat_stops_is_marked_crashed(sequence_runner
     from prefect.events import emit_event
     from prefect.states import Running
 
-    from prefect.states import Cancelled
-
-    from followups.prefect_runs import schedule_sequence_run
-
-    from prefect.events.schemas.automations import AutomationCore
-
-    from followups.alerts import zombie_rule
-
-    # The applied rule waits 90 s (the setting's default): the same rule, 10 s, for the test,
-    # matching a tag only this test's run carries, so that no other run of the session's server
-    # (they beat every 30 s) can be taken for a zombie.
-    tag = f"followups-db:{uuid.uuid4().hex[:8]}"
-    rule = zombie_rule(tag, 10)
-    with get_client(sync_client=True) as client:
-        rule_id = client.create_automation(AutomationCore(**rule.model_dump(exclude={"id"})))
-    owner = new_owner()
-    enrollment = enroll_deal(owner, deal_input(), new_sequence(owner, [{"type": "WAIT", "days": 3}, {"type": "SMS", "body": "Hi"}]))
-    wait_for(lambda: enrollment_row(enrollment.id).next_due_at is not None, timeout=60, what="the wait to start")
-    from datetime import UTC, datetime, timedelta
-
-    zombie = schedule_sequence_run(enrollment.id, "D-zombie", 1, scheduled_time=datetime.now(UTC) + timedelta(days=30), key_suffix=":zombie")
-    with get_client(sync_client=True) as client:
-        client.set_flow_run_state(zombie, Running(), force=True)
-        client.update_flow_run(zombie, tags=[tag, f"enrollment:{enrollment.id}"])
-        run = client.read_flow_run(zombie)
-        flow = client.read_flow(run.flow_id)
-    related = [{"prefect.resource.id": f"prefect.flow.{flow.id}", "prefect.resource.role": "flow", "prefect.resource.name": flow.name}]
-    related += [{"prefect.resource.id": f"prefect.tag.{tag}", "prefect.resource.role": "tag"} for tag in run.tags]
-    for _ in range(2):
-        emit_event(event="prefect.flow-run.heartbeat", resource={"prefect.resource.id": f"prefect.flow-run.{zombie}"}, related=related)
-        time.sleep(1)
-
-    def crashed():
-        with get_client(sync_client=True) as client:
-            return client.read_flow_run(zombie).state.type.value == "CRASHED"
-
+    world = ZombieWorld()
     try:
-        wait_for(crashed, timeout=90, what="the silent run to be marked Crashed")
-    finally:
+        zombie = world.run("zombie")
         with get_client(sync_client=True) as client:
-            client.delete_automation(rule_id)
-            client.set_flow_run_state(zombie, Cancelled(), force=True)
-    assert tag in run.tags
+            client.set_flow_run_state(zombie, Running(), force=True)
+            run = client.read_flow_run(zombie)
+            flow = client.read_flow(run.flow_id)
+        related = [{"prefect.resource.id": f"prefect.flow.{flow.id}", "prefect.resource.role": "flow", "prefect.resource.name": flow.name}]
+        related += [{"prefect.resource.id": f"prefect.tag.{tag}", "prefect.resource.role": "tag"} for tag in run.tags]
+        for _ in range(2):
+            emit_event(event="prefect.flow-run.heartbeat", resource={"prefect.resource.id": f"prefect.flow-run.{zombie}"}, related=related)
+            time.sleep(1)
+        wait_for(lambda: world.state_of(zombie) == "CRASHED", timeout=90, what="the silent run to be marked Crashed")
+    finally:
+        world.close()
+
+
+def test_a_follow_up_run_left_claimed_or_started_by_a_killed_runner_is_marked_crashed(sequence_runner):
+    """A runner claims a run (Pending, Submitting) before it is due and is killed before it starts
+    the run's process, or the process dies right after proposing Running, before any heartbeat:
+    nothing else would ever move those runs. A run that goes on to finish is left alone."""
+    import time
+
+    from prefect.states import Completed, Pending, Running, Submitting
+
+    world = ZombieWorld()
+    try:
+        claimed, started, healthy = world.run("claimed"), world.run("started"), world.run("healthy")
+        with get_client(sync_client=True) as client:
+            for run_id in (claimed, started, healthy):
+                # Forced: Prefect makes a claim of a run due in 30 days wait for its time.
+                client.set_flow_run_state(run_id, Pending(), force=True)
+                # The runner's next claim step, an event of its own (named after the state).
+                client.set_flow_run_state(run_id, Submitting())
+            assert {world.state_of(r) for r in (claimed, started, healthy)} == {"PENDING"}
+            time.sleep(2)
+            client.set_flow_run_state(started, Running())
+            client.set_flow_run_state(healthy, Running())
+            time.sleep(2)
+            client.set_flow_run_state(healthy, Completed())
+        wait_for(lambda: world.state_of(claimed) == "CRASHED", timeout=90, what="the claimed run to be marked Crashed")
+        wait_for(lambda: world.state_of(started) == "CRASHED", timeout=30, what="the started run to be marked Crashed")
+        # The healthy run's windows closed before the started one's.
+        time.sleep(3)
+        assert world.state_of(healthy) == "COMPLETED"
+    finally:
+        world.close()

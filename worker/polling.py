@@ -8,7 +8,8 @@
   claimer win; a run we fail to claim is skipped. Nothing is queued between claim and start
   (two executors that queued claimed runs before starting them ran 1 of 300 twice).
 - Process-wide settings for the fast path (public ones): flow-run heartbeats off inside runs
-  (upkeep.py emits them for all), client CSRF support off when the server does not enforce
+  (upkeep.py emits them for all, every `PREFECT_FLOWS_HEARTBEAT_FREQUENCY` or else
+  `FOLLOWUPS_RUN_HEARTBEAT_SECONDS`), client CSRF support off when the server does not enforce
   CSRF (a GET per new client otherwise), and `print` routed to run logs once for the process.
 """
 
@@ -38,6 +39,7 @@ from prefect.settings import (
 from prefect.states import Pending
 from prefect.utilities.engine import propose_state_sync
 
+from followups.settings import get_settings
 from followups.worker import engine_patches, upkeep
 from followups.worker.executing import Executor, RunCounts
 from followups.worker.identity import WorkerIdentity
@@ -91,7 +93,9 @@ class FastWorker:
         """Serve until `stop_event` is set; then finish the runs in flight and return."""
         engine_patches.apply()
         self._result_dir.mkdir(parents=True, exist_ok=True)
-        heartbeat = get_current_settings().flows.heartbeat_frequency
+        # Heartbeats by default, as `followups serve` sends them: the zombie-run rule takes a
+        # Running run that stays silent for a dead one.
+        heartbeat = get_current_settings().flows.heartbeat_frequency or get_settings().run_heartbeat_seconds
         updates: dict[Any, Any] = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
         with get_client(sync_client=True) as probe:
             if not server_uses_csrf(probe):

@@ -112,7 +112,14 @@ def _block_document_id(client: Any, reference: str) -> Any:
 def zombie_rule(db_tag: str, silent_seconds: int) -> Automation:
     """A running follow-up run whose heartbeats stopped (its runner was killed, its machine
     lost) is marked Crashed, Prefect's own recipe for such runs; the sync trigger then repairs
-    its enrollment. Without it the run would stay Running for ever and hold the enrollment."""
+    its enrollment. Without it the run would stay Running for ever and hold the enrollment.
+
+    A claimed run is the same case one step earlier: Prefect's runner claims a run (Pending, then
+    Pending named "Submitting") up to 10 s before it is due and starts its process then, and a
+    process killed just after it proposed Running may never deliver its first heartbeat. So these
+    states start the silence too; every executor the product ships sends heartbeats (`followups
+    serve`, the fast worker, prefect.yaml's process pool). InfrastructurePending does not: a
+    container platform may take minutes to start a run, legitimately."""
     from prefect.automations import Automation
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState
@@ -120,10 +127,14 @@ def zombie_rule(db_tag: str, silent_seconds: int) -> Automation:
 
     return Automation(
         name=f"followups {db_tag.split(':')[1]}: crash follow-up runs whose heartbeat stopped",
-        description=f"No heartbeat nor state change for {silent_seconds} s from a running follow-up run: "
-        "its process is gone. Marked Crashed so that its enrollment is repaired.",
+        description=f"No heartbeat nor state change for {silent_seconds} s from a running or claimed (Pending) "
+        "follow-up run: its process or runner is gone. Marked Crashed so that its enrollment is repaired.",
         trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
+            # Events are named after the state's name, not its type.
+            after={
+                "prefect.flow-run.heartbeat", "prefect.flow-run.Pending", "prefect.flow-run.Submitting",
+                "prefect.flow-run.Running",
+            },
             # Any later event of the run (a heartbeat, any state: our runs end in states named
             # "Waiting", "Stopped", ...) shows it alive or finished.
             expect={"prefect.flow-run.*"},
@@ -138,7 +149,8 @@ def zombie_rule(db_tag: str, silent_seconds: int) -> Automation:
             within=silent_seconds,
         ),
         actions=[ChangeFlowRunState(
-            state=StateType.CRASHED, message=f"no heartbeat for {silent_seconds} s: the process running it is gone",
+            state=StateType.CRASHED,
+            message=f"no heartbeat nor state change for {silent_seconds} s: the process or runner holding it is gone",
         )],
     )
 

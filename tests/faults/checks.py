@@ -96,6 +96,46 @@ def statuses(enrollment_ids: Iterable[int], url: str | None = None) -> dict[int,
     return {row.id: row.status for row in rows}
 
 
+def describe(enrollment_ids: list[int], url: str | None = None) -> str:
+    """Why enrollments are stuck, for a failure message: each one's row, its last events, and its
+    pending run's state history in Prefect (the context's Prefect server)."""
+    lines = []
+    with _session(url) as session:
+        for enrollment_id in enrollment_ids:
+            row = session.execute(
+                text("SELECT status, current_step, next_due_at, prefect_flow_run_id FROM enrollments WHERE id = :i"),
+                {"i": enrollment_id},
+            ).one()
+            events = session.execute(
+                text("SELECT event_type, step_index FROM follow_up_events WHERE enrollment_id = :i "
+                     "ORDER BY id DESC LIMIT 6"), {"i": enrollment_id},
+            ).all()
+            lines.append(f"enrollment {enrollment_id}: {row.status} at step {row.current_step}, due {row.next_due_at}, "
+                         f"pending run {row.prefect_flow_run_id}; last events (newest first): "
+                         + ", ".join(f"{e.event_type}@{e.step_index}" for e in events))
+            if row.prefect_flow_run_id is not None:
+                lines.append("  run states: " + _run_history(row.prefect_flow_run_id))
+    return "\n".join(lines)
+
+
+def _describe_safely(enrollment_ids: list[int], url: str | None) -> str:
+    try:
+        return describe(enrollment_ids, url)
+    except Exception as exc:  # a diagnosis must not hide the failure it explains
+        return f"(no diagnosis: {type(exc).__name__}: {exc})"
+
+
+def _run_history(run_id) -> str:
+    try:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            states = sorted(client.read_flow_run_states(run_id), key=lambda s: s.timestamp)
+        return " -> ".join(f"{s.name}({s.timestamp:%H:%M:%S}{': ' + s.message[:80] if s.message else ''})" for s in states) or "none"
+    except Exception as exc:  # a diagnosis must not hide the failure it explains
+        return f"unreadable ({type(exc).__name__}: {exc})"
+
+
 # -- assertion 1: every enrollment reaches its final state --------------------------------
 
 
@@ -123,7 +163,8 @@ def wait_final_states(
             sample = dict(list(missing.items())[:20])
             raise AssertionError(
                 f"{len(missing)} of {len(wanted)} enrollments not in their final state after {timeout}s "
-                f"(id: status now): {sample}; expected e.g. {[sorted(wanted[e]) for e in list(sample)[:3]]}"
+                f"(id: status now): {sample}; expected e.g. {[sorted(wanted[e]) for e in list(sample)[:3]]}\n"
+                + _describe_safely(list(sample)[:5], url)
             )
         if repair is not None and time.monotonic() >= next_repair:
             repair()

@@ -30,7 +30,9 @@ from sqlalchemy import text
 from checks import EventLedger, fault_report, fault_schedule  # noqa: F401
 from followups.errors import FollowupsError, InvalidInputError
 
-pytestmark = pytest.mark.faults
+# Nothing here is timed or killed: it runs beside other tests, on one xdist worker (the last
+# test reads what the others recorded in this module).
+pytestmark = [pytest.mark.faults, pytest.mark.concurrent, pytest.mark.xdist_group("hostile-corpus")]
 
 CORPUS_PATH = Path(__file__).with_name("hostile_corpus.json")
 CORPUS: list[dict[str, Any]] = json.loads(CORPUS_PATH.read_text())
