@@ -9,7 +9,6 @@ module only sequences them and tells the operator what happened (`flows.story`).
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import UTC, datetime
 
@@ -24,6 +23,7 @@ from followups.execution.completion import complete
 from followups.execution.deferral import hold_if_needed
 from followups.execution.waiting import run_wait
 from followups.flows import story
+from followups import prefect_runs
 from followups.prefect_runs import run_name
 from followups.steps import WaitStep, channel_of
 from followups.tasks.send_step import configured_send_step
@@ -74,7 +74,7 @@ def _run(enrollment_id: int, flow_run_id: uuid.UUID | None) -> State:
             raise Pause(state=check.run_state)
         if check.next is Next.SUSPEND:
             logger.info("Paused through the API at step %s; Resume continues with %s of the wait", plan.current_step, _left(plan.next_due_at))
-            suspend_flow_run(key=f"pause-{plan.current_step}-{time.time_ns()}")
+            suspend_flow_run(key=prefect_runs.self_pause_key(plan.current_step))
             continue
         if check.next is Next.STOP:
             # Paused (and this is not its pending run), or finished: another run owns it, or nobody.

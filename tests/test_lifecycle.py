@@ -170,6 +170,31 @@ def test_an_expired_suspend_pauses_an_active_enrollment_and_leaves_a_paused_one(
     assert decide("PAUSED", RUN, "FAILED", starting_run_id=OTHER_RUN, suspend_expired=True).action is Action.ADOPT
 
 
+def test_a_run_that_suspended_itself_is_resumed_when_its_enrollment_is_active_again():
+    # The flow suspends itself only for a PAUSED enrollment: ACTIVE now means a resume came after.
+    assert decide("ACTIVE", RUN, "PAUSED", suspended_itself=True).action is Action.RESUME_RUN
+    assert decide("ACTIVE", RUN, "PAUSED").action is Action.PAUSE  # an operator's suspend
+    assert decide("PAUSED", RUN, "PAUSED", suspended_itself=True).action is Action.NONE
+
+
+def test_a_run_knows_its_own_suspend_from_an_operators():
+    from types import SimpleNamespace
+
+    from prefect.states import Running, Suspended
+
+    from followups.prefect_runs import self_pause_key, suspended_itself
+
+    def run(state):
+        return SimpleNamespace(state=state)
+
+    assert suspended_itself(run(Suspended(pause_key=self_pause_key(3))))
+    assert suspended_itself(run(Suspended(pause_key="pause-1-1764194738000000000")))  # the older key
+    assert not suspended_itself(run(Suspended(pause_key="followups-1a2b3c4d")))  # our API, from outside
+    assert not suspended_itself(run(Suspended()))
+    assert not suspended_itself(run(Running()))
+    assert not suspended_itself(None)
+
+
 @pytest.mark.parametrize("run_state", ["RUNNING", "PAUSED"])
 def test_a_paused_enrollments_run_goes_on_only_when_its_history_shows_a_resume(run_state):
     # A worker that claimed the run before the pause suspended it starts it anyway: that is no

@@ -85,6 +85,32 @@ def test_a_pause_that_lands_after_the_workers_claim_is_kept(unserved):
     assert event_types(enrollment_id).count("RESUMED") == 1
 
 
+def test_a_resume_between_the_flows_pause_check_and_its_suspend_is_not_lost(unserved):
+    """The flow finds the enrollment PAUSED and decides to suspend itself; before its suspend
+    lands the investor resumes, and finds the run running (nothing to resume). The run's own
+    suspend then arrives: it is resumed, and the enrollment stays ACTIVE."""
+    enrollment_id, run_id = _enrollment_with_a_run()
+    _set(run_id, Pending(message="claimed by a worker"))
+    pause_enrollment(enrollment_id)
+    _start(run_id)
+    check = checkpoint(enrollment_id, run_id, starting=True)
+    assert (check.next, check.plan.status) == (Next.SUSPEND, "PAUSED")
+    assert resume_enrollment(enrollment_id).status == "ACTIVE"
+    assert prefect_runs.read_run(run_id).state.is_running()  # the resume had nothing to resume
+    _set(run_id, Suspended(pause_key=prefect_runs.self_pause_key(check.plan.current_step)))
+    # What the sync flow (Prefect's Suspended event) and the sweep both do.
+    with session_scope() as session:
+        plan = reconcile_enrollment(session, enrollment_id)
+    assert plan.status == "ACTIVE" and plan.prefect_flow_run_id == run_id
+    run = prefect_runs.read_run(run_id)
+    assert run.state.is_scheduled() and run.state.name == "Resuming"
+    assert event_types(enrollment_id)[-2:] == ["RESUMED", "RECONCILED"]
+    # An operator's suspend in Prefect still pauses the enrollment.
+    _set(run_id, Suspended(pause_key="operator"))
+    with session_scope() as session:
+        assert reconcile_enrollment(session, enrollment_id).status == "PAUSED"
+
+
 def test_a_resume_done_in_prefect_lets_the_paused_enrollments_run_go_on(unserved):
     enrollment_id, run_id = _enrollment_with_a_run()
     pause_enrollment(enrollment_id)

@@ -15,7 +15,9 @@ single run however often it is asked for.
 from __future__ import annotations
 
 import logging
+import re
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -190,6 +192,25 @@ def read_run(flow_run_id: uuid.UUID | None) -> FlowRun | None:
 
 def is_suspended(run: FlowRun | None) -> bool:
     return bool(run and run.state and run.state.is_paused())
+
+
+# The key a sequence run suspends itself with, for a pause made through our API between steps
+# ("pause-<step>-<ns>" before this prefix existed).
+SELF_PAUSE_KEY_PREFIX = "followups-self-pause-"
+_OLD_SELF_PAUSE_KEY = re.compile(r"pause-\d+-\d+")
+
+
+def self_pause_key(step: int) -> str:
+    return f"{SELF_PAUSE_KEY_PREFIX}{step}-{time.time_ns()}"
+
+
+def suspended_itself(run: FlowRun | None) -> bool:
+    """Whether the run is suspended because its own flow suspended it (a pause through our API),
+    rather than by an operator in Prefect or by our API from outside."""
+    if not is_suspended(run):
+        return False
+    key = (run.state.state_details.pause_key if run.state.state_details else None) or ""
+    return key.startswith(SELF_PAUSE_KEY_PREFIX) or bool(_OLD_SELF_PAUSE_KEY.fullmatch(key))
 
 
 def is_live(run: FlowRun | None) -> bool:

@@ -29,7 +29,8 @@ from fault_world import (
 from followups.control import enroll_deal
 from support import deal_input, new_owner, new_sequence, wait_for
 
-pytestmark = pytest.mark.faults
+# Restarts the machine's PostgreSQL: nothing else may run meanwhile.
+pytestmark = [pytest.mark.faults, pytest.mark.exclusive]
 
 
 def _cluster() -> str:

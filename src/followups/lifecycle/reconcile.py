@@ -29,6 +29,7 @@ class Action(StrEnum):
     NONE = "none"
     PAUSE = "pause"  # suspended in Prefect: the enrollment is PAUSED
     RESUME = "resume"  # resumed in Prefect: the enrollment is ACTIVE again
+    RESUME_RUN = "resume-run"  # the run suspended itself for a pause a resume then undid: resume it
     CANCEL = "cancel"  # cancelled in Prefect: the enrollment is CANCELLED
     RESCHEDULE = "reschedule"  # the pending run is gone, ended or not ours: a new one at the due time
     SCHEDULE = "schedule"  # an ACTIVE enrollment never got its first run (its enroller died in between)
@@ -62,6 +63,7 @@ def decide(
     suspend_expired: bool = False,
     stopped_by_runner: bool = False,
     resumed_in_prefect: bool = False,
+    suspended_itself: bool = False,
     unscheduled_for: float | None = None,
     unscheduled_grace: float = UNSCHEDULED_GRACE_SECONDS,
 ) -> Decision:
@@ -76,6 +78,10 @@ def decide(
     asked for: it is repaired like a crashed run. `resumed_in_prefect` (read only for a PAUSED
     enrollment's starting pending run) says the run's history shows a resume after its suspend;
     without one, the run was claimed by a worker before the suspend landed and must not go on.
+    `suspended_itself` says the suspended run was suspended by its own flow, which does so only
+    for an enrollment it found PAUSED: if the enrollment is ACTIVE now, a resume came in between
+    (finding the run still running, so nothing to resume) and the run must be resumed, not the
+    enrollment paused.
     `unscheduled_for` is how long (seconds) an enrollment without a pending run has been so.
     """
     if pending_run_id is None and status == EnrollmentStatus.ACTIVE and (unscheduled_for or 0) > unscheduled_grace:
@@ -95,6 +101,8 @@ def decide(
         if run_state is None:
             return Decision(Action.RESCHEDULE, "the pending run is missing (deleted in Prefect)")
         if run_state == "PAUSED":
+            if suspended_itself:
+                return Decision(Action.RESUME_RUN, "the run suspended itself for a pause that a resume has since undone")
             return Decision(Action.PAUSE, "the pending run was suspended in Prefect")
         if suspend_expired:
             return Decision(Action.PAUSE, "the pending run was suspended in Prefect and its suspend expired")
@@ -149,7 +157,10 @@ def reconcile(
         suspend_expired=prefect_runs.suspend_expired(run),
         stopped_by_runner=prefect_runs.stopped_by_runner(run),
         resumed_in_prefect=resumed,
+        suspended_itself=prefect_runs.suspended_itself(run),
     )
+    if decision.action is Action.RESUME_RUN:
+        return store.resume_own_run(session, plan, run, content={"reason": decision.why, "run_state": "PAUSED"})
     return apply(session, plan, decision, run_state=prefect_runs.state_type(run), starting_run_id=starting_run_id)
 
 

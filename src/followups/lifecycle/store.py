@@ -265,6 +265,18 @@ def reschedule(
     return _write(session, plan, next_due_at=due, prefect_flow_run_id=run_id)
 
 
+def resume_own_run(session: Session, plan: EnrollmentPlan, run: Any, *, content: dict[str, Any]) -> EnrollmentPlan:
+    """An ACTIVE enrollment's run that suspended itself for a pause since undone: resumed in
+    Prefect (keeping what is left of the wait), with a RECONCILED event saying so."""
+    check(plan.enrollment_id, plan.status, EnrollmentStatus.ACTIVE, Actor.RECONCILER)
+    record_event(
+        session, enrollment_id=plan.enrollment_id, event_type=EventType.RECONCILED, step_index=_step_of(plan),
+        content={"source": Actor.PREFECT.value, "action": "resume-run", **content}, flow_run_id=plan.prefect_flow_run_id,
+    )
+    prefect_runs.resume_run(run, plan.next_due_at)
+    return plan
+
+
 def adopt(session: Session, plan: EnrollmentPlan, flow_run_id: uuid.UUID, *, content: dict[str, Any]) -> EnrollmentPlan:
     """A run started in Prefect carries the enrollment on, its pending run having ended."""
     check(plan.enrollment_id, plan.status, EnrollmentStatus.ACTIVE, Actor.RECONCILER)
