@@ -177,6 +177,13 @@ def test_a_run_that_suspended_itself_is_resumed_when_its_enrollment_is_active_ag
     assert decide("PAUSED", RUN, "PAUSED", suspended_itself=True).action is Action.NONE
 
 
+def test_a_run_cancelled_before_its_claimed_start_cancels_the_enrollment():
+    assert decide("ACTIVE", RUN, "RUNNING", starting_run_id=RUN, cancelled_before_start=True).action is Action.CANCEL
+    assert decide("ACTIVE", RUN, "RUNNING", starting_run_id=RUN).action is Action.NONE
+    # Read only for the pending run starting: a run started by hand beside it only goes along.
+    assert decide("ACTIVE", RUN, "RUNNING", starting_run_id=OTHER_RUN, cancelled_before_start=True).action is Action.NONE
+
+
 def test_a_run_knows_its_own_suspend_from_an_operators():
     from types import SimpleNamespace
 

@@ -111,6 +111,38 @@ def test_a_resume_between_the_flows_pause_check_and_its_suspend_is_not_lost(unse
         assert reconcile_enrollment(session, enrollment_id).status == "PAUSED"
 
 
+def test_an_operators_cancel_after_the_runners_claim_is_honoured_when_the_run_starts(unserved):
+    """The runner claims a waiting run before it is due; the operator cancels it in the UI; the
+    runner starts it anyway and Prefect accepts Cancelled -> Running. The run sends nothing and
+    the enrollment is CANCELLED, as the operator meant."""
+    enrollment_id, run_id = _enrollment_with_a_run()
+    _set(run_id, Pending(message="claimed by a runner"))
+    _set(run_id, Cancelled(message="cancelled in the UI"))
+    _start(run_id)
+    assert prefect_runs.read_run(run_id).state.is_running()
+    check = checkpoint(enrollment_id, run_id, starting=True)
+    assert (check.next, check.plan.status) == (Next.STOP, "CANCELLED")
+    assert "CANCELLED" in event_types(enrollment_id)
+
+
+def test_a_run_retried_in_prefect_after_a_cancel_is_no_cancel_of_its_start(unserved):
+    """Scheduled again after the cancel (the UI's Retry, a resume): that start is not the one the
+    cancel was about."""
+    from prefect.states import AwaitingRetry
+
+    enrollment_id, run_id = _enrollment_with_a_run()
+    _set(run_id, Pending(message="claimed by a runner"))
+    _set(run_id, Cancelled(message="cancelled in the UI"))
+    _set(run_id, AwaitingRetry(scheduled_time=datetime.now(UTC)))
+    _set(run_id, Pending(message="claimed by a runner"))
+    _start(run_id)
+    assert not prefect_runs.cancelled_before_start(run_id)
+    # The runner's own shutdown cancel is no operator's either.
+    _set(run_id, Cancelled(message=prefect_runs.RUNNER_SHUTDOWN_MESSAGE))
+    _start(run_id)
+    assert not prefect_runs.cancelled_before_start(run_id)
+
+
 def test_a_resume_done_in_prefect_lets_the_paused_enrollments_run_go_on(unserved):
     enrollment_id, run_id = _enrollment_with_a_run()
     pause_enrollment(enrollment_id)

@@ -242,6 +242,20 @@ def _history(flow_run_id: uuid.UUID) -> list[Any]:
     return sorted(_client().read_flow_run_states(flow_run_id), key=lambda s: s.timestamp)
 
 
+def cancelled_before_start(flow_run_id: uuid.UUID) -> bool:
+    """Whether an operator cancelled the run after it was last scheduled, and it started anyway: a
+    runner claims runs up to 10 s before they are due and starts them without looking again, and
+    Prefect lets a Cancelled run go to Running (its rerun). A runner's own shutdown cancel does not
+    count; a retry or resume in Prefect (Scheduled again) starts the count afresh."""
+    since_scheduled: list[Any] = []
+    for past in _history(flow_run_id):
+        since_scheduled = [] if past.is_scheduled() else [*since_scheduled, past]
+    return any(
+        past.is_cancelling() or (past.is_cancelled() and past.message != RUNNER_SHUTDOWN_MESSAGE)
+        for past in since_scheduled
+    )
+
+
 def stopped_by_runner(run: FlowRun | None) -> bool:
     """The run was Cancelled by its runner shutting down, not by anyone asking: an operator's
     cancel (UI, `prefect flow-run cancel`) goes through Cancelling first; the runner's own
