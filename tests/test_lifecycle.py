@@ -178,10 +178,14 @@ def test_a_run_that_suspended_itself_is_resumed_when_its_enrollment_is_active_ag
 
 
 def test_a_run_cancelled_before_its_claimed_start_cancels_the_enrollment():
-    assert decide("ACTIVE", RUN, "RUNNING", starting_run_id=RUN, cancelled_before_start=True).action is Action.CANCEL
+    assert decide("ACTIVE", RUN, "RUNNING", starting_run_id=RUN, cancel_requested=True).action is Action.CANCEL
     assert decide("ACTIVE", RUN, "RUNNING", starting_run_id=RUN).action is Action.NONE
+    # A run killed for a cancel may report Crashed (or Failed) before its runner reports Cancelled.
+    assert decide("ACTIVE", RUN, "CRASHED", cancel_requested=True).action is Action.CANCEL
+    assert decide("ACTIVE", RUN, "FAILED", cancel_requested=True).action is Action.CANCEL
+    assert decide("ACTIVE", RUN, "CRASHED").action is Action.RESCHEDULE
     # Read only for the pending run starting: a run started by hand beside it only goes along.
-    assert decide("ACTIVE", RUN, "RUNNING", starting_run_id=OTHER_RUN, cancelled_before_start=True).action is Action.NONE
+    assert decide("ACTIVE", RUN, "RUNNING", starting_run_id=OTHER_RUN, cancel_requested=True).action is Action.NONE
 
 
 def test_a_run_knows_its_own_suspend_from_an_operators():

@@ -125,6 +125,25 @@ def test_an_operators_cancel_after_the_runners_claim_is_honoured_when_the_run_st
     assert "CANCELLED" in event_types(enrollment_id)
 
 
+def test_a_run_killed_for_a_cancel_that_reports_a_crash_first_still_cancels(unserved):
+    """The operator cancels a running run (Cancelling); the runner kills its process, whose
+    engine reports Crashed before the runner reports Cancelled. That is the cancel, not a crash
+    to repair with a new run."""
+    from prefect.states import Crashed
+
+    enrollment_id, run_id = _enrollment_with_a_run()
+    _set(run_id, Pending(message="claimed by a runner"))
+    _start(run_id)
+    _set(run_id, Cancelling(message="cancelled in the UI"), force=False)
+    # The engine reports its crash with force (what the runner log showed: Crashed after Cancelling).
+    _set(run_id, Crashed(message="Execution was aborted by a termination signal."))
+    assert prefect_runs.read_run(run_id).state.is_crashed()
+    with session_scope() as session:
+        plan = reconcile_enrollment(session, enrollment_id)
+    assert plan.status == "CANCELLED" and plan.prefect_flow_run_id == run_id
+    assert "RECONCILED" not in event_types(enrollment_id)
+
+
 def test_a_run_retried_in_prefect_after_a_cancel_is_no_cancel_of_its_start(unserved):
     """Scheduled again after the cancel (the UI's Retry, a resume): that start is not the one the
     cancel was about."""
@@ -136,11 +155,11 @@ def test_a_run_retried_in_prefect_after_a_cancel_is_no_cancel_of_its_start(unser
     _set(run_id, AwaitingRetry(scheduled_time=datetime.now(UTC)))
     _set(run_id, Pending(message="claimed by a runner"))
     _start(run_id)
-    assert not prefect_runs.cancelled_before_start(run_id)
+    assert not prefect_runs.cancel_requested(run_id)
     # The runner's own shutdown cancel is no operator's either.
     _set(run_id, Cancelled(message=prefect_runs.RUNNER_SHUTDOWN_MESSAGE))
     _start(run_id)
-    assert not prefect_runs.cancelled_before_start(run_id)
+    assert not prefect_runs.cancel_requested(run_id)
 
 
 def test_a_resume_done_in_prefect_lets_the_paused_enrollments_run_go_on(unserved):

@@ -242,11 +242,12 @@ def _history(flow_run_id: uuid.UUID) -> list[Any]:
     return sorted(_client().read_flow_run_states(flow_run_id), key=lambda s: s.timestamp)
 
 
-def cancelled_before_start(flow_run_id: uuid.UUID) -> bool:
-    """Whether an operator cancelled the run after it was last scheduled, and it started anyway: a
-    runner claims runs up to 10 s before they are due and starts them without looking again, and
-    Prefect lets a Cancelled run go to Running (its rerun). A runner's own shutdown cancel does not
-    count; a retry or resume in Prefect (Scheduled again) starts the count afresh."""
+def cancel_requested(flow_run_id: uuid.UUID) -> bool:
+    """Whether an operator cancelled the run since it was last scheduled, whatever its state says
+    now. A runner claims runs up to 10 s before they are due and starts them without looking
+    again, and Prefect lets a Cancelled run go to Running (its rerun); a run killed for a cancel
+    may report Crashed before its runner reports Cancelled. A runner's own shutdown cancel does
+    not count; a retry or resume in Prefect (Scheduled again) starts the count afresh."""
     since_scheduled: list[Any] = []
     for past in _history(flow_run_id):
         since_scheduled = [] if past.is_scheduled() else [*since_scheduled, past]

@@ -49,6 +49,7 @@ NOT_STARTED = {"SCHEDULED", "PENDING"}
 UNSCHEDULED_GRACE_SECONDS = 300
 CANCELLED_STATES = {"CANCELLED", "CANCELLING"}
 ENDED_STATES = {"COMPLETED", "FAILED", "CRASHED"}
+KILLED_STATES = {"FAILED", "CRASHED"}  # how a run whose process was killed for a cancel may end
 REPAIR_BACKOFF_SECONDS = 30  # the second repair of one step waits 30 s, the third 60 s, ...
 MAX_REPAIR_BACKOFF = 3600
 
@@ -64,7 +65,7 @@ def decide(
     stopped_by_runner: bool = False,
     resumed_in_prefect: bool = False,
     suspended_itself: bool = False,
-    cancelled_before_start: bool = False,
+    cancel_requested: bool = False,
     unscheduled_for: float | None = None,
     unscheduled_grace: float = UNSCHEDULED_GRACE_SECONDS,
 ) -> Decision:
@@ -83,8 +84,9 @@ def decide(
     for an enrollment it found PAUSED: if the enrollment is ACTIVE now, a resume came in between
     (finding the run still running, so nothing to resume) and the run must be resumed, not the
     enrollment paused.
-    `cancelled_before_start` (read only for an ACTIVE enrollment's starting pending run) says an
-    operator cancelled the run after a runner had claimed it, and the runner started it anyway.
+    `cancel_requested` (read only for an ACTIVE enrollment's pending run that is starting or ended
+    Crashed or Failed) says an operator cancelled the run since it was last scheduled: a runner
+    that had claimed it started it anyway, or its process, killed for the cancel, reported a crash.
     `unscheduled_for` is how long (seconds) an enrollment without a pending run has been so.
     """
     if pending_run_id is None and status == EnrollmentStatus.ACTIVE and (unscheduled_for or 0) > unscheduled_grace:
@@ -99,8 +101,10 @@ def decide(
             return Decision(Action.ADOPT, "a new run was started in Prefect and the pending run had ended")
         starting_run_id = None
     if status == EnrollmentStatus.ACTIVE:
-        if cancelled_before_start and starting_run_id is not None:
+        if cancel_requested and starting_run_id is not None:
             return Decision(Action.CANCEL, "the run was cancelled in Prefect before it started")
+        if cancel_requested and run_state in KILLED_STATES:
+            return Decision(Action.CANCEL, f"the run was cancelled in Prefect and its process ended {run_state}")
         if not run_is_ours:
             return Decision(Action.RESCHEDULE, "the pending run belongs to another enrollment or database")
         if run_state is None:
@@ -153,11 +157,14 @@ def reconcile(
     if plan.status == EnrollmentStatus.PAUSED and starting_run_id is not None and starting_run_id == plan.prefect_flow_run_id:
         # The one case that needs the run's history (rare: a paused enrollment's run starting).
         resumed = prefect_runs.resumed_since_suspend(starting_run_id)
-    cancelled_first = False
-    if plan.status == EnrollmentStatus.ACTIVE and starting_run_id is not None and starting_run_id == plan.prefect_flow_run_id:
-        # One read of the run's history per run start: the only way to see a cancel that a
-        # runner's earlier claim overtook (the run shows Running now).
-        cancelled_first = prefect_runs.cancelled_before_start(starting_run_id)
+    cancelled = False
+    if plan.status == EnrollmentStatus.ACTIVE and (
+        (starting_run_id is not None and starting_run_id == plan.prefect_flow_run_id)
+        or prefect_runs.state_type(run) in KILLED_STATES
+    ):
+        # One read of the run's history per run start (and per crashed run): the only way to
+        # see a cancel that a runner's earlier claim, or a crash report, overtook.
+        cancelled = prefect_runs.cancel_requested(plan.prefect_flow_run_id)
     decision = decide(
         plan.status,
         plan.prefect_flow_run_id,
@@ -168,7 +175,7 @@ def reconcile(
         stopped_by_runner=prefect_runs.stopped_by_runner(run),
         resumed_in_prefect=resumed,
         suspended_itself=prefect_runs.suspended_itself(run),
-        cancelled_before_start=cancelled_first,
+        cancel_requested=cancelled,
     )
     if decision.action is Action.RESUME_RUN:
         return store.resume_own_run(session, plan, run, content={"reason": decision.why, "run_state": "PAUSED"})
