@@ -22,7 +22,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
-from checks import EventLedger, check_sends, fault_report, fault_schedule, scale, wait_final_states  # noqa: F401
+from checks import EventLedger, check_sends, fault_report, fault_schedule, full_only, scale, wait_final_states  # noqa: F401
 from fault_world import SEQUENCE, Executor, ProviderTap, attempts_in_flight, module_prefect, reconcile_cli, reconciled_count, step_state
 from followups.control import enroll_deal
 from support import deal_input, new_owner, new_sequence, wait_for
@@ -30,6 +30,12 @@ from support import deal_input, new_owner, new_sequence, wait_for
 pytestmark = pytest.mark.faults
 
 KINDS = ["before_attempt", "before_call", "during_call", "after_call", "after_commit"]
+# The stock runner's variants wait on Prefect's timing (30 s heartbeats, a 45 s silence, runner
+# prefetch): beside another scenario on this 2-core machine they missed their bounds, so CI runs
+# the SIGKILL one alone, and the SIGTERM one (its rules have unit tests in test_run_races.py) at
+# full scale only, to keep .ci/run near its time budget.
+STOCK = pytest.param("stock", marks=pytest.mark.exclusive)
+STOCK_FULL_ONLY = pytest.param("stock", marks=[pytest.mark.exclusive, full_only])
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +113,7 @@ def _sent_in(batch) -> int:
     return sum(bool(t & {"EMAIL_SENT", "SMS_SENT"}) for t in step_state(batch).values())
 
 
-@pytest.mark.parametrize("kind", ["fast", "stock"])
+@pytest.mark.parametrize("kind", ["fast", STOCK])
 def test_sigkill_at_seeded_moments_then_a_new_worker_finishes(kind, prefect_url, fake_providers, fault_schedule, fault_report, tmp_path):
     # Stock: 3 of the 5 kinds always include a kill between attempt and outcome (which strands).
     rounds = scale(5 if kind == "fast" else 3, 15)
@@ -172,7 +178,7 @@ def _open_runs(enrollment_ids) -> list:
 # Stock: the runner's shutdown SIGTERMs its flow-run processes (and the group signal reaches them
 # too); a send holds the signal until its outcome is committed (`execution.stop_guard`), and a run
 # the runner marks Cancelled ("Runner is shutting down.") is replaced, not taken as a cancel.
-@pytest.mark.parametrize("kind", ["fast", "stock"])
+@pytest.mark.parametrize("kind", ["fast", STOCK_FULL_ONLY])
 def test_sigterm_with_steps_in_flight_hands_back_or_finishes_every_run(kind, prefect_url, fake_providers, fault_schedule, fault_report, tmp_path):
     owner = new_owner()
     sequence = new_sequence(owner, SEQUENCE)
