@@ -558,9 +558,9 @@ class BenchWorld:
 
 @dataclass
 class Executor:
-    """The stock runner or the fast worker, in its own process group."""
+    """The stock runner, the fast worker or the followups work-pool worker, in its own process group."""
 
-    kind: str  # "stock" | "fast"
+    kind: str  # "stock" | "fast" | "pool"
     world: BenchWorld
     concurrency: int = FAST_CONCURRENCY
     poll: float = FAST_POLL_SECONDS
@@ -575,12 +575,17 @@ class Executor:
         extra = "".join(f", {k}={v}" for k, v in self.extra_env.items()) + (f", nice {self.nice}" if self.nice else "")
         if self.kind == "stock":
             return f"stock serve(limit={STOCK_LIMIT}, poll={STOCK_POLL_SECONDS}s{extra})"
+        if self.kind == "pool":
+            return f"prefect worker start --pool {BENCH_POOL} (type followups, limit={self.concurrency}, query every {self.poll}s{extra})"
         return f"fast worker (concurrency={self.concurrency}, poll={self.poll}s{extra})"
 
     def command(self) -> list[str]:
         prefix = ["nice", "-n", str(self.nice)] if self.nice else []
         if self.kind == "stock":
             return [*prefix, sys.executable, "-m", "followups.cli", "serve", "--limit", str(STOCK_LIMIT)]
+        if self.kind == "pool":
+            prefect = str(Path(sys.executable).parent / "prefect")
+            return [*prefix, prefect, "worker", "start", "--pool", BENCH_POOL, "--limit", str(self.concurrency)]
         return [
             *prefix,
             sys.executable,
@@ -596,6 +601,9 @@ class Executor:
         assert self.world.tmp is not None
         self.log_path = self.world.tmp / f"{self.kind}-{uuid.uuid4().hex[:6]}.log"
         env = {**os.environ, **self.world.env, "PYTHONSAFEPATH": "1", **self.extra_env}
+        if self.kind == "pool":
+            env.setdefault("PREFECT_WORKER_QUERY_SECONDS", str(self.poll))
+            use_pool(True)
         with open(self.log_path, "wb") as out:
             self.process = subprocess.Popen(
                 self.command(),
@@ -648,7 +656,10 @@ class Executor:
             self.sampler.stop()
         if self.process is None:
             return None
-        return stop_process(self.process, timeout=timeout)
+        code = stop_process(self.process, timeout=timeout)
+        if self.kind == "pool":
+            use_pool(False)
+        return code
 
     def tail(self, chars: int = 3000) -> str:
         if self.log_path and self.log_path.exists():
@@ -782,6 +793,26 @@ def executor(kind: str, world: BenchWorld, **kwargs: Any) -> Iterator[Executor]:
         code = ex.stop()
         if code not in (0, -15, 143, None):
             log(f"{ex.label} exited with {code}; log tail:\n{ex.tail()}")
+
+
+BENCH_POOL = "bench-followups"
+
+
+def use_pool(on: bool) -> Any:
+    """Put follow-up-sequence/followups into the `followups`-type work pool (runs created from
+    then on belong to it), or take it out again for the other executors."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    from followups.deployments.definitions import sequence_deployment
+
+    if not on:
+        return sequence_deployment().apply()
+    with get_client(sync_client=True) as client:
+        with contextlib.suppress(ObjectAlreadyExists):
+            client.create_work_pool(work_pool=WorkPoolCreate(name=BENCH_POOL, type="followups"))
+    return sequence_deployment().apply(work_pool_name=BENCH_POOL)
 
 
 def register_deployment() -> Any:

@@ -1,8 +1,9 @@
 """Throughput: N enrollments whose EMAIL step is due at the same instant, drained end to end.
 
-    python bench/throughput.py [--n-fast 300] [--n-stock 40] [--repeats 3] [--stock-repeats 2]
+    python bench/throughput.py [--n-fast 300] [--n-stock 40] [--repeats 3] [--stock-repeats 2] [--with-pool]
 
-For each path (the stock runner, then the fast worker) in one Prefect server: stop the executor
+For each path (the stock runner, then the fast worker, then with --with-pool the same threads as a
+Prefect worker type, `prefect worker start --pool` on a pool of type followups) in one Prefect server: stop the executor
 (SIGSTOP), create N enrollments of a one-EMAIL sequence (their first flow runs are due now, as
 `enroll_deal` makes them), let the executor go on at T (SIGCONT) so the N due runs are all
 available to it at that instant, then wait until every EMAIL_SENT event is committed and every
@@ -131,7 +132,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--concurrency", type=int, default=h.FAST_CONCURRENCY)
     parser.add_argument("--poll", type=float, default=h.FAST_POLL_SECONDS)
     parser.add_argument("--timeout", type=float, default=300, help="max seconds to drain one repetition")
-    parser.add_argument("--only", choices=["stock", "fast"], help="run one path only")
+    parser.add_argument("--only", choices=["stock", "fast", "pool"], action="append",
+                        help="run this path only (repeat the option for several)")
+    parser.add_argument("--with-pool", action="store_true",
+                        help="also the followups work-pool worker (`prefect worker start`), after the fast worker")
     parser.add_argument("--executor-env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment for the executor process (sensitivity runs)")
     parser.add_argument("--nice", type=int, default=0, help="run the executor under `nice -n N`")
@@ -140,13 +144,16 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"command": "python bench/throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     with h.BenchWorld("throughput") as world:
         h.register_deployment()
-        if args.only != "fast":
+        paths = set(args.only or ["stock", "fast", *(["pool"] if args.with_pool else [])])
+        if "stock" in paths:
             results["stock"] = run_path(world, "stock", args.n_stock, args.stock_repeats, args)
-        if args.only != "stock":
+        if "fast" in paths:
             results["fast"] = run_path(world, "fast", args.n_fast, args.repeats, args)
+        if "pool" in paths:
+            results["pool"] = run_path(world, "pool", args.n_fast, args.repeats, args)
 
     print("\n== throughput (steps/s, end to end: due -> provider -> EMAIL_SENT committed) ==")
-    for kind in ("stock", "fast"):
+    for kind in ("stock", "fast", "pool"):
         if kind in results:
             r = results[kind]
             print(f"{r['executor']}:")
@@ -158,15 +165,19 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  latency p95    {h.fmt(r['latency_p95_seconds'], 's')}")
             print(f"  duplicate sends {r['duplicate_sends']}")
             print(f"  other load on the machine (cores) {h.fmt(r['other_load_cores'], digits=2)}")
-    if "stock" in results and "fast" in results:
-        results["ratio_steps_per_second"] = h.ratio(
-            results["fast"]["steps_per_second"]["median"], results["stock"]["steps_per_second"]["median"]
-        )
-        results["ratio_cpu_per_step"] = h.ratio(
-            results["stock"]["cpu_seconds_per_step"]["median"], results["fast"]["cpu_seconds_per_step"]["median"]
-        )
-        print(f"ratio fast/stock steps/s (medians): {results['ratio_steps_per_second']:.1f}x")
-        print(f"ratio stock/fast CPU-s per step (medians): {results['ratio_cpu_per_step']:.1f}x")
+    # (key suffix, numerator path, denominator path): steps/s of the first over the second, and
+    # CPU per step of the stock path over the fast one but of the pool worker over the fast one
+    for suffix, a, b in (("", "fast", "stock"), ("_pool_fast", "pool", "fast")):
+        if a in results and b in results:
+            cpu_over = (b, a) if a == "fast" else (a, b)
+            results[f"ratio{suffix}_steps_per_second"] = h.ratio(
+                results[a]["steps_per_second"]["median"], results[b]["steps_per_second"]["median"]
+            )
+            results[f"ratio{suffix}_cpu_per_step"] = h.ratio(
+                results[cpu_over[0]]["cpu_seconds_per_step"]["median"], results[cpu_over[1]]["cpu_seconds_per_step"]["median"]
+            )
+            print(f"ratio {a}/{b} steps/s (medians): {results[f'ratio{suffix}_steps_per_second']:.2f}x")
+            print(f"ratio {cpu_over[0]}/{cpu_over[1]} CPU-s per step (medians): {results[f'ratio{suffix}_cpu_per_step']:.2f}x")
     path = h.write_results("throughput", results)
     print(f"results: {path}")
     return results

@@ -9,6 +9,8 @@ one of N threads. Our flows and tasks are synchronous (SQLAlchemy, httpx), hence
 stock runner and the process worker keep working; any of them can serve the same deployments
 at the same time (the server lets exactly one of them claim each run).
 
+- pool_worker.py: the same threads as a Prefect worker type (`prefect worker start --pool P` on a
+  pool of type `followups`): Prefect's BaseWorker polls the pool and claims, the threads run.
 - main.py: command line, signals (graceful stop, then exit at once on a second signal).
 - polling.py: the main loop, claiming due runs only when a thread is free to start them.
 - executing.py: executor threads, crashed/cancelled runs, replacement threads for hung runs.
@@ -17,6 +19,7 @@ at the same time (the server lets exactly one of them claim each run).
 - served_flows.py: the deployments served (registered if missing, and again if served without
   a work pool, so new triggers and schedules arrive), and their flows.
 - upkeep.py: one heartbeat thread for all runs, tag concurrency limit refresh and clean-up.
+- runtime.py: the settings both front ends give their threads.
 - engine_patches.py, concurrency_patches.py: the only private Prefect names replaced, and why.
 
 Guarantees: at most `concurrency` runs at once (plus at most `concurrency` replacement threads

@@ -19,6 +19,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,7 @@ class _Slot:
     started_at: float = 0.0
     retired: bool = False  # replaced because its run hung: exits after that run
     cancel_sent: bool = False
+    on_done: Callable[[], None] | None = None  # told when the run ends, however it ends
 
 
 class Executor:
@@ -112,11 +114,12 @@ class Executor:
     def return_slot(self, slot: _Slot) -> None:
         self._idle.put(slot)
 
-    def start_run(self, slot: _Slot, flow_run: FlowRun) -> None:
+    def start_run(self, slot: _Slot, flow_run: FlowRun, on_done: Callable[[], None] | None = None) -> None:
         with self._lock:
             slot.run = flow_run
             slot.started_at = time.monotonic()
             slot.cancel_sent = False
+            slot.on_done = on_done
         slot.inbox.put(flow_run)
 
     def start_thread(self, target, name: str, *args: Any) -> threading.Thread:
@@ -148,9 +151,13 @@ class Executor:
                     with self._lock:
                         slot.run = None
                         retired = slot.retired
+                        on_done, slot.on_done = slot.on_done, None
                     if not retired:
                         self._idle.put(slot)
                     self.slot_freed.set()
+                    if on_done is not None:
+                        with contextlib.suppress(Exception):
+                            on_done()
                 if retired:
                     return
 
@@ -231,18 +238,23 @@ class Executor:
             )
         )
         for flow_run in cancelling:
-            slot = busy.get(flow_run.id)
+            self.cancel(flow_run.id)
+
+    def cancel(self, flow_run_id: uuid.UUID) -> bool:
+        """Stop the run's thread (cancelled in Prefect). False when the run is not in flight here."""
+        with self._lock:
+            slot = next((s for s in self._slots if s.run is not None and s.run.id == flow_run_id), None)
             if slot is None or slot.thread is None or slot.thread.ident is None:
-                continue
-            with self._lock:
-                if slot.run is None or slot.run.id != flow_run.id:
-                    continue
-                slot.cancel_sent = True
-                ident = slot.thread.ident
-                # A send in flight finishes and commits its outcome first (`execution.stop_guard`).
-                now = stop_thread_when_safe(ident, functools.partial(_raise_in_thread, ident, _CancelledByPrefect))
-            logger.info("Flow run %s was cancelled in Prefect: %s", flow_run.id,
-                        "stopping it" if now else "stopping it once its send in flight is recorded")
+                return False
+            if slot.cancel_sent:
+                return True
+            slot.cancel_sent = True
+            ident = slot.thread.ident
+            # A send in flight finishes and commits its outcome first (`execution.stop_guard`).
+            now = stop_thread_when_safe(ident, functools.partial(_raise_in_thread, ident, _CancelledByPrefect))
+        logger.info("Flow run %s was cancelled in Prefect: %s", flow_run_id,
+                    "stopping it" if now else "stopping it once its send in flight is recorded")
+        return True
 
     # -- shutdown --------------------------------------------------------------------------------
 

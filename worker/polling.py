@@ -21,26 +21,18 @@ import logging
 import tempfile
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import FlowRun
-from prefect.exceptions import Abort, Pause, PrefectHTTPStatusError
+from prefect.exceptions import Abort, Pause
 from prefect.logging.loggers import patch_print
-from prefect.settings import (
-    PREFECT_CLIENT_CSRF_SUPPORT_ENABLED,
-    PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
-    get_current_settings,
-    temporary_settings,
-)
+from prefect.settings import temporary_settings
 from prefect.states import Pending
 from prefect.utilities.engine import propose_state_sync
 
-from followups.settings import get_settings
-from followups.worker import engine_patches, upkeep
+from followups.worker import engine_patches, runtime, upkeep
 from followups.worker.executing import Executor, RunCounts
 from followups.worker.identity import WorkerIdentity
 from followups.worker.recovery import recover_orphans
@@ -50,17 +42,6 @@ logger = logging.getLogger("followups.fast_worker")
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_POLL_SECONDS = 0.5
-
-
-def server_uses_csrf(client: SyncPrefectClient) -> bool:
-    """Whether the Prefect server enforces CSRF tokens (off by default)."""
-    try:
-        client.request("GET", "/csrf-token", params={"client": str(uuid.uuid4())})  # type: ignore[arg-type]
-    except PrefectHTTPStatusError as exc:
-        return exc.response.status_code != 422
-    except Exception:  # noqa: BLE001 - keep Prefect's default when in doubt
-        return True
-    return True
 
 
 class FastWorker:
@@ -93,13 +74,9 @@ class FastWorker:
         """Serve until `stop_event` is set; then finish the runs in flight and return."""
         engine_patches.apply()
         self._result_dir.mkdir(parents=True, exist_ok=True)
-        # Heartbeats by default, as `followups serve` sends them: the zombie-run rule takes a
-        # Running run that stays silent for a dead one.
-        heartbeat = get_current_settings().flows.heartbeat_frequency or get_settings().run_heartbeat_seconds
-        updates: dict[Any, Any] = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+        heartbeat = runtime.run_heartbeat_seconds()
         with get_client(sync_client=True) as probe:
-            if not server_uses_csrf(probe):
-                updates[PREFECT_CLIENT_CSRF_SUPPORT_ENABLED] = False
+            updates = runtime.executor_settings(probe)
         with (
             temporary_settings(updates=updates),
             # print → run log for the whole process; swapping builtins.print per run races between threads
