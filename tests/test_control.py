@@ -72,10 +72,12 @@ def test_pause_holds_past_the_due_time_and_resume_after_due_sends_right_away(seq
 
     resumed_at = time.time()
     resume_enrollment(enrollment_id)
-    wait_for(lambda: enrollment_row(enrollment_id).status == "COMPLETED", timeout=60, what="COMPLETED")
+    wait_for(lambda: enrollment_row(enrollment_id).status == "COMPLETED", timeout=120, what="COMPLETED")
     emails = fake_providers.for_recipient(str(deal.seller_email))
     assert len(emails) == 2
-    assert emails[1].received_at - resumed_at < 15  # picked up at the runner's next poll
+    # Due at once: picked up at the runner's next poll (seconds; more when the session's shared
+    # runner is at capacity), not at the wait's length again nor left for a sweep (off here).
+    assert emails[1].received_at - resumed_at < 90
 
 
 def test_pause_while_a_step_is_sending_lets_it_finish_once_and_stops_before_the_next(sequence_runner, fake_providers):

@@ -36,7 +36,9 @@ def _completes(enrollment_id: int, timeout: float = 90) -> None:
 
 
 def test_pause_then_resume_a_waiting_enrollment_from_prefect(sequence_runner, fake_providers):
-    deal, enrollment_id, due = _waiting(25)
+    # Long enough for two control runs on a busy shared runner (each a new process: 10-15 s
+    # on a loaded 2-core machine) to land before the due time.
+    deal, enrollment_id, due = _waiting(50)
     waiting_run = enrollment_row(enrollment_id).prefect_flow_run_id
 
     paused = _run("pause-enrollment", enrollment_id=enrollment_id)

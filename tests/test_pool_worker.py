@@ -211,3 +211,22 @@ def test_cancel_in_prefect_stops_a_run_in_flight_and_the_worker_goes_on(world, f
     assert fake_providers.for_recipient(deal.seller_phone) == []
     assert "SMS_SENT" not in event_types(enrollment_id)
     world.alive()
+
+
+def test_a_foreign_deployment_in_the_pool_is_refused_not_imported(world):
+    """Only the product's flows run on these threads: another deployment put in the pool is
+    marked Crashed with the reason, and its entrypoint is never imported."""
+    with world.prefect.api(), get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name("not-ours")
+        deployment_id = client.create_deployment(
+            flow_id=flow_id, name="foreign", entrypoint="os:system", work_pool_name=POOL
+        )
+        run = client.create_flow_run_from_deployment(deployment_id)
+        state = wait_for(
+            lambda: (s := client.read_flow_run(run.id).state) and s.is_final() and s,
+            timeout=60, what="the foreign run to be refused",
+        )
+        client.delete_deployment(deployment_id)
+    assert state.is_crashed(), state
+    assert "not one of the product's flows" in (state.message or "")
+    world.alive()

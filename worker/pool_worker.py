@@ -207,9 +207,14 @@ class FollowupsWorker(BaseWorker[BaseJobConfiguration, BaseVariables, FollowupsW
         try:
             flow = await self._flow_for(flow_run)
         except _NotOurs as exc:
+            from prefect.states import Crashed
+            from prefect.utilities.engine import propose_state
+
             if task_status is not None:
                 task_status.started(self.infrastructure_id)
-            await self._propose_crashed_state(flow_run, str(exc))
+            logger.warning("Flow run %s: %s", flow_run.id, exc)
+            with contextlib.suppress(Exception):
+                await propose_state(self.client, Crashed(message=str(exc)), flow_run_id=flow_run.id)
             return FollowupsWorkerResult(identifier=self.infrastructure_id, status_code=0)
         self.executor.flows.setdefault(flow_run.deployment_id, flow)  # type: ignore[arg-type]
         start = flow_run.next_scheduled_start_time or flow_run.expected_start_time
