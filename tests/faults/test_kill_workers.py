@@ -152,7 +152,7 @@ def test_sigkill_at_seeded_moments_then_a_new_worker_finishes(kind, prefect_url,
             executor = Executor(kind, prefect_url, tmp_path / "executor.log").start()
     try:
         # The stock runner's killed runs wait for the zombie-run automation (45 s of silence).
-        wait_final_states({i: "COMPLETED" for i in ids}, timeout=scale(90 if kind == "fast" else 150, 400), repair=reconcile_cli, repair_every=15)
+        wait_final_states({i: "COMPLETED" for i in ids}, timeout=scale(150, 400), repair=reconcile_cli, repair_every=15)
         sends = check_sends(fake_providers, ids, accept_unknown=accept)
         ledger.assert_unchanged()
     finally:
