@@ -247,30 +247,3 @@ def test_a_thread_stop_during_a_send_is_delivered_after_it():
     calls: list[int] = []
     assert stop_thread_when_safe(ident, lambda: calls.append(1)) is True and calls == [1]
 
-
-def test_a_starting_run_is_taken_from_the_engine_not_read_again(unserved, monkeypatch):
-    """At a run's start the engine has just read it and had Running accepted: the checkpoint uses
-    that object (one server read fewer per run). Any other run, or one the engine holds in
-    another state, is read from the server."""
-    from types import SimpleNamespace
-
-    import prefect.context
-
-    enrollment_id, run_id = _enrollment_with_a_run()
-    _set(run_id, Pending(message="claimed by a runner"))
-    _start(run_id)
-    with get_client(sync_client=True) as client:
-        held = client.read_flow_run(run_id)
-    monkeypatch.setattr(prefect.context.FlowRunContext, "get", classmethod(lambda cls: SimpleNamespace(flow_run=held, flow=None)))
-    reads: list = []
-    real_read = prefect_runs.read_run
-    monkeypatch.setattr(prefect_runs, "read_run", lambda flow_run_id: reads.append(flow_run_id) or real_read(flow_run_id))
-
-    assert prefect_runs.run_as_started(run_id) is held
-    assert checkpoint(enrollment_id, run_id, starting=True).next is Next.GO
-    assert reads == []
-    other = uuid.uuid4()
-    assert prefect_runs.run_as_started(other) is None and reads == [other]
-    held.state = Pending()
-    fresh = prefect_runs.run_as_started(run_id)
-    assert fresh is not held and fresh.state.is_running() and reads == [other, run_id]

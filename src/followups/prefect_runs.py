@@ -190,18 +190,6 @@ def read_run(flow_run_id: uuid.UUID | None) -> FlowRun | None:
         return None
 
 
-def run_as_started(flow_run_id: uuid.UUID | None) -> FlowRun | None:
-    """This run as the flow engine holds it right after starting it (its Running state accepted
-    a moment ago), which saves the server a read per run; anything else is read."""
-    from prefect.context import FlowRunContext
-
-    context = FlowRunContext.get()
-    run = context.flow_run if context is not None else None
-    if run is not None and run.id == flow_run_id and run.state is not None and run.state.is_running():
-        return run
-    return read_run(flow_run_id)
-
-
 def is_suspended(run: FlowRun | None) -> bool:
     return bool(run and run.state and run.state.is_paused())
 

@@ -44,9 +44,10 @@ class Checkpoint:
 
 
 def checkpoint(enrollment_id: int, flow_run_id: uuid.UUID | None, *, starting: bool) -> Checkpoint:
-    # At the start, a change in the milliseconds since the engine read it shows at the next check,
-    # as one landing just after a fresh read would.
-    run = prefect_runs.run_as_started(flow_run_id) if starting else prefect_runs.read_run(flow_run_id)
+    # Read fresh even at the start, where the engine has just read it: the decisions below compare
+    # the run with the enrollment row, and a pause landing between the engine's read and that row
+    # (seconds on a loaded machine) made the two disagree (a fault scenario caught it).
+    run = prefect_runs.read_run(flow_run_id)
     if run is not None and not prefect_runs.from_this_database(run):
         raise InvalidStateError(
             f"flow run {flow_run_id} belongs to another followups database; give each database its own "
