@@ -89,6 +89,7 @@ class FollowupsWorker(BaseWorker[BaseJobConfiguration, BaseVariables, FollowupsW
     ) -> None:
         if limit is not None and limit < 1:
             raise ValueError("limit must be at least 1")
+        limit = limit or DEFAULT_LIMIT
         # Threads start a run at once: fetching runs ahead of their time would only hold slots.
         super().__init__(
             work_pool_name,
@@ -96,13 +97,13 @@ class FollowupsWorker(BaseWorker[BaseJobConfiguration, BaseVariables, FollowupsW
             name,
             0,
             create_pool_if_not_found,
-            limit or DEFAULT_LIMIT,
+            limit,
             heartbeat_interval_seconds,
             base_job_template=base_job_template,
         )
         from followups.worker.executing import Executor, RunCounts
 
-        self.concurrency = limit or DEFAULT_LIMIT
+        self.concurrency = limit
         self.counts = RunCounts()
         # A hung run keeps its pool slot (the limit is the pool's to count), so no replacement threads.
         self.executor = Executor(self.concurrency, float("inf"), self.counts)
