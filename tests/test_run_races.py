@@ -7,6 +7,7 @@ The runs belong to a deployment nobody serves, so no executor moves them behind 
 
 from __future__ import annotations
 
+import contextvars
 import os
 import signal
 import threading
@@ -109,6 +110,35 @@ def test_a_resume_between_the_flows_pause_check_and_its_suspend_is_not_lost(unse
     _set(run_id, Suspended(pause_key="operator"))
     with session_scope() as session:
         assert reconcile_enrollment(session, enrollment_id).status == "PAUSED"
+
+
+def test_a_pause_and_resume_during_a_send_leave_one_pair_of_events(unserved, monkeypatch):
+    """The investor pauses while a step is being sent (the run is Running, so our API suspends
+    it), then resumes before the flow's next check has taken the enrollment's lock. The check
+    must judge the run as it is once it holds the lock (resumed), not as it was before it waited
+    (suspended): that stale view once recorded a pause and a resume nobody asked for."""
+    from followups.execution import checkpoint as checkpoint_module
+
+    enrollment_id, run_id = _enrollment_with_a_run()
+    _set(run_id, Pending(message="claimed by a worker"))
+    _start(run_id)
+    assert pause_enrollment(enrollment_id).status == "PAUSED"
+    assert prefect_runs.read_run(run_id).state.is_paused()
+    real_load_plan = checkpoint_module.load_plan
+
+    def resume_lands_first(session, enrollment_id_, **kwargs):
+        # The resume commits while the check waits for the row lock (another thread, with this
+        # test's Prefect settings, which live in a context variable).
+        done = threading.Thread(target=contextvars.copy_context().run, args=(resume_enrollment, enrollment_id_))
+        done.start()
+        done.join()
+        return real_load_plan(session, enrollment_id_, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module, "load_plan", resume_lands_first)
+    check = checkpoint(enrollment_id, run_id, starting=False)
+    assert check.plan.status == "ACTIVE" and check.next is not Next.STAY_SUSPENDED
+    events = event_types(enrollment_id)
+    assert (events.count("PAUSED"), events.count("RESUMED")) == (1, 1), events
 
 
 def test_an_operators_cancel_after_the_runners_claim_is_honoured_when_the_run_starts(unserved):

@@ -24,7 +24,7 @@ from typing import Any
 from followups import prefect_runs
 from followups.db.models import EnrollmentStatus
 from followups.db.session import session_scope
-from followups.errors import InvalidStateError
+from followups.errors import InvalidStateError, NotFoundError
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
 from followups.lifecycle.reconcile import reconcile
 
@@ -44,17 +44,18 @@ class Checkpoint:
 
 
 def checkpoint(enrollment_id: int, flow_run_id: uuid.UUID | None, *, starting: bool) -> Checkpoint:
-    # Read fresh even at the start, where the engine has just read it: the decisions below compare
-    # the run with the enrollment row, and a pause landing between the engine's read and that row
-    # (seconds on a loaded machine) made the two disagree (a fault scenario caught it).
-    run = prefect_runs.read_run(flow_run_id)
-    if run is not None and not prefect_runs.from_this_database(run):
-        raise InvalidStateError(
-            f"flow run {flow_run_id} belongs to another followups database; give each database its own "
-            "deployment name (FOLLOWUPS_DEPLOYMENT_NAME) when they share a Prefect server"
-        )
     with session_scope() as session:
-        plan = load_plan(session, enrollment_id, lock=True)
+        try:
+            plan = load_plan(session, enrollment_id, lock=True)
+        except NotFoundError:
+            _refuse_foreign(prefect_runs.read_run(flow_run_id), flow_run_id)
+            raise
+        # The run is read only once the row lock is held, never before (nor taken from the
+        # engine's own read): our pause and resume change the run while holding this lock, so an
+        # earlier read may show a suspend that a resume has since undone, and the decision below
+        # would record a pause and a resume nobody asked for.
+        run = prefect_runs.read_run(flow_run_id)
+        _refuse_foreign(run, flow_run_id)
         is_pending_run = flow_run_id is not None and plan.prefect_flow_run_id == flow_run_id
         if is_pending_run and run is not None:
             plan = reconcile(session, plan, run=run, read=False, starting_run_id=flow_run_id if starting else None)
@@ -70,3 +71,12 @@ def checkpoint(enrollment_id: int, flow_run_id: uuid.UUID | None, *, starting: b
     if plan.status != EnrollmentStatus.ACTIVE:
         return Checkpoint(plan, Next.STOP)
     return Checkpoint(plan, Next.GO)
+
+
+def _refuse_foreign(run: Any, flow_run_id: uuid.UUID | None) -> None:
+    """A run of another database (raising rolls back: nothing of this one is touched)."""
+    if run is not None and not prefect_runs.from_this_database(run):
+        raise InvalidStateError(
+            f"flow run {flow_run_id} belongs to another followups database; give each database its own "
+            "deployment name (FOLLOWUPS_DEPLOYMENT_NAME) when they share a Prefect server"
+        )
