@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from followups import control
 from followups.api.auth import CurrentUser
@@ -30,6 +30,9 @@ class BatchRequest(BaseModel):
     sequence_id: Id
     # Items are validated one by one by the core, so a bad one gets its own answer.
     items: list[Any] = Field(description=f"Deals (as in POST /api/enrollments), at most {MAX_BATCH}")
+    start_at: AwareDatetime | None = Field(
+        None, description="When the sequences start (ISO 8601 with its UTC offset, up to a year ahead); default: now",
+    )
 
 
 class BatchItemOut(BaseModel):
@@ -59,7 +62,7 @@ def enroll_batch(body: BatchRequest, user_id: CurrentUser) -> dict[str, Any]:
     Idempotent on each deal's `external_id`."""
     if len(body.items) > MAX_BATCH:
         raise HTTPException(status_code=413, detail=f"at most {MAX_BATCH} items per batch, got {len(body.items)}")
-    results = control.enroll_deals(user_id, body.items, body.sequence_id)
+    results = control.enroll_deals(user_id, body.items, body.sequence_id, start_at=body.start_at)
     counts = {"ok": 0, "exists": 0, "error": 0}
     for result in results:
         counts[result.status] += 1

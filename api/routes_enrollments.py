@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Query, Response
 
 from followups import control
 from followups.api.auth import CurrentUser
 from followups.api.errors import error_responses
-from followups.api.schemas import EnrollmentOut, EnrollRequest, EventOut, OfferOut, OfferRequest
+from followups.api.schemas import EnrollmentOut, EnrollmentPageOut, EnrollRequest, EventOut, OfferOut, OfferRequest
 from followups.inputs import EXTERNAL_ID_PATTERN, MAX_NAME, Id
 
 router = APIRouter(tags=["enrollments"])
@@ -30,6 +30,18 @@ def enroll(body: EnrollRequest, user_id: CurrentUser) -> dict[str, Any]:
     or refreshed by its `external_id`. 409 when the sequence is disabled or the deal already runs it."""
     ref = control.enroll_deal(user_id, body.deal, body.sequence_id)
     return control.get_enrollment(ref.id, owner_id=user_id).as_dict()
+
+
+@router.get("/api/enrollments", response_model=EnrollmentPageOut, responses=error_responses(401, 422, 503))
+def list_enrollments(
+    user_id: CurrentUser,
+    status: Annotated[str | None, Query(description="ACTIVE, PAUSED, COMPLETED, FAILED, CANCELLED or STOPPED")] = None,
+    sequence_id: Annotated[Id | None, Query(description="Only this sequence's enrollments")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before: Annotated[Id | None, Query(description="The `next_before` of the previous page")] = None,
+) -> dict[str, Any]:
+    """The caller's enrollments, newest first, a page at a time."""
+    return control.list_enrollments(user_id, status=status, sequence_id=sequence_id, limit=limit, before=before).as_dict()
 
 
 @router.get("/api/enrollments/{enrollment_id}", response_model=EnrollmentOut, responses=error_responses(401, 404, 422, 503))

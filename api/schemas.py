@@ -113,6 +113,22 @@ class EnrollmentOut(_Response):
     timeline: list[TimelineStepOut]
 
 
+class EnrollmentSummaryOut(_Response):
+    id: int
+    deal_external_id: str
+    sequence_id: int
+    sequence_version: int
+    status: str = Field(description="ACTIVE, PAUSED, COMPLETED, FAILED, CANCELLED or STOPPED")
+    current_step: int
+    next_due_at: datetime | None
+    updated_at: datetime
+
+
+class EnrollmentPageOut(_Response):
+    items: list[EnrollmentSummaryOut]
+    next_before: int | None = Field(description="Pass as `before` to get the next page; null on the last page")
+
+
 class EventOut(_Response):
     id: int
     enrollment_id: int | None

@@ -1,6 +1,16 @@
 """Scale: many enrollments parked in a WAIT.
 
     python bench/scale.py [--n 500] [--stock-n 20] [--bulk 1500] [--samples 100]
+    python bench/scale.py --import 100000 [--burst 1000] [--samples 100]
+
+`--import N` parks N enrollments through the bulk path users have (`followups import`, the batch
+API: `bulk.enroll_batch`, 1,000 per call) with a start 30 days ahead, the fast worker serving:
+each one is an ACTIVE enrollment with one Scheduled Prefect run, as a WAIT leaves it (fewer rows
+in our database: no sent step yet). Then, with all N waiting: rows and bytes per enrollment in
+both databases, memory (PSS) of every process, the idle CPU of the Prefect server and
+PostgreSQL, runs marked Late, and the latency of the worker's poll, the Prefect UI's flow-run
+list, `followups status` and GET /api/enrollments. `--burst M` then imports M more due in the
+same minute and times them until the last is sent. The other phases below are skipped.
 
 The issue asks for 100,000 waiting enrollments; at the ~9 flow runs/s this machine executes
 (and ~50 runs/s it creates), that is hours of setup, so N is a flag and the default is smaller;
@@ -38,6 +48,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h  # noqa: E402
+import _scale_probes as probes  # noqa: E402
 
 PARK_SEQUENCE = [
     {"type": "EMAIL", "subject": "Offer on {{ deal.property_address }}", "text": "Hi {{ seller.first_name }}."},
@@ -220,6 +231,103 @@ def api_latency(deployment_id, owner: int, sequence_id: int, samples: int, ex: h
     return {name: h.summary(values) for name, values in timings.items()}
 
 
+def park_via_import(owner: int, sequence_id: int, n: int, start: datetime, prefix: str) -> dict:
+    """N enrollments through `enroll_batch` (what `followups import` calls), 1,000 per call."""
+    from followups.bulk import enroll_batch
+
+    ids: list[int] = []
+    calls: list[float] = []
+    started = time.perf_counter()
+    for first in range(0, n, 1000):
+        items = [h.deal(i, prefix) for i in range(first, min(n, first + 1000))]
+        t = time.perf_counter()
+        outcome = enroll_batch(owner, items, sequence_id, start_at=start)
+        calls.append(time.perf_counter() - t)
+        ids += [r.enrollment_id for r in outcome.results if r.status == "ok"]
+        if outcome.counts.get("error"):
+            h.log(f"  import: {outcome.counts['error']} errors in the call at {first}: {outcome.results[0].message}")
+        if (first // 1000) % 10 == 9:
+            h.log(f"  import: {len(ids)} parked, {len(ids) / (time.perf_counter() - started):.1f}/s")
+    elapsed = time.perf_counter() - started
+    h.log(f"  import: parked {len(ids)}/{n} in {elapsed:.0f}s ({len(ids) / elapsed:.1f}/s)")
+    return {"n": len(ids), "ids": ids, "seconds": round(elapsed, 1), "parked_per_second": round(len(ids) / elapsed, 1),
+            "seconds_per_1000_call": h.summary(calls)}
+
+
+def import_scale(args: argparse.Namespace, results: dict) -> None:
+    from followups.api_tokens import create_token
+    from followups.db.session import session_scope
+    from followups.sequences import create_sequence
+    from followups.users import ensure_user
+
+    with h.BenchWorld("scale") as world:
+        deployment_id = h.register_deployment()
+        name = f"bench-{time.time_ns()}"
+        with session_scope() as session:
+            owner = ensure_user(session, name)
+        token = create_token(name, label="bench")
+        with session_scope() as session:
+            park_id = create_sequence(session, owner, name="park", steps=PARK_SEQUENCE).id
+            burst_id = create_sequence(session, owner, name="burst", steps=h.ONE_EMAIL).id
+        followups_url = h.with_database(h.PG_ADMIN_URL, world.followups_db)
+        prefect_url = h.with_database(h.PG_ADMIN_URL, world.prefect_db)
+        start = datetime.now(UTC) + timedelta(days=30)
+        with h.executor("fast", world, concurrency=args.concurrency, poll=args.poll) as ex:
+            few = park_via_import(owner, park_id, 20, start, f"few-{time.time_ns()}")
+            h.log("latency with 20 waiting")
+            results["latency_20_waiting"] = probes.call_latency(deployment_id, few["ids"], token, args.samples)
+            results["memory_20_waiting"] = probes.memory(world, ex)
+            f0, p0 = table_stats(followups_url), table_stats(prefect_url)
+            h.log(f"parking {args.import_n} through the bulk path")
+            parked = park_via_import(owner, park_id, args.import_n, start, f"park-{time.time_ns()}")
+            time.sleep(5)  # the runs' events reach the event persister
+            f1, p1 = table_stats(followups_url), table_stats(prefect_url)
+            n = parked["n"]
+            results["import"] = {k: v for k, v in parked.items() if k != "ids"}
+            results["followups_db_per_enrollment"] = per_enrollment(f0, f1, n)
+            results["prefect_db_per_enrollment"] = per_enrollment(p0, p1, n)
+            results["followups_db_bytes_total"] = sum(t["bytes"] for t in f1.values())
+            results["prefect_db_bytes_total"] = sum(t["bytes"] for t in p1.values())
+            results["flow_runs_by_state"] = run_counts(deployment_id)
+            h.log(f"idle with {n} waiting ({args.idle_seconds:.0f}s)")
+            results["idle"] = probes.idle_server_cpu(world, args.idle_seconds)
+            results["late_runs"] = probes.late_runs(deployment_id)
+            results["memory_parked"] = probes.memory(world, ex)
+            h.log("latency with everything waiting")
+            results["latency_parked"] = probes.call_latency(deployment_id, parked["ids"], token, args.samples)
+            if args.burst:
+                h.log(f"burst: {args.burst} due in the same minute")
+                results["burst"] = probes.burst(owner, burst_id, args.burst, args.burst_lead, timeout=args.burst_timeout)
+                results["memory_after_burst"] = probes.memory(world, ex)
+                results["late_runs_after_burst"] = probes.late_runs(deployment_id)
+            results["executor_log_tail"] = ex.tail(1500)
+    _print_import(results)
+
+
+def _print_import(results: dict) -> None:
+    imp = results["import"]
+    print(f"\n== scale: {imp['n']} enrollments waiting, parked through the bulk path ==")
+    print(f"import: {imp['parked_per_second']}/s ({imp['seconds']} s); per 1,000-item call {h.fmt(imp['seconds_per_1000_call'], 's')}")
+    for label, key in (("followups DB", "followups_db_per_enrollment"), ("Prefect DB", "prefect_db_per_enrollment")):
+        db = results[key]
+        print(f"  {label} per enrollment: {db['rows']:.2f} rows, {db['bytes'] / 1024:.2f} KiB  "
+              + ", ".join(f"{t} {v['rows']:.2f}/{v['bytes'] / 1024:.2f}K" for t, v in list(db["by_table"].items())[:8]))
+    print(f"  totals: followups DB {results['followups_db_bytes_total'] / 2**20:.0f} MiB, Prefect DB {results['prefect_db_bytes_total'] / 2**20:.0f} MiB")
+    print(f"flow runs by state: {results['flow_runs_by_state']}; marked Late: {results['late_runs']}")
+    print(f"idle: {results['idle']}")
+    print(f"memory MiB (PSS), 20 waiting -> all waiting: {results['memory_20_waiting']} -> {results['memory_parked']}")
+    print("latency (20 waiting -> all waiting):")
+    for name, stats in results["latency_parked"].items():
+        few = results["latency_20_waiting"][name]
+        print(f"  {name:<72} p50 {few['median'] * 1000:.1f} ms p95 {few['p95'] * 1000:.1f} ms -> "
+              f"p50 {stats['median'] * 1000:.1f} ms p95 {stats['p95'] * 1000:.1f} ms")
+    if "burst" in results:
+        b = results["burst"]
+        print(f"burst of {b['n']} due in the same minute: imported in {b['import_seconds']} s; first sent {b['seconds_from_due_to_first_send']} s "
+              f"after the due time, last {b['seconds_from_due_to_last_send']} s ({b['sent']} sent, {b['sends_per_second']}/s); "
+              f"memory after {results['memory_after_burst']}; Late {results['late_runs_after_burst']}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=500, help="enrollments parked by the fast worker (flows executed)")
@@ -228,9 +336,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--samples", type=int, default=100, help="API latency samples per call")
     parser.add_argument("--concurrency", type=int, default=h.FAST_CONCURRENCY)
     parser.add_argument("--poll", type=float, default=h.FAST_POLL_SECONDS)
+    parser.add_argument("--import", dest="import_n", type=int, default=0, help="park this many through the bulk path instead")
+    parser.add_argument("--burst", type=int, default=0, help="with --import: this many more due in the same minute")
+    parser.add_argument("--burst-lead", type=float, default=90, help="seconds from the burst's import to its due time")
+    parser.add_argument("--burst-timeout", type=float, default=3600)
+    parser.add_argument("--idle-seconds", type=float, default=60)
     args = parser.parse_args(argv)
 
     results: dict = {"command": "python bench/scale.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    results["machine"] = h.machine_info()
+    if args.import_n:
+        import_scale(args, results)
+        path = h.write_results("scale", results)
+        print(f"results: {path}")
+        return results
     with h.BenchWorld("scale") as world:
         deployment_id = h.register_deployment()
         owner, sequence_id = h.new_owner_and_sequence(PARK_SEQUENCE)

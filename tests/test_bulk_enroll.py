@@ -156,6 +156,56 @@ def test_a_missing_first_run_is_scheduled_by_the_next_import(deployment, monkeyp
     assert all(len(found) == 1 for found in runs.values())
 
 
+def test_a_start_time_schedules_the_first_runs_for_then(deployment, monkeypatch):
+    from datetime import UTC, datetime, timedelta
+
+    from followups import prefect_runs
+    from followups.control import enroll_deals, pause_enrollment, resume_enrollment
+    from followups.errors import InvalidInputError
+
+    owner = new_owner()
+    sequence = new_sequence(owner)
+    start = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+    results = enroll_deals(owner, [deal(), deal()], sequence, start_at=start.astimezone(timezone_minus_5()).isoformat())
+    assert [r.status for r in results] == ["ok", "ok"]
+    runs = runs_of([r.enrollment_id for r in results])
+    with session_scope() as session:
+        rows = list(session.scalars(select(Enrollment).where(Enrollment.id.in_([r.enrollment_id for r in results]))))
+    for row in rows:
+        [run] = runs[row.id]
+        assert run.state.type.value == "SCHEDULED" and run.state.state_details.scheduled_time == start
+        assert row.next_due_at == start and row.prefect_flow_run_id == run.id
+    # Pausing and resuming before the start keeps the start.
+    first = results[0].enrollment_id
+    pause_enrollment(first)
+    assert resume_enrollment(first).status == "ACTIVE"
+    [run] = runs_of([first])[first]
+    assert run.state.is_scheduled() and run.state.state_details.scheduled_time == start
+    # A repair of a first run that was never made schedules it for the start too.
+    def down(*_, **__):
+        raise ConnectionError("Prefect is down")
+
+    items = [deal()]
+    monkeypatch.setattr(prefect_runs, "schedule_first_runs", down)
+    assert enroll_deals(owner, items, sequence, start_at=start)[0].field == "prefect"
+    monkeypatch.undo()
+    [again] = enroll_deals(owner, items, sequence, start_at=start)
+    [run] = runs_of([again.enrollment_id])[again.enrollment_id]
+    assert again.status == "exists" and run.state.state_details.scheduled_time == start
+    # Refused as a whole, with the field, and nothing stored.
+    for bad in ("2020-01-01T00:00:00Z", "2027-01-01T09:00:00", (datetime.now(UTC) + timedelta(days=400)).isoformat(), "soon", 5):
+        with pytest.raises(InvalidInputError) as refused:
+            enroll_deals(owner, [deal()], sequence, start_at=bad)
+        assert refused.value.field == "start_at", bad
+    assert counts(owner)[:2] == (3, 3)
+
+
+def timezone_minus_5():
+    from datetime import timedelta, timezone
+
+    return timezone(timedelta(hours=-5))
+
+
 def test_two_concurrent_imports_enroll_each_deal_once(deployment):
     from followups.bulk import enroll_batch
 
@@ -257,6 +307,30 @@ def test_cli_import_jsonl_and_hostile_lines(deployment, cli, tmp_path):
     assert "Traceback" not in out + err
 
 
+def test_cli_import_with_a_start_time(deployment, cli, tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    from followups.users import ensure_user
+
+    name = unique("importer")
+    with session_scope() as session:
+        owner = ensure_user(session, name)
+    sequence = new_sequence(owner)
+    path = tmp_path / "deals.csv"
+    path.write_text(_csv([deal(), deal()]))
+    start = (datetime.now(UTC) + timedelta(hours=5)).replace(microsecond=0)
+    code, out, err = cli("import", str(path), "--sequence", str(sequence), "--owner", name, "--start-at", start.isoformat(), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["enrolled"] == 2 and report["start_at"] == start.isoformat()
+    with session_scope() as session:
+        dues = session.scalars(select(Enrollment.next_due_at).join(Deal, Enrollment.deal_id == Deal.id).where(Deal.owner_id == owner)).all()
+    assert dues == [start, start]
+    for when in ("yesterday", "2020-01-01T00:00:00+00:00", "2027-01-01T09:00"):
+        code, out, err = cli("import", str(path), "--sequence", str(sequence), "--owner", name, "--start-at", when)
+        assert code == 1 and err.startswith("error: ") and "--start-at" in err and len(err.strip().splitlines()) == 1, (when, err)
+
+
 def test_cli_import_fatal_cases_exit_1(deployment, cli, tmp_path):
     from followups.users import ensure_user
 
@@ -305,6 +379,26 @@ def test_http_batch(http):
     assert foreign.status_code == 404
     assert http.post("/api/enrollments/batch", json={"sequence_id": sequence, "items": [deal()]}).status_code == 401
     assert counts(user.id)[:2] == (2, 2) and counts(other.id) == (0, 0, 0)
+
+
+def test_http_batch_start_at(http):
+    from datetime import UTC, datetime, timedelta
+
+    user = new_api_user()
+    sequence = new_sequence(user.id)
+    start = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
+    answer = http.post(
+        "/api/enrollments/batch", json={"sequence_id": sequence, "items": [deal()], "start_at": start.isoformat()}, headers=user.headers,
+    )
+    assert answer.status_code == 207, answer.text
+    [item] = answer.json()["items"]
+    [run] = runs_of([item["enrollment_id"]])[item["enrollment_id"]]
+    assert run.state.state_details.scheduled_time == start
+    for bad in ("2027-01-01T09:00:00", "2020-01-01T00:00:00Z", "never", [], (datetime.now(UTC) + timedelta(days=400)).isoformat()):
+        refused = http.post("/api/enrollments/batch", json={"sequence_id": sequence, "items": [deal()], "start_at": bad}, headers=user.headers)
+        assert refused.status_code == 422, (bad, refused.text)
+        assert "start_at" in json.dumps(refused.json()["errors"]), refused.text
+    assert counts(user.id)[:2] == (1, 1)
 
 
 _json = st.recursive(

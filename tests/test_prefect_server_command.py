@@ -29,3 +29,27 @@ def test_bad_input_is_one_line_and_exit_1(cli, monkeypatch, args, field):
     code, out, err = cli("prefect-server", *args)
     assert code == 1 and out == ""
     assert len(err.strip().splitlines()) == 1 and field in err and "Traceback" not in err
+
+
+def test_the_servers_it_starts_keep_the_prefect_database_bounded():
+    """Events kept 2 days and finished runs deleted after 30, unless the environment says
+    otherwise; checked by Prefect's own settings in a fresh process."""
+    import json
+    import subprocess
+    import sys
+
+    from followups.scaled_server import build_config, server_env
+
+    config = build_config(database_url="postgresql+asyncpg://postgres@127.0.0.1:5432/prefect")
+    show = (
+        "import json; from prefect.settings import get_current_settings as g; s = g().server; "
+        "print(json.dumps([s.events.retention_period.total_seconds(), sorted(s.services.db_vacuum.enabled), "
+        "s.services.db_vacuum.retention_period.total_seconds()]))"
+    )
+    for base, expected in (
+        ({}, [2 * 86400, ["events", "flow_runs"], 30 * 86400]),
+        ({"PREFECT_SERVER_EVENTS_RETENTION_PERIOD": "PT12H"}, [12 * 3600, ["events", "flow_runs"], 30 * 86400]),
+    ):
+        env = server_env(config, base={"PATH": "/usr/bin:/bin", **base})
+        out = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, timeout=120, check=True).stdout
+        assert json.loads(out.strip().splitlines()[-1]) == expected

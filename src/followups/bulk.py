@@ -10,7 +10,9 @@ items costs two short transactions and one Prefect call:
    imports of the same file wait for each other instead of both enrolling (and never deadlock);
    it answers `exists` for deals already enrolled, upserts the other deals and inserts their
    enrollments and ENROLLED events in one statement each, and commits;
-3. the first runs are created with Prefect's bulk endpoint, one idempotency key per enrollment;
+3. the first runs are created with Prefect's bulk endpoint, one idempotency key per enrollment,
+   due now or at the batch's `start_at` (also stored as the enrollment's due time, so that a
+   repair of a missing first run schedules it for then too);
 4. one UPDATE stores their ids (`lifecycle.store.set_first_runs`).
 
 The runs are made after the commit so that a run the worker starts at once finds its enrollment
@@ -28,6 +30,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, text
@@ -38,7 +41,7 @@ from followups import prefect_runs
 from followups.db.models import Deal, Enrollment, EnrollmentStatus
 from followups.db.session import session_scope
 from followups.errors import InvalidInputError
-from followups.inputs import DealInput, check_id, require_owner, validate
+from followups.inputs import DealInput, check_id, check_start_at, require_owner, validate
 from followups.lifecycle import store
 from followups.sequences import latest_version_id
 
@@ -75,14 +78,17 @@ class BatchOutcome:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def enroll_deals(owner_id: int, items: Sequence[Any], sequence_id: int) -> list[ItemResult]:
+def enroll_deals(owner_id: int, items: Sequence[Any], sequence_id: int, *, start_at: Any = None) -> list[ItemResult]:
     """Enroll many deals in `sequence_id` and start each one's sequence; one answer per item.
+
+    `start_at` (an aware datetime or ISO 8601 text; None: now) is when the sequences start: their
+    first runs are scheduled for then, and nothing runs before.
 
     Bad items never stop good ones. Raises only for the request as a whole: NotFoundError (no
     such owner, or no such sequence for this owner), InvalidStateError (disabled sequence),
-    InvalidInputError (more than MAX_BATCH items, or not a list).
+    InvalidInputError (more than MAX_BATCH items, or not a list; a bad `start_at`).
     """
-    return enroll_batch(owner_id, items, sequence_id, max_items=MAX_BATCH).results
+    return enroll_batch(owner_id, items, sequence_id, max_items=MAX_BATCH, start_at=start_at).results
 
 
 def enroll_batch(
@@ -92,10 +98,12 @@ def enroll_batch(
     *,
     max_items: int | None = None,
     progress: Callable[[int], None] | None = None,
+    start_at: Any = None,
 ) -> BatchOutcome:
     """`enroll_deals` with timings and no size limit unless given; `progress(n)` after each chunk."""
     owner_id = check_id(owner_id, "owner_id")
     sequence_id = check_id(sequence_id, "sequence_id")
+    start = check_start_at(start_at)
     if not isinstance(items, list | tuple):
         raise InvalidInputError("must be a list of deals", field="items")
     if max_items is not None and len(items) > max_items:
@@ -106,7 +114,7 @@ def enroll_batch(
     numbered = list(enumerate(items))
     chunks = [numbered[start : start + CHUNK] for start in range(0, len(numbered), CHUNK)]
     # Each chunk runs in a copy of the caller's context: Prefect's settings (the API URL) live there.
-    futures = [_workers().submit(contextvars.copy_context().run, _chunk, owner_id, sequence_id, chunk) for chunk in chunks]
+    futures = [_workers().submit(contextvars.copy_context().run, _chunk, owner_id, sequence_id, chunk, start) for chunk in chunks]
     for future in futures:
         results, db_seconds, prefect_seconds = future.result()
         outcome.results.extend(results)
@@ -161,7 +169,9 @@ def _validated(chunk: list[tuple[int, Any]]) -> tuple[dict[int, ItemResult], dic
     return bad, valid, repeats
 
 
-def _chunk(owner_id: int, sequence_id: int, chunk: list[tuple[int, Any]]) -> tuple[list[ItemResult], float, float]:
+def _chunk(
+    owner_id: int, sequence_id: int, chunk: list[tuple[int, Any]], start: datetime | None
+) -> tuple[list[ItemResult], float, float]:
     bad, valid, repeats = _validated(chunk)
     answers: dict[int, ItemResult] = dict(bad)
     started = time.perf_counter()
@@ -170,7 +180,7 @@ def _chunk(owner_id: int, sequence_id: int, chunk: list[tuple[int, Any]]) -> tup
     created: set[str] = set()
     if valid:
         with session_scope() as session:
-            enrolled, created = _store(session, owner_id, sequence_id, valid)
+            enrolled, created = _store(session, owner_id, sequence_id, valid, start)
     db_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -178,7 +188,7 @@ def _chunk(owner_id: int, sequence_id: int, chunk: list[tuple[int, Any]]) -> tup
     runs: dict[int, uuid.UUID | str] = {}
     if to_schedule:
         try:
-            runs = prefect_runs.schedule_first_runs(to_schedule)
+            runs = prefect_runs.schedule_first_runs(to_schedule, scheduled_time=start)
         except Exception as exc:  # noqa: BLE001 - Prefect down or refusing: stored, answered, repaired by a rerun
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
             runs = {enrollment_id: reason for enrollment_id, _ in to_schedule}
@@ -188,7 +198,7 @@ def _chunk(owner_id: int, sequence_id: int, chunk: list[tuple[int, Any]]) -> tup
     scheduled = {eid: run for eid, run in runs.items() if isinstance(run, uuid.UUID)}
     if scheduled:
         with session_scope() as session:
-            store.set_first_runs(session, scheduled)
+            store.set_first_runs(session, scheduled, due=start)
     db_seconds += time.perf_counter() - started
 
     for ref, (index, enrollment_id, needs_run) in enrolled.items():
@@ -200,7 +210,7 @@ def _chunk(owner_id: int, sequence_id: int, chunk: list[tuple[int, Any]]) -> tup
                 message=f"enrolled, but its first run could not be scheduled ({run}); import it again to schedule it",
             )
         else:
-            answers[index] = ItemResult(index, status, ref, enrollment_id, run, message="first run scheduled now" if (needs_run and status == "exists") else "")
+            answers[index] = ItemResult(index, status, ref, enrollment_id, run, message="first run scheduled" if (needs_run and status == "exists") else "")
     for index, ref in repeats:
         first = answers[valid[ref][0]]
         if first.status == "error":
@@ -211,7 +221,7 @@ def _chunk(owner_id: int, sequence_id: int, chunk: list[tuple[int, Any]]) -> tup
 
 
 def _store(
-    session: Session, owner_id: int, sequence_id: int, valid: dict[str, tuple[int, DealInput]]
+    session: Session, owner_id: int, sequence_id: int, valid: dict[str, tuple[int, DealInput]], start: datetime | None
 ) -> tuple[dict[str, tuple[int, int, bool]], set[str]]:
     """Step 2 above. Returns {deal ref: (index, enrollment id, needs its first run)} and the refs
     enrolled now."""
@@ -241,9 +251,11 @@ def _store(
         session,
         [
             {"deal_id": deal_ids[ref], "sequence_id": sequence_id, "sequence_version_id": version_id,
-             "content": {"sequence_id": sequence_id, "sequence_version": version, "deal": ref, "source": "batch"}}
+             "content": {"sequence_id": sequence_id, "sequence_version": version, "deal": ref, "source": "batch",
+                         **({"start_at": start.isoformat()} if start else {})}}
             for ref in fresh
         ],
+        due=start,
     )
     created = {ref for ref in fresh if deal_ids[ref] in made}
     for ref in created:

@@ -1,4 +1,5 @@
-"""`followups import FILE --sequence N`: enroll a deal list (CSV or JSON Lines) in one sequence.
+"""`followups import FILE --sequence N`: enroll a deal list (CSV or JSON Lines) in one sequence;
+`followups list`: an owner's enrollments, a page at a time.
 
 Idempotent on each deal's external id, so it is resumable: run it again after an interruption
 and only what is missing is enrolled (and any first run that was not scheduled yet). Bad rows are
@@ -8,6 +9,7 @@ read at all or something fatal happened (no such owner or sequence, Prefect refu
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -27,17 +29,20 @@ def register(app: typer.Typer, console: Console) -> None:
         file: Annotated[Path, typer.Argument(help="CSV with a header row (external_id, property_address, seller_name, seller_email, seller_phone, seller_timezone, offer_amount, context.NAME) or JSON Lines (one deal object per line)")],
         sequence: Annotated[int, typer.Option("--sequence", help="Sequence id")],
         owner: Annotated[str, typer.Option("--owner", envvar="FOLLOWUPS_OWNER", help="User who owns the sequence and deals")] = "default",
+        start_at: Annotated[str | None, typer.Option("--start-at", help="When the sequences start: ISO 8601 with its UTC offset, e.g. 2026-12-01T09:00:00-05:00 (default: now)")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
     ) -> None:
-        """Enroll every deal of FILE in a sequence and start each one; resumable and idempotent."""
+        """Enroll every deal of FILE in a sequence and start each one (now, or at --start-at);
+        resumable and idempotent."""
         from followups.bulk import check_request, enroll_batch
         from followups.db.session import session_scope
         from followups.errors import FollowupsError
         from followups.import_file import Reader
-        from followups.inputs import check_id
+        from followups.inputs import check_id, check_start_at
         from followups.users import user_id_by_name
 
         check_id(sequence, "sequence")
+        start = check_start_at(start_at, "--start-at")  # before reading: a bad time is fatal
         with session_scope(read_only=True) as session:
             owner_id = user_id_by_name(session, owner)
             check_request(session, owner_id, sequence)  # before reading: a wrong sequence is fatal
@@ -51,7 +56,9 @@ def register(app: typer.Typer, console: Console) -> None:
             nonlocal unscheduled
             if not pending:
                 return
-            outcome = enroll_batch(owner_id, [row.data for row in pending], sequence)
+            # A start that has come while importing is now (the core refuses a past one).
+            when = start if start and start > datetime.now(UTC) else None
+            outcome = enroll_batch(owner_id, [row.data for row in pending], sequence, start_at=when)
             for row, result in zip(pending, outcome.results, strict=True):
                 counts[result.status] += 1
                 if result.status == "error":
@@ -82,12 +89,12 @@ def register(app: typer.Typer, console: Console) -> None:
         if as_json:
             print_json({
                 "file": str(file), "format": reader.kind, "rows": rows_read, "enrolled": counts["ok"],
-                "already_there": counts["exists"], "bad_rows": [{"line": line, "field": f or None, "message": m} for line, f, m in bad],
+                "already_there": counts["exists"], "start_at": start.isoformat() if start else None, "bad_rows": [{"line": line, "field": f or None, "message": m} for line, f, m in bad],
             })
         else:
             console.print(
                 f"{rows_read} row(s) read ({reader.kind}): {counts['ok']} enrolled, {counts['exists']} already there, "
-                f"{counts['error']} bad"
+                f"{counts['error']} bad" + (f"; their sequences start at {start.isoformat()}" if start and counts["ok"] else "")
             )
             for line, field_name, message in bad[:SHOWN_ERRORS]:
                 where = f"{field_name}: " if field_name else ""
@@ -101,3 +108,35 @@ def register(app: typer.Typer, console: Console) -> None:
                 f"{unscheduled} enrollment(s) stored but their first run could not be scheduled in Prefect; "
                 "run the same import again to schedule them"
             )
+
+    @app.command("list")
+    def list_command(
+        owner: Annotated[str, typer.Option("--owner", envvar="FOLLOWUPS_OWNER", help="User whose enrollments to list")] = "default",
+        status: Annotated[str | None, typer.Option("--status", help="ACTIVE, PAUSED, COMPLETED, FAILED, CANCELLED or STOPPED")] = None,
+        sequence: Annotated[int | None, typer.Option("--sequence", help="Only this sequence's enrollments")] = None,
+        limit: Annotated[int, typer.Option("--limit", help="At most this many (1-500)")] = 50,
+        before: Annotated[int | None, typer.Option("--before", help="Start after this id (the previous page's next_before)")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
+    ) -> None:
+        """The owner's enrollments, newest first."""
+        from rich.table import Table
+
+        from followups.control import list_enrollments
+        from followups.db.session import session_scope
+        from followups.users import user_id_by_name
+
+        with session_scope(read_only=True) as session:
+            owner_id = user_id_by_name(session, owner)
+        page = list_enrollments(owner_id, status=status, sequence_id=sequence, limit=limit, before=before)
+        if as_json:
+            print_json(page.as_dict())
+            return
+        table = Table(title=f"Enrollments of {escape(owner)}")
+        for column in ("id", "deal", "sequence", "status", "step", "next due"):
+            table.add_column(column)
+        for item in page.items:
+            due = f"{item.next_due_at:%Y-%m-%d %H:%M %Z}" if item.next_due_at else ""
+            table.add_row(str(item.id), escape(item.deal_external_id), f"{item.sequence_id} v{item.sequence_version}", item.status, str(item.current_step), due)
+        console.print(table)
+        if page.next_before is not None:
+            console.print(f"more: the same command with --before {page.next_before}")

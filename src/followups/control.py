@@ -28,6 +28,7 @@ from followups.deals import deal_id_by_external, upsert_deal
 from followups.errors import InvalidInputError, InvalidStateError, NotFoundError
 from followups.inputs import DealInput, EnrollRequest, OfferInput, check_external_id, check_id, require_owner, validate
 from followups.lifecycle import store
+from followups.lifecycle.listing import EnrollmentPage, EnrollmentSummary, list_enrollments  # noqa: F401 - re-exported
 from followups.lifecycle.plan import load_plan
 from followups.lifecycle.reconcile import reconcile
 from followups.lifecycle.timeline import EnrollmentDetails, TimelineStep, details
@@ -43,6 +44,7 @@ __all__ = [
     "create_enrollment",
     "enroll_deal",
     "get_enrollment",
+    "list_enrollments",
     "list_events",
     "pause_enrollment",
     "record_offer_sent",

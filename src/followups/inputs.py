@@ -6,6 +6,7 @@ bounds live in `followups.input_types`.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -41,7 +42,7 @@ from followups.steps import deferred_templates, steps_to_json
 
 __all__ = [
     "EXTERNAL_ID_PATTERN", "MAX_ID", "MAX_NAME", "DealInput", "EnrollRequest", "Id", "OfferInput", "SenderIdentity",
-    "SequenceInput", "SequencePatch", "check_external_id", "check_id", "check_label", "check_name", "invalid_input", "require_owner",
+    "SequenceInput", "SequencePatch", "check_external_id", "check_start_at", "check_id", "check_label", "check_name", "invalid_input", "require_owner",
     "validate",
 ]
 
@@ -262,6 +263,38 @@ def check_id(value: Any, field: str) -> int:
     if not 1 <= value <= MAX_ID:
         raise InvalidInputError(f"must be between 1 and {MAX_ID}", field=field)
     return int(value)
+
+
+MAX_START_DAYS = 366  # a start further ahead than a year is a typo, not a campaign
+START_SLACK_SECONDS = 300  # a start this far in the past (clock skew, a slow request) means now
+
+
+def check_start_at(value: Any, field: str = "start_at") -> datetime | None:
+    """When enrolled sequences start: None (now), or an ISO 8601 time with its UTC offset, from
+    now to a year ahead. A time a few minutes past counts as now; further past is refused, since
+    a typo must not start a whole import at once."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        _text(value, field)
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError as exc:
+            raise InvalidInputError("must be an ISO 8601 time, e.g. 2026-12-01T09:00:00-05:00", field=field) from exc
+    if not isinstance(value, datetime):
+        raise InvalidInputError("must be an ISO 8601 time, e.g. 2026-12-01T09:00:00-05:00", field=field)
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidInputError("needs a UTC offset (e.g. 2026-12-01T09:00:00-05:00 or ...Z)", field=field)
+    now = datetime.now(UTC)
+    try:
+        start = value.astimezone(UTC)
+    except (OverflowError, ValueError) as exc:
+        raise InvalidInputError("is out of range", field=field) from exc
+    if start < now - timedelta(seconds=START_SLACK_SECONDS):
+        raise InvalidInputError("is in the past", field=field)
+    if start > now + timedelta(days=MAX_START_DAYS):
+        raise InvalidInputError(f"is more than {MAX_START_DAYS} days ahead", field=field)
+    return start if start > now else None
 
 
 def require_owner(session: Session, owner_id: Any) -> int:

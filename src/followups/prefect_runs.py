@@ -117,8 +117,10 @@ def schedule_sequence_run(
         return client.create_flow_run_from_deployment(_deployment_id(client, name, refresh=True), **options).id
 
 
-def schedule_first_runs(enrollments: list[tuple[int, str]]) -> dict[int, uuid.UUID | str]:
-    """The first run (step 0, due now) of each (enrollment id, deal ref), created with Prefect's
+def schedule_first_runs(
+    enrollments: list[tuple[int, str]], *, scheduled_time: datetime | None = None
+) -> dict[int, uuid.UUID | str]:
+    """The first run (step 0, due at `scheduled_time`, None: now) of each (enrollment id, deal ref), created with Prefect's
     bulk endpoint, at most 100 per call (the server's limit): one HTTP request and one server
     transaction per hundred runs instead of one each. Same name, tags and idempotency key as
     `schedule_sequence_run`, so a repeat finds the run already made. Returns the run id of each
@@ -131,7 +133,7 @@ def schedule_first_runs(enrollments: list[tuple[int, str]]) -> dict[int, uuid.UU
     name = get_settings().deployment_name
     db_id = database_id()
     db_tag = database_tag(db_id)
-    state = to_state_create(Scheduled())
+    state = to_state_create(Scheduled(scheduled_time=scheduled_time) if scheduled_time else Scheduled())
     answers: dict[int, uuid.UUID | str] = {}
     for start in range(0, len(enrollments), BULK_RUNS):
         batch = enrollments[start : start + BULK_RUNS]
@@ -152,16 +154,16 @@ def schedule_first_runs(enrollments: list[tuple[int, str]]) -> dict[int, uuid.UU
             response = client.request("POST", path, path_params={"id": _deployment_id(client, name, refresh=True)}, json=body)
         for (enrollment_id, deal_ref), result in zip(batch, response.json()["results"], strict=True):
             run_id = result.get("flow_run_id")
-            answers[enrollment_id] = uuid.UUID(run_id) if run_id else _one_more_time(enrollment_id, deal_ref, result.get("error"))
+            answers[enrollment_id] = uuid.UUID(run_id) if run_id else _one_more_time(enrollment_id, deal_ref, result.get("error"), scheduled_time)
     return answers
 
 
-def _one_more_time(enrollment_id: int, deal_ref: str, error: str | None) -> uuid.UUID | str:
+def _one_more_time(enrollment_id: int, deal_ref: str, error: str | None, scheduled_time: datetime | None) -> uuid.UUID | str:
     """A run the bulk call did not make, asked for alone. The bulk endpoint makes its runs in one
     server transaction, so one failed insert (e.g. a deadlock with a concurrent import of the
     same deals, same keys) fails every later run of that call."""
     try:
-        return schedule_sequence_run(enrollment_id, deal_ref, 0, scheduled_time=None)
+        return schedule_sequence_run(enrollment_id, deal_ref, 0, scheduled_time=scheduled_time)
     except Exception as exc:  # noqa: BLE001 - reported to the caller as this item's answer
         return " ".join(str(error or exc).split())[:300] or "refused by Prefect"
 

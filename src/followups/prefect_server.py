@@ -17,6 +17,24 @@ import httpx
 
 LOCAL_API_URL = "http://127.0.0.1:4200/api"
 
+# What keeps the Prefect database bounded, for the servers this product starts (a value already
+# in the environment wins). Each enrollment leaves ~80 event rows (~60 KiB) and, per step, a
+# finished flow run with its states and logs. Events are only what the UI's event feed and the
+# automations look back on: 2 days (Prefect's docs suggest 1-2 above 1,000 runs a day; its
+# default is 7). Finished runs are deleted 30 days after they end (Prefect keeps them forever
+# unless the db-vacuum service is told to); a waiting enrollment's run is Scheduled, never
+# finished, so it is never deleted, and the event log in our database keeps the full history.
+RETENTION_DEFAULTS = {
+    "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": "P2D",
+    "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
+    "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": str(30 * 86400),
+}
+
+
+def with_retention(env: dict[str, str]) -> dict[str, str]:
+    """`env` with the retention defaults added where it sets none."""
+    return {**RETENTION_DEFAULTS, **env}
+
 
 def api_is_healthy(api_url: str | None, timeout: float = 2.0) -> bool:
     if not api_url:
@@ -44,7 +62,7 @@ def ensure_prefect_api(start_timeout: float = 90) -> tuple[str, bool]:
         return LOCAL_API_URL, False
     log_path = Path.home() / ".followups" / "prefect-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = with_retention({**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
     with open(log_path, "ab") as log:
         subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", "4200"],

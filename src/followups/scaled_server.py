@@ -30,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from followups.errors import InvalidInputError, ScaledServerError
+from followups.prefect_server import with_retention
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -159,7 +160,7 @@ def build_config(
 
 def server_env(config: ScaledServerConfig, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment every process of the layout needs (the same on every machine)."""
-    env = dict(os.environ if base is None else base)
+    env = with_retention(dict(os.environ if base is None else base))
     env.pop("PREFECT_API_URL", None)  # the server talks to its database, never to an API
     env.update(REDIS_BACKENDS)
     env.update(

@@ -94,17 +94,19 @@ def start(session: Session, enrollment: Enrollment) -> uuid.UUID:
     return reschedule(session, plan, due=None, actor=Actor.API).prefect_flow_run_id
 
 
-def create_many(session: Session, rows: list[dict[str, Any]]) -> dict[int, int]:
+def create_many(session: Session, rows: list[dict[str, Any]], *, due: datetime | None = None) -> dict[int, int]:
     """`create` for many deals at once (bulk import): one INSERT for the enrollments and one for
     their ENROLLED events. Each row has deal_id, sequence_id, sequence_version_id and content.
     A deal that already has an open enrollment in that sequence (the partial unique index) is
-    left out instead of failing the batch. Returns {deal_id: enrollment_id} of those created."""
+    left out instead of failing the batch. `due`: when their sequences start (None: now).
+    Returns {deal_id: enrollment_id} of those created."""
     if not rows:
         return {}
     check(None, None, EnrollmentStatus.ACTIVE, Actor.API)
     values = [
         {"deal_id": row["deal_id"], "sequence_id": row["sequence_id"], "sequence_version_id": row["sequence_version_id"],
-         "status": EnrollmentStatus.ACTIVE.value, "current_step": 0, "reply_token": secrets.token_urlsafe(18)}
+         "status": EnrollmentStatus.ACTIVE.value, "current_step": 0, "reply_token": secrets.token_urlsafe(18),
+         "next_due_at": due}
         for row in rows
     ]
     statement = pg_insert(Enrollment).values(values).on_conflict_do_nothing().returning(Enrollment.id, Enrollment.deal_id)
@@ -120,17 +122,18 @@ def create_many(session: Session, rows: list[dict[str, Any]]) -> dict[int, int]:
     return created
 
 
-def set_first_runs(session: Session, runs: dict[int, uuid.UUID]) -> int:
-    """Store the first run of enrollments made by `create_many`, in one statement. Only where no
-    run is stored yet: a run that already started may have moved the enrollment on to a newer
-    pending run (a wait), which must not be overwritten. Returns how many rows changed."""
+def set_first_runs(session: Session, runs: dict[int, uuid.UUID], *, due: datetime | None = None) -> int:
+    """Store the first run of enrollments made by `create_many`, and when it is due, in one
+    statement. Only where no run is stored yet: a run that already started may have moved the
+    enrollment on to a newer pending run (a wait), which must not be overwritten. Returns how
+    many rows changed."""
     if not runs:
         return 0
     pairs = values(column("id", BigInteger), column("run_id", Uuid), name="first_runs").data(list(runs.items()))
     statement = (
         update(Enrollment)
         .where(Enrollment.id == pairs.c.id, Enrollment.prefect_flow_run_id.is_(None))
-        .values(prefect_flow_run_id=pairs.c.run_id)
+        .values(prefect_flow_run_id=pairs.c.run_id, next_due_at=due)
     )
     return session.execute(statement).rowcount
 
