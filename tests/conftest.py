@@ -4,6 +4,7 @@ Prefect's test harness as the API, a fake SendGrid/Twilio HTTP server, and a rea
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -177,15 +178,24 @@ def pytest_runtest_makereport(item, call):
             report.sections.append(("session runner (last 60 lines)", "\n".join(lines[-60:])))
 
 
-@pytest.fixture(scope="session")
-def sequence_runner(prefect_api: str, tmp_path_factory) -> Iterator[subprocess.Popen]:
-    """`followups serve` in its own process: the stock Prefect runner executing deployment runs."""
-    log = tmp_path_factory.mktemp("runner") / "runner.log"
+# The executor of the session's flow runs: the fast worker (flow runs on threads of one
+# long-lived process), or with FOLLOWUPS_TEST_EXECUTOR=stock, `followups serve` (Prefect's stock
+# runner, a process per flow run: ~2 CPU-s each, which made it most of the suite's time).
+# tests/test_stock_runner.py runs a slice of the same tests on the stock runner either way.
+SESSION_EXECUTORS = {
+    "fast": ["-m", "followups.worker", "--concurrency", "4", "--poll", "0.5"],
+    "stock": ["-m", "followups.cli", "serve", "--limit", "4"],
+}
+
+
+@contextlib.contextmanager
+def executor_process(prefect_api: str, log: Path, kind: str) -> Iterator[subprocess.Popen]:
+    """An executor serving the product's deployments on `prefect_api`, until the block ends."""
     # PYTHONSAFEPATH: `python -m` must import the installed package, not a checkout in the cwd.
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONSAFEPATH": "1"}
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "followups.cli", "serve", "--limit", "4"],
+            [sys.executable, *SESSION_EXECUTORS[kind]],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -193,7 +203,7 @@ def sequence_runner(prefect_api: str, tmp_path_factory) -> Iterator[subprocess.P
         )
     RUNNER_LOGS.append(log)
     try:
-        # `serve` registers the deployments one after another: wait for the last one too.
+        # The deployments are registered one after another: wait for the last one too.
         wait_for_deployment("follow-up-sequence/followups", timeout=60)
         wait_for_deployment("cancel-enrollment/followups", timeout=60)
         yield process
@@ -203,9 +213,18 @@ def sequence_runner(prefect_api: str, tmp_path_factory) -> Iterator[subprocess.P
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+        RUNNER_LOGS.remove(log)
         keep = os.environ.get("FOLLOWUPS_TEST_RUNNER_LOG")
         if keep:  # for debugging: where the runner's output goes
             Path(keep).write_bytes(log.read_bytes())
+
+
+@pytest.fixture(scope="session")
+def sequence_runner(prefect_api: str, tmp_path_factory) -> Iterator[subprocess.Popen]:
+    """The session's executor (see SESSION_EXECUTORS) in its own process."""
+    kind = os.environ.get("FOLLOWUPS_TEST_EXECUTOR", "fast")
+    with executor_process(prefect_api, tmp_path_factory.mktemp("runner") / f"{kind}.log", kind) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ The fast worker under test runs in its own process (`python -m followups.worker`
 Prefect server of its own (`prefect server start`, with its own PREFECT_HOME and PostgreSQL
 database, so its own deployments), and the session's database and fake providers. No other
 executor polls that server, so "the fast worker ran these runs" holds without stopping or
-pausing anything, and the session's stock runner (`sequence_runner`) goes on serving other
+pausing anything, and the session executor (`sequence_runner`) goes on serving other
 modules' tests meanwhile, xdist or not.
 """
 

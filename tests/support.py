@@ -96,6 +96,12 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float 
         time.sleep(interval)
 
 
+def stock_session_executor() -> bool:
+    """Whether the session's flow runs go through the stock runner (a process each, 10-15 s per
+    control run on a loaded 2-core machine) rather than the fast worker (see tests/conftest.py)."""
+    return os.environ.get("FOLLOWUPS_TEST_EXECUTOR", "fast") == "stock"
+
+
 def reach_wait(wait_seconds: float):
     """A new enrollment (EMAIL, WAIT, SMS) whose first email went out and whose wait has
     started: (deal, enrollment id, the wait's due time). Needs a runner serving the flow."""

@@ -1,4 +1,5 @@
-"""Pause / resume / cancel through Prefect, with the stock runner executing the runs."""
+"""Pause / resume / cancel through Prefect, with the session's executor running the runs (the
+fast worker; tests/test_stock_runner.py runs some of these on the stock runner too)."""
 
 from __future__ import annotations
 
@@ -63,7 +64,9 @@ def test_pause_during_a_wait_then_resume_before_due_sends_at_the_due_time(sequen
 
 
 def test_pause_holds_past_the_due_time_and_resume_after_due_sends_right_away(sequence_runner, fake_providers):
-    owner, deal, enrollment_id, due = _start_and_reach_wait(2)
+    # 5 s: the fast worker claims a due run within its 0.5 s poll, so on a loaded machine a
+    # shorter wait can be over before the pause lands.
+    owner, deal, enrollment_id, due = _start_and_reach_wait(5)
     details = pause_enrollment(enrollment_id)
     time.sleep(max(0.0, due.timestamp() - time.time()) + 3)
     assert len(fake_providers.for_recipient(str(deal.seller_email))) == 1
@@ -124,7 +127,7 @@ def test_suspend_and_resume_done_in_prefect_are_reflected(sequence_runner, fake_
 
 
 def test_cancel_during_a_wait_cancels_the_run_and_sends_nothing_more(sequence_runner, fake_providers):
-    owner, deal, enrollment_id, due = _start_and_reach_wait(2)
+    owner, deal, enrollment_id, due = _start_and_reach_wait(6)  # long enough for the cancel to land first
     details = cancel_enrollment(enrollment_id)
     assert details.status == "CANCELLED"
     assert run_state(details.flow_run_id).is_cancelled()

@@ -1,11 +1,9 @@
-"""The fast worker (followups.worker): the same sequence tests as the stock runner, run by the
-fast worker process instead, plus what only the fast path has to prove (bounded threads, hung
-and failing runs, graceful shutdown, SIGKILL + restart, patched names).
-
-The stock-path tests in test_sequence_e2e.py and test_control.py are called here as they are,
-with the fast worker standing where their `sequence_runner` stood (they only use it as "some
-executor serves the deployment"). The fast worker has a Prefect server of its own (see
-fast_worker_fixtures.py), so no other executor can take its runs.
+"""The fast worker (followups.worker): what only the fast path has to prove (every run claimed
+by it, bounded threads, hung and failing runs, retries, cancels, graceful shutdown, SIGKILL +
+restart, patched names). The sequence, pause, resume and cancel tests of the rest of the suite
+run on a fast worker too: it is the session's executor (tests/conftest.py). The fast worker here
+has a Prefect server of its own (see fast_worker_fixtures.py), so no other executor can take
+its runs.
 """
 
 from __future__ import annotations
@@ -24,8 +22,6 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import Abort
 from prefect.states import Pending
 
-import test_control as stock_control
-import test_sequence_e2e as stock_e2e
 from fast_worker_fixtures import fast_worker, fast_worker_api, fast_worker_server, fast_workers  # noqa: F401 - fixtures
 from followups.control import cancel_enrollment, enroll_deal
 from followups.prefect_runs import schedule_sequence_run
@@ -199,11 +195,7 @@ def test_threads_are_bounded_and_a_hung_or_failing_run_does_not_stop_the_others(
     assert all(not (s.thread and s.thread.is_alive()) for s in executor._slots)
 
 
-# --- the stock path's sequence tests, on the fast worker ---------------------------------------
-
-
-def test_full_sequence_through_the_deployment(fast_worker, fake_providers):
-    stock_e2e.test_email_wait_email_wait_sms_runs_through_the_deployment(fast_worker, fake_providers)
+# --- sequences on the fast worker of this module -------------------------------------------------
 
 
 def test_every_run_of_a_sequence_was_claimed_by_the_fast_worker(fast_worker, fake_providers):
@@ -257,46 +249,6 @@ def test_a_run_that_fails_is_reported_failed_and_the_others_go_on(fast_worker, f
         wait_for(lambda: client.read_flow_run(broken).state.is_final(), timeout=30, what="the broken run to end")
         assert client.read_flow_run(broken).state.is_failed()
     assert fast_worker.alive()
-
-
-def test_pause_during_a_wait_then_resume(fast_worker, fake_providers):
-    """test_control's pause/resume-before-due test, minus its check that the run is still
-    Scheduled right after resume_enrollment: resume_run() resumes the run (Scheduled, due now)
-    and only then moves it to the due time, and a worker polling every 0.2 s claims it in
-    between. The flow handles that (it schedules the rest of the wait as another run), which is
-    what is checked here: the second email still goes out at the due time, once."""
-    owner, deal, enrollment_id, due = stock_control._start_and_reach_wait(8)
-    details = stock_control.pause_enrollment(enrollment_id)
-    assert details.status == "PAUSED"
-    assert stock_control.run_state(details.flow_run_id).name == "Suspended"
-    stock_control.resume_enrollment(enrollment_id)
-    wait_for(lambda: enrollment_row(enrollment_id).status == "COMPLETED", timeout=60, what="COMPLETED")
-    emails = fake_providers.for_recipient(str(deal.seller_email))
-    assert len(emails) == 2
-    assert emails[1].received_at >= due.timestamp()
-    assert event_types(enrollment_id).count("PAUSED") == 1 and event_types(enrollment_id).count("RESUMED") == 1
-
-
-def test_pause_while_a_step_is_sending(fast_worker, fake_providers):
-    stock_control.test_pause_while_a_step_is_sending_lets_it_finish_once_and_stops_before_the_next(
-        fast_worker, fake_providers
-    )
-
-
-def test_suspend_and_resume_done_in_prefect(fast_worker, fake_providers):
-    stock_control.test_suspend_and_resume_done_in_prefect_are_reflected(fast_worker, fake_providers)
-
-
-def test_cancel_during_a_wait(fast_worker, fake_providers):
-    """test_control's cancel-during-a-wait test with a longer wait: the fast worker claims a due
-    run within 0.2 s, so on a loaded machine a 2 s wait can be over before the cancel lands."""
-    owner, deal, enrollment_id, due = stock_control._start_and_reach_wait(6)
-    details = cancel_enrollment(enrollment_id)
-    assert details.status == "CANCELLED"
-    assert stock_control.run_state(details.flow_run_id).is_cancelled()
-    time.sleep(max(0.0, due.timestamp() - time.time()) + 3)
-    assert len(fake_providers.for_recipient(str(deal.seller_email))) == 1
-    assert event_types(enrollment_id)[-1] == "CANCELLED"
 
 
 def test_cancelling_a_running_run_in_prefect_stops_it_and_the_worker_goes_on(fast_worker, fake_providers):

@@ -1,7 +1,7 @@
 """What an operator does from Prefect with the product's own deployments, done as the UI's
 "Run" does it (`run_deployment`): pause, resume and cancel a waiting enrollment, and run the
 reconciler after a run was deleted; and a crashed run repaired by the sync trigger. The
-session's runner (`followups serve`) runs them."""
+session's executor runs them."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from prefect.deployments import run_deployment
 from prefect.states import Crashed
 
 from followups.control import enroll_deal
-from support import reach_wait, deal_input, enrollment_row, event_types, events_of, new_owner, new_sequence, wait_for
+from support import reach_wait, stock_session_executor, deal_input, enrollment_row, event_types, events_of, new_owner, new_sequence, wait_for
 
 
 def _waiting(wait_seconds: float):
@@ -36,9 +36,8 @@ def _completes(enrollment_id: int, timeout: float = 90) -> None:
 
 
 def test_pause_then_resume_a_waiting_enrollment_from_prefect(sequence_runner, fake_providers):
-    # Long enough for two control runs on a busy shared runner (each a new process: 10-15 s
-    # on a loaded 2-core machine) to land before the due time.
-    deal, enrollment_id, due = _waiting(50)
+    # Long enough for two control runs on a busy shared executor to land before the due time.
+    deal, enrollment_id, due = _waiting(50 if stock_session_executor() else 20)
     waiting_run = enrollment_row(enrollment_id).prefect_flow_run_id
 
     paused = _run("pause-enrollment", enrollment_id=enrollment_id)

@@ -1,4 +1,5 @@
-"""A whole sequence through the deployment, executed by Prefect's stock runner in its own process."""
+"""A whole sequence through the deployment, executed by the session's executor in its own process
+(tests/test_stock_runner.py runs it on the stock runner too)."""
 
 from __future__ import annotations
 

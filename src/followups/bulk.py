@@ -103,7 +103,7 @@ def enroll_batch(
     """`enroll_deals` with timings and no size limit unless given; `progress(n)` after each chunk."""
     owner_id = check_id(owner_id, "owner_id")
     sequence_id = check_id(sequence_id, "sequence_id")
-    start = check_start_at(start_at)
+    starts = check_start_at(start_at)
     if not isinstance(items, list | tuple):
         raise InvalidInputError("must be a list of deals", field="items")
     if max_items is not None and len(items) > max_items:
@@ -114,7 +114,7 @@ def enroll_batch(
     numbered = list(enumerate(items))
     chunks = [numbered[start : start + CHUNK] for start in range(0, len(numbered), CHUNK)]
     # Each chunk runs in a copy of the caller's context: Prefect's settings (the API URL) live there.
-    futures = [_workers().submit(contextvars.copy_context().run, _chunk, owner_id, sequence_id, chunk, start) for chunk in chunks]
+    futures = [_workers().submit(contextvars.copy_context().run, _chunk, owner_id, sequence_id, chunk, starts) for chunk in chunks]
     for future in futures:
         results, db_seconds, prefect_seconds = future.result()
         outcome.results.extend(results)
