@@ -114,9 +114,26 @@ def late_runs(deployment_id: Any) -> int:
         )
 
 
-def burst(owner: int, sequence_id: int, n: int, lead_seconds: float, timeout: float) -> dict[str, Any]:
+def events_since(prefect_url: str, since: datetime) -> dict[str, Any]:
+    """Prefect's events since `since`, by name, and the automations each one is evaluated
+    against (every enabled automation's trigger sees every event)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(prefect_url)
+    with engine.connect() as conn:
+        by_name = dict(conn.execute(
+            text("SELECT event, count(*) FROM events WHERE occurred >= :since GROUP BY event ORDER BY count(*) DESC"),
+            {"since": since},
+        ).all())
+        automations = conn.scalar(text("SELECT count(*) FROM automation WHERE enabled"))
+    engine.dispose()
+    return {"by_name": by_name, "total": sum(by_name.values()), "enabled_automations": automations}
+
+
+def burst(owner: int, sequence_id: int, n: int, lead_seconds: float, timeout: float, prefect_url: str) -> dict[str, Any]:
     """`n` enrollments imported through the bulk path, all starting in the same minute, with the
-    worker serving: when the first and the last are sent, and how many were sent per second."""
+    worker serving: when the first and the last are sent, and how many were sent per second;
+    then the Prefect events those runs emitted, per run."""
     from followups.bulk import enroll_batch
 
     due = datetime.now(UTC) + timedelta(seconds=lead_seconds)
@@ -139,6 +156,8 @@ def burst(owner: int, sequence_id: int, n: int, lead_seconds: float, timeout: fl
         sent = h.count_sent(ids)
         progress.append((round(time.perf_counter() - t0, 1), sent))
         time.sleep(2)
+    time.sleep(5)  # the last runs' final states and events land
+    events = events_since(prefect_url, due - timedelta(seconds=1))
     first_sent = next((t for t, count in progress if count > 0), None)
     last_sent = progress[-1][0] if sent >= len(ids) else None
     return {
@@ -149,4 +168,7 @@ def burst(owner: int, sequence_id: int, n: int, lead_seconds: float, timeout: fl
         "sent": sent,
         "sends_per_second": round(sent / progress[-1][0], 2) if progress and progress[-1][0] else None,
         "progress": progress[:: max(1, len(progress) // 40)],
+        "prefect_events_per_run": {name: round(count / max(1, len(ids)), 2) for name, count in events["by_name"].items()},
+        "prefect_events_per_run_total": round(events["total"] / max(1, len(ids)), 2),
+        "enabled_automations_each_event_is_checked_against": events["enabled_automations"],
     }

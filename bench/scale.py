@@ -39,7 +39,6 @@ Writes bench/results/scale-<time>.json.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -231,14 +230,18 @@ def api_latency(deployment_id, owner: int, sequence_id: int, samples: int, ex: h
     return {name: h.summary(values) for name, values in timings.items()}
 
 
-def park_via_import(owner: int, sequence_id: int, n: int, start: datetime, prefix: str) -> dict:
-    """N enrollments through `enroll_batch` (what `followups import` calls), 1,000 per call."""
+def park_via_import(owner: int, sequence_id: int, n: int, start: datetime, prefix: str, max_seconds: float = 1e9) -> dict:
+    """N enrollments through `enroll_batch` (what `followups import` calls), 1,000 per call;
+    fewer if `max_seconds` runs out first (the figures say how many)."""
     from followups.bulk import enroll_batch
 
     ids: list[int] = []
     calls: list[float] = []
     started = time.perf_counter()
     for first in range(0, n, 1000):
+        if time.perf_counter() - started > max_seconds:
+            h.log(f"  import: stopped at {len(ids)} after {max_seconds:.0f}s (--import-minutes)")
+            break
         items = [h.deal(i, prefix) for i in range(first, min(n, first + 1000))]
         t = time.perf_counter()
         outcome = enroll_batch(owner, items, sequence_id, start_at=start)
@@ -279,7 +282,7 @@ def import_scale(args: argparse.Namespace, results: dict) -> None:
             results["memory_20_waiting"] = probes.memory(world, ex)
             f0, p0 = table_stats(followups_url), table_stats(prefect_url)
             h.log(f"parking {args.import_n} through the bulk path")
-            parked = park_via_import(owner, park_id, args.import_n, start, f"park-{time.time_ns()}")
+            parked = park_via_import(owner, park_id, args.import_n, start, f"park-{time.time_ns()}", args.import_minutes * 60)
             time.sleep(5)  # the runs' events reach the event persister
             f1, p1 = table_stats(followups_url), table_stats(prefect_url)
             n = parked["n"]
@@ -297,7 +300,7 @@ def import_scale(args: argparse.Namespace, results: dict) -> None:
             results["latency_parked"] = probes.call_latency(deployment_id, parked["ids"], token, args.samples)
             if args.burst:
                 h.log(f"burst: {args.burst} due in the same minute")
-                results["burst"] = probes.burst(owner, burst_id, args.burst, args.burst_lead, timeout=args.burst_timeout)
+                results["burst"] = probes.burst(owner, burst_id, args.burst, args.burst_lead, timeout=args.burst_timeout, prefect_url=prefect_url)
                 results["memory_after_burst"] = probes.memory(world, ex)
                 results["late_runs_after_burst"] = probes.late_runs(deployment_id)
             results["executor_log_tail"] = ex.tail(1500)
@@ -326,6 +329,8 @@ def _print_import(results: dict) -> None:
         print(f"burst of {b['n']} due in the same minute: imported in {b['import_seconds']} s; first sent {b['seconds_from_due_to_first_send']} s "
               f"after the due time, last {b['seconds_from_due_to_last_send']} s ({b['sent']} sent, {b['sends_per_second']}/s); "
               f"memory after {results['memory_after_burst']}; Late {results['late_runs_after_burst']}")
+        print(f"  Prefect events per run: {b['prefect_events_per_run_total']} {b['prefect_events_per_run']}; "
+              f"each checked against {b['enabled_automations_each_event_is_checked_against']} enabled automations")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -341,6 +346,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--burst-lead", type=float, default=90, help="seconds from the burst's import to its due time")
     parser.add_argument("--burst-timeout", type=float, default=3600)
     parser.add_argument("--idle-seconds", type=float, default=60)
+    parser.add_argument("--import-minutes", type=float, default=1e6, help="stop importing after this long")
     args = parser.parse_args(argv)
 
     results: dict = {"command": "python bench/scale.py " + " ".join(argv if argv is not None else sys.argv[1:])}
