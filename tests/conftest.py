@@ -157,6 +157,24 @@ def prefect_api(fake_providers: FakeProviderServer, tmp_path_factory) -> Iterato
                 os.environ["PREFECT_API_URL"] = saved
 
 
+def _drop_event_emitter() -> None:
+    if "prefect.events.worker" in sys.modules:
+        from prefect.events.worker import EventsWorker
+
+        EventsWorker.drain_all(timeout=10, at_exit=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_event_emitter() -> Iterator[None]:
+    """Prefect keeps one event emitter per process, bound to the API it first emitted to: after
+    a module with a Prefect server of its own (a fault scenario, test_stock_runner), the next
+    module's events would go to a server that is gone, and that module's own server would never
+    see its events. Each module starts without one and drops the one it made."""
+    _drop_event_emitter()
+    yield
+    _drop_event_emitter()
+
+
 @pytest.fixture
 def db(database_url: str) -> str:
     """The test database, without Prefect (for tests of pure data logic)."""

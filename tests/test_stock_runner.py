@@ -3,7 +3,8 @@
 The rest of the suite runs its flow runs on the fast worker (the session's executor, see
 tests/conftest.py). The tests imported here are the ones whose outcome depends most on how runs
 are executed (a whole sequence, an operator's suspend and cancel of a running run, which the
-stock runner answers by killing the run's process, a pause during a send); they run again on a Prefect server of this module's own, served by
+stock runner answers by killing the run's process, a pause during a send, a trigger's run); they run
+again on a Prefect server of this module's own, served by
 `followups serve`. `FOLLOWUPS_TEST_EXECUTOR=stock` runs the whole suite on the stock runner.
 """
 
@@ -16,9 +17,8 @@ import pytest
 
 from conftest import executor_process
 from prefect_servers import prefect_server
-# Not the trigger test: Prefect's event emitter is one per process, bound to the first API it
-# was used with (the session's), so an event emitted here would not reach this module's server.
 from test_control import (  # noqa: F401 - collected here, with this module's fixtures
+    test_a_deal_offer_sent_event_enrolls_through_the_trigger,
     test_pause_while_a_step_is_sending_lets_it_finish_once_and_stops_before_the_next,
 )
 from test_prefect_ui_actions import (  # noqa: F401
