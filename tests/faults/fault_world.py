@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import text
@@ -94,10 +95,20 @@ def step_state(enrollment_ids) -> dict[tuple[int, int], set[str]]:
 OUTCOMES = {"EMAIL_SENT", "SMS_SENT", "STEP_FAILED", "STEP_SKIPPED", "STEP_OUTCOME_UNKNOWN"}
 
 
-def attempts_in_flight(enrollment_ids) -> set[tuple[int, int]]:
+def attempts_in_flight(enrollment_ids, *, attempted_before: datetime | None = None) -> set[tuple[int, int]]:
     """Steps with a committed STEP_ATTEMPT and no outcome: after a kill, exactly the steps the
-    product must (conservatively) record as outcome-unknown, since the call may have gone out."""
-    return {k for k, types in step_state(enrollment_ids).items() if "STEP_ATTEMPT" in types and not types & OUTCOMES}
+    product must (conservatively) record as outcome-unknown, since the call may have gone out.
+    `attempted_before`: only attempts recorded before then (by the database's clock)."""
+    in_flight = {k for k, types in step_state(enrollment_ids).items() if "STEP_ATTEMPT" in types and not types & OUTCOMES}
+    if attempted_before is None or not in_flight:
+        return in_flight
+    with session_scope() as session:
+        early = session.execute(
+            text("SELECT DISTINCT enrollment_id, step_index FROM follow_up_events WHERE enrollment_id = ANY(:ids) "
+                 "AND event_type = 'STEP_ATTEMPT' AND occurred_at < :before"),
+            {"ids": list(enrollment_ids), "before": attempted_before},
+        ).all()
+    return in_flight & {(row.enrollment_id, row.step_index) for row in early}
 
 
 class ProviderTap:

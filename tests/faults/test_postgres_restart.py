@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -105,11 +106,12 @@ def test_postgres_restart_while_runs_execute(kind, prefect_url, fake_providers, 
                 timeout=90, interval=0.05, what="sends to be under way",
             )
             time.sleep(fault_schedule.uniform(0.0, 0.5))
-            before = attempts_in_flight(ids)
             away.append(round(restart_postgres(), 1))
-            # Attempts committed before the restart and still without an outcome after it: their
-            # outcome commit may have died with the connection after the provider accepted.
-            accept |= before & attempts_in_flight(ids)
+            # Attempts committed before PostgreSQL came back (so before it went away: nothing
+            # commits while it is down) and still without an outcome: their outcome commit may
+            # have died with the connection after the provider accepted. (A snapshot taken just
+            # before the restart missed attempts committed between it and the shutdown.)
+            accept |= attempts_in_flight(ids, attempted_before=datetime.now(UTC))
             back = time.monotonic()
             wait_for(lambda: _prefect_serves(prefect_url), timeout=90, interval=0.5, what="the Prefect server to serve again")
             prefect_back.append(round(time.monotonic() - back, 1))
