@@ -138,23 +138,12 @@ def fake_providers(database_url: str) -> Iterator[FakeProviderServer]:
 @pytest.fixture(scope="session")
 def prefect_api(fake_providers: FakeProviderServer, tmp_path_factory) -> Iterator[str]:
     """A real Prefect server on its own PostgreSQL database, shared by the session's tests."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from prefect_servers import prefect_server
+    from prefect_servers import pointed_at, prefect_server
 
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     # With its UI: the browser test opens the session's runs in it.
-    with prefect_server(tmp_path_factory.mktemp("prefect-api"), name=worker, ui=True) as url:
-        saved = os.environ.get("PREFECT_API_URL")
-        os.environ["PREFECT_API_URL"] = url
-        try:
-            with temporary_settings(updates={PREFECT_API_URL: url}):
-                yield url
-        finally:
-            if saved is None:
-                os.environ.pop("PREFECT_API_URL", None)
-            else:
-                os.environ["PREFECT_API_URL"] = saved
+    with prefect_server(tmp_path_factory.mktemp("prefect-api"), name=worker, ui=True) as url, pointed_at(url):
+        yield url
 
 
 def _drop_event_emitter() -> None:

@@ -42,6 +42,24 @@ def _admin():
 
 
 @contextlib.contextmanager
+def pointed_at(url: str) -> Iterator[str]:
+    """This process (its Prefect settings) and the subprocesses it starts (PREFECT_API_URL) talk
+    to `url` until the block ends."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    saved = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
+    finally:
+        if saved is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = saved
+
+
+@contextlib.contextmanager
 def prefect_server(home: Path, *, name: str = "prefect", ui: bool = False, **extra_env: str) -> Iterator[str]:
     """Start a Prefect server on a free port with a fresh PostgreSQL database; yield its API URL."""
     database = f"prefect_test_{name}_{uuid.uuid4().hex[:8]}"

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from conftest import executor_process
-from prefect_servers import prefect_server
+from prefect_servers import pointed_at, prefect_server
 from test_control import (  # noqa: F401 - collected here, with this module's fixtures
     test_a_deal_offer_sent_event_enrolls_through_the_trigger,
     test_pause_while_a_step_is_sending_lets_it_finish_once_and_stops_before_the_next,
@@ -31,20 +31,9 @@ from test_sequence_e2e import test_email_wait_email_wait_sms_runs_through_the_de
 @pytest.fixture(scope="module")
 def prefect_api(fake_providers, tmp_path_factory) -> Iterator[str]:
     """This module's own Prefect server, in place of the session's."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    with prefect_server(tmp_path_factory.mktemp("stock-prefect"), name=f"stock_{worker}") as url:
-        saved = os.environ.get("PREFECT_API_URL")
-        os.environ["PREFECT_API_URL"] = url
-        try:
-            with temporary_settings(updates={PREFECT_API_URL: url}):
-                yield url
-        finally:
-            if saved is None:
-                os.environ.pop("PREFECT_API_URL", None)
-            else:
-                os.environ["PREFECT_API_URL"] = saved
+    with prefect_server(tmp_path_factory.mktemp("stock-prefect"), name=f"stock_{worker}") as url, pointed_at(url):
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -31,22 +31,12 @@ SEQUENCE = [
 
 @contextlib.contextmanager
 def module_prefect(tmp_path_factory, name: str) -> Iterator[str]:
-    """A Prefect server only this module's executors poll; this process's client points at it."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    """A Prefect server only this module's executors poll; this process's client points at it
+    (and `followups reconcile` subprocesses, through PREFECT_API_URL)."""
+    from prefect_servers import pointed_at, prefect_server
 
-    from prefect_servers import prefect_server
-
-    with prefect_server(tmp_path_factory.mktemp(name), name=name) as url:
-        saved = os.environ.get("PREFECT_API_URL")
-        os.environ["PREFECT_API_URL"] = url  # for `followups reconcile` subprocesses
-        try:
-            with temporary_settings(updates={PREFECT_API_URL: url}):
-                yield url
-        finally:
-            if saved is None:
-                os.environ.pop("PREFECT_API_URL", None)
-            else:
-                os.environ["PREFECT_API_URL"] = saved
+    with prefect_server(tmp_path_factory.mktemp(name), name=name) as url, pointed_at(url):
+        yield url
 
 
 class Executor(ExecutorProcess):

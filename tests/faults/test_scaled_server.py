@@ -27,7 +27,7 @@ from sqlalchemy import create_engine
 from checks import FULL, EventLedger, check_sends, fault_report, fault_schedule, scale, wait_final_states  # noqa: F401
 from fault_world import SEQUENCE, Executor, attempts_in_flight, reconcile_cli, reconciled_count, step_state
 from followups.control import enroll_deal
-from prefect_servers import PG_ADMIN_URL, free_port
+from prefect_servers import PG_ADMIN_URL, free_port, pointed_at
 from support import deal_input, new_owner, new_sequence, wait_for
 
 # Five server processes and two workers beside the suite's own: at full scale only, to keep
@@ -85,8 +85,6 @@ def _still_running(processes: dict[int, str | None]) -> set[int]:
 def scaled_prefect(fake_providers, tmp_path_factory) -> Iterator[dict]:
     """The product's scaled server on a fresh PostgreSQL database; this process's client and
     `followups reconcile` point at it."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     home = tmp_path_factory.mktemp("scaled-prefect")
     database = f"prefect_test_scaled_{uuid.uuid4().hex[:8]}"
     port = free_port()
@@ -120,16 +118,8 @@ def scaled_prefect(fake_providers, tmp_path_factory) -> Iterator[dict]:
                 raise AssertionError(f"the scaled Prefect server did not start:\n{logs()}")
             time.sleep(0.3)
         world["processes"] = _descendants(supervisor.pid)
-        saved = os.environ.get("PREFECT_API_URL")
-        os.environ["PREFECT_API_URL"] = url
-        try:
-            with temporary_settings(updates={PREFECT_API_URL: url}):
-                yield world
-        finally:
-            if saved is None:
-                os.environ.pop("PREFECT_API_URL", None)
-            else:
-                os.environ["PREFECT_API_URL"] = saved
+        with pointed_at(url):
+            yield world
         # The product's stop: SIGTERM to the supervisor alone stops every process it started.
         supervisor.send_signal(signal.SIGTERM)
         code = supervisor.wait(timeout=90)
