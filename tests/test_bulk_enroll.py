@@ -331,6 +331,39 @@ def test_cli_import_with_a_start_time(deployment, cli, tmp_path):
         assert code == 1 and err.startswith("error: ") and "--start-at" in err and len(err.strip().splitlines()) == 1, (when, err)
 
 
+def test_a_large_import_refreshes_the_planners_statistics(deployment, cli, tmp_path, monkeypatch):
+    from sqlalchemy import text
+
+    import followups.bulk as bulk
+    from followups.users import ensure_user
+
+    name = unique("importer")
+    with session_scope() as session:
+        owner = ensure_user(session, name)
+    sequence = new_sequence(owner)
+    path = tmp_path / "deals.csv"
+    path.write_text(_csv([deal(), deal(), deal()]))
+    refreshed = []
+    monkeypatch.setattr(bulk, "ANALYZE_AFTER", 3)
+    monkeypatch.setattr(bulk, "refresh_statistics", lambda: refreshed.append(True))
+    assert cli("import", str(path), "--sequence", str(sequence), "--owner", name)[0] == 0
+    assert refreshed == [True]
+    assert cli("import", str(path), "--sequence", str(sequence), "--owner", name)[0] == 0  # nothing new: no refresh
+    assert refreshed == [True]
+    monkeypatch.undo()
+
+    def analyzed() -> dict:
+        with session_scope() as session:
+            return dict(session.execute(text(
+                "SELECT relname, analyze_count FROM pg_stat_user_tables WHERE relname IN ('deals', 'enrollments')"
+            )).all())
+
+    before = analyzed()
+    bulk.refresh_statistics()
+    after = analyzed()
+    assert all(after[table] > before.get(table, 0) for table in ("deals", "enrollments")), (before, after)
+
+
 def test_cli_import_fatal_cases_exit_1(deployment, cli, tmp_path):
     from followups.users import ensure_user
 

@@ -24,6 +24,7 @@ same runs. Chunks run on a few threads so one chunk's database work overlaps ano
 from __future__ import annotations
 
 import contextvars
+import logging
 import threading
 import time
 import uuid
@@ -44,6 +45,8 @@ from followups.errors import InvalidInputError
 from followups.inputs import DealInput, check_id, check_start_at, require_owner, validate
 from followups.lifecycle import store
 from followups.sequences import latest_version_id
+
+log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000  # items per HTTP request
 CHUNK = 100  # items per transaction and per Prefect bulk call (Prefect's own limit)
@@ -125,6 +128,24 @@ def enroll_batch(
     for result in outcome.results:
         outcome.counts[result.status] = outcome.counts.get(result.status, 0) + 1
     return outcome
+
+
+ANALYZE_AFTER = 1000  # enrollments made by one import before the planner's statistics are refreshed
+
+
+def refresh_statistics() -> None:
+    """After a large import, PostgreSQL's row estimates for deals and enrollments are stale until
+    autovacuum catches up (minutes): with 100,000 deals of one owner counted as ~30, an owner's
+    enrollment list by status was planned as a sort of all of them (217 ms instead of 0.24 ms).
+    ANALYZE both tables now. Best effort: a database user that does not own the tables gets a
+    warning from PostgreSQL and nothing changes; autovacuum still gets there."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        with session_scope() as session:
+            session.execute(text("ANALYZE deals, enrollments"))
+    except DBAPIError as exc:  # the import itself is done: never fail it for this
+        log.warning("could not refresh the planner's statistics after the import: %s", exc)
 
 
 def _workers() -> ThreadPoolExecutor:

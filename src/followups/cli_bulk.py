@@ -34,7 +34,7 @@ def register(app: typer.Typer, console: Console) -> None:
     ) -> None:
         """Enroll every deal of FILE in a sequence and start each one (now, or at --start-at);
         resumable and idempotent."""
-        from followups.bulk import check_request, enroll_batch
+        from followups.bulk import ANALYZE_AFTER, check_request, enroll_batch, refresh_statistics
         from followups.db.session import session_scope
         from followups.errors import FollowupsError
         from followups.import_file import Reader
@@ -85,6 +85,8 @@ def register(app: typer.Typer, console: Console) -> None:
                 progress.update(task, completed=reader.position(), done=rows_read)
             flush(pending)
             progress.update(task, completed=reader.size, done=rows_read)
+        if counts["ok"] >= ANALYZE_AFTER:
+            refresh_statistics()
         bad.sort()
         if as_json:
             print_json({
