@@ -62,6 +62,19 @@ def follow_up_sequence(enrollment_id: int) -> State:
             get_run_logger().warning("could not publish the timeline artifact: %s", exc)
 
 
+def _record_suspend(enrollment_id: int, flow_run_id: uuid.UUID | None) -> None:
+    """Prefect's engine saw this run suspended (the UI's Pause during a step) and stops the flow
+    at the step task's edge, before our next check. The check is made here instead, so the
+    enrollment is PAUSED now rather than when a sync run or the sweep comes by."""
+    logger = get_run_logger()
+    try:
+        check = checkpoint(enrollment_id, flow_run_id, starting=False)
+    except Exception as exc:  # the Pause must still end the run; the sync trigger and the sweep repair it
+        logger.warning("Suspended in Prefect; could not record it yet: %s", exc)
+        return
+    logger.info("Suspended in Prefect during step %s: enrollment %s is %s", check.plan.current_step, enrollment_id, check.plan.status)
+
+
 def _run(enrollment_id: int, flow_run_id: uuid.UUID | None) -> State:
     logger = get_run_logger()
     starting = True
@@ -102,6 +115,9 @@ def _run(enrollment_id: int, flow_run_id: uuid.UUID | None) -> State:
             return story.waiting(held.until, f"{channel.upper()} step {index} deferred ({held.reason})")
         try:
             result = configured_send_step(enrollment_id, index, channel, plan.deal_ref)(enrollment_id, index, channel, plan.deal_ref)
+        except Pause:
+            _record_suspend(enrollment_id, flow_run_id)
+            raise
         except Exception:
             story.announce_failure(enrollment_id, index)
             raise

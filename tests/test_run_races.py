@@ -30,7 +30,7 @@ from followups.lifecycle.plan import load_plan
 from followups.lifecycle.reconcile import reconcile_enrollment
 from followups.lifecycle.transitions import Actor
 from followups.settings import reset_settings
-from support import enrollment_row, event_types, new_enrollment, new_owner, new_sequence
+from support import enrollment_row, event_types, new_enrollment, new_owner, new_sequence, unique
 
 STEPS = [{"type": "EMAIL", "subject": "Offer", "text": "Hi"}, {"type": "WAIT", "seconds": 60}, {"type": "SMS", "body": "Any news?"}]
 
@@ -47,10 +47,10 @@ def unserved(prefect_api, monkeypatch):
     reset_settings()
 
 
-def _enrollment_with_a_run() -> tuple[int, uuid.UUID]:
+def _enrollment_with_a_run(**deal) -> tuple[int, uuid.UUID]:
     """An ACTIVE enrollment whose pending run is Scheduled (for later: nothing is due)."""
     owner = new_owner()
-    enrollment_id = new_enrollment(owner, new_sequence(owner, STEPS))
+    enrollment_id = new_enrollment(owner, new_sequence(owner, STEPS), **deal)
     with session_scope() as session:
         plan = load_plan(session, enrollment_id, lock=True)
         plan = store.reschedule(session, plan, due=datetime.now(UTC) + timedelta(hours=1), actor=Actor.API)
@@ -139,6 +139,51 @@ def test_a_pause_and_resume_during_a_send_leave_one_pair_of_events(unserved, mon
     assert check.plan.status == "ACTIVE" and check.next is not Next.STAY_SUSPENDED
     events = event_types(enrollment_id)
     assert (events.count("PAUSED"), events.count("RESUMED")) == (1, 1), events
+
+
+def test_an_operators_suspend_during_a_send_pauses_the_enrollment_in_that_run(unserved, fake_providers, monkeypatch):
+    """The UI's Pause on a run whose step is being sent. Prefect's engine notices the suspend
+    and ends the flow as soon as the step's task returns, before the flow's next check: the run
+    must record the pause itself (nothing else would until a sync run or the sweep), and a resume
+    in Prefect then goes on from the next step without sending this one again."""
+    from prefect.exceptions import Pause
+    from prefect.flow_engine import run_flow
+    from prefect.flow_runs import suspend_flow_run
+
+    from followups.execution import sending
+    from followups.flows.follow_up_sequence import follow_up_sequence
+
+    seller_email = f"{unique('suspended')}@example.com"
+    enrollment_id, run_id = _enrollment_with_a_run(seller_email=seller_email)
+    real = sending.get_providers()
+
+    class SuspendedMidSend:
+        def send_email(self, message):
+            # In this process, as with the engine's own observer of the run: marked at once.
+            suspend_flow_run(flow_run_id=run_id, timeout=600)
+            return real.send_email(message)
+
+    monkeypatch.setattr(sending, "get_providers", SuspendedMidSend)
+    _set(run_id, Pending(message="claimed by a worker"))
+    with get_client(sync_client=True) as client:
+        with pytest.raises(Pause):
+            run_flow(follow_up_sequence, flow_run=client.read_flow_run(run_id), return_type="state")
+        assert client.read_flow_run(run_id).state.name == "Suspended"
+    row = enrollment_row(enrollment_id)
+    assert (row.status, row.current_step) == ("PAUSED", 1)  # when the run ends, not later
+    assert event_types(enrollment_id).count("EMAIL_SENT") == 1
+
+    monkeypatch.setattr(sending, "get_providers", lambda: real)
+    resume_flow_run(run_id)  # the UI's Resume; nobody serves this deployment, so run it here
+    _set(run_id, Pending(message="claimed by a worker"))
+    with get_client(sync_client=True) as client:
+        run_flow(follow_up_sequence, flow_run=client.read_flow_run(run_id), return_type="state")
+        assert client.read_flow_run(run_id).state.is_completed()
+    row = enrollment_row(enrollment_id)
+    assert (row.status, row.current_step) == ("ACTIVE", 1) and "WAIT_STARTED" in event_types(enrollment_id)
+    events = event_types(enrollment_id)
+    assert (events.count("EMAIL_SENT"), events.count("PAUSED"), events.count("RESUMED")) == (1, 1, 1), events
+    assert len(fake_providers.for_recipient(seller_email)) == 1
 
 
 def test_an_operators_cancel_after_the_runners_claim_is_honoured_when_the_run_starts(unserved):
