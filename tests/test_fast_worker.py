@@ -9,6 +9,7 @@ its runs.
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 import signal
 import threading
@@ -129,7 +130,7 @@ class _FakeClient:
         return []
 
 
-def test_threads_are_bounded_and_a_hung_or_failing_run_does_not_stop_the_others(fast_worker_api, monkeypatch):
+def test_threads_are_bounded_and_a_hung_or_failing_run_does_not_stop_the_others(fast_worker_api, monkeypatch, caplog):
     runs = [FlowRun(flow_id=uuid.uuid4(), name=name) for name in ["hang", "boom", "taken", *[f"ok-{i}" for i in range(10)]]]
     late = [FlowRun(flow_id=uuid.uuid4(), name=f"late-{i}") for i in range(6)]  # due after the replacement
     client = _FakeClient(runs)
@@ -165,6 +166,7 @@ def test_threads_are_bounded_and_a_hung_or_failing_run_does_not_stop_the_others(
 
     monkeypatch.setattr(polling, "propose_state_sync", claim)
     monkeypatch.setattr(Executor, "execute", execute)
+    caplog.set_level(logging.WARNING, logger="followups.fast_worker")
     stop = threading.Event()
     # a short-but-not-too-short hang threshold: the other runs take 10 ms, even on a loaded machine
     worker = polling.FastWorker(concurrency=2, poll_seconds=0.05, stop_event=stop, hang_seconds=2.0)
@@ -180,6 +182,9 @@ def test_threads_are_bounded_and_a_hung_or_failing_run_does_not_stop_the_others(
         time.sleep(0.3)
         assert len(executor._slots) == 3 and sum(s.retired for s in executor._slots) == 1
         assert [s.run.name for s in executor._slots if s.retired] == ["hang"]
+        # the warning shows where the hung run is stuck
+        hung_warning = next(r.getMessage() for r in caplog.records if "giving its slot" in r.getMessage())
+        assert "release_hung.wait(20)" in hung_warning, hung_warning
         with client.lock:
             client.runs.extend(late)
         wait_for(lambda: sum(n.startswith("late-") for n in executed) == 6, timeout=15, what="runs on the new thread")
@@ -218,6 +223,15 @@ def test_every_run_of_a_sequence_was_claimed_by_the_fast_worker(fast_worker, fak
     assert len(task_runs) == 3 and all(t.state.is_completed() for t in task_runs)
     assert len(fake_providers.for_recipient(str(deal.seller_email))) == 2
     assert len(fake_providers.for_recipient(deal.seller_phone)) == 1
+
+
+def test_sigusr1_writes_every_threads_stack_and_the_worker_goes_on(fast_worker, fake_providers):
+    before = len(fast_worker.log(10**7))
+    os.kill(fast_worker.pid, signal.SIGUSR1)
+    wait_for(lambda: "_slot_loop" in fast_worker.log(10**7)[before:], timeout=10, what="the stack dump")
+    dump = fast_worker.log(10**7)[before:]
+    assert "Current thread" in dump or "Thread 0x" in dump
+    test_every_run_of_a_sequence_was_claimed_by_the_fast_worker(fast_worker, fake_providers)
 
 
 def test_two_server_errors_then_success_retries_and_sends_once(fast_worker, fake_providers):

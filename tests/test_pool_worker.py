@@ -11,8 +11,11 @@ in the Prefect UI stops a run in flight while the worker goes on.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,4 +232,13 @@ def test_a_foreign_deployment_in_the_pool_is_refused_not_imported(world):
         client.delete_deployment(deployment_id)
     assert state.is_crashed(), state
     assert "not one of the product's flows" in (state.message or "")
+    world.alive()
+
+
+def test_sigusr1_writes_every_threads_stack_and_the_worker_goes_on(world):
+    world.alive()
+    before = len(world.log.read_text(errors="replace"))
+    os.kill(world.worker.pid, signal.SIGUSR1)
+    wait_for(lambda: "_slot_loop" in world.log.read_text(errors="replace")[before:], timeout=10, what="the stack dump")
+    time.sleep(1)
     world.alive()

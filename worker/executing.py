@@ -16,8 +16,10 @@ import ctypes
 import functools
 import logging
 import queue
+import sys
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +62,11 @@ def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
         return False
     return result == 1
+
+
+def _stack_of(thread: threading.Thread | None) -> str:
+    frame = sys._current_frames().get(thread.ident) if thread is not None and thread.ident else None
+    return "".join(traceback.format_stack(frame)) if frame is not None else "(no stack)"
 
 
 @dataclass
@@ -216,9 +223,10 @@ class Executor:
                 logger.warning("Flow run %s is hung, and no replacement thread is left", slot.run and slot.run.id)
                 continue
             logger.warning(
-                "Flow run %s has run for more than %ss: giving its slot to a new thread",
+                "Flow run %s has run for more than %ss: giving its slot to a new thread; it is at:\n%s",
                 slot.run and slot.run.id,
                 self.hang_seconds,
+                _stack_of(slot.thread),
             )
             with self._lock:
                 slot.retired = True

@@ -2,11 +2,13 @@
 
 The first SIGTERM or SIGINT stops claiming and lets the runs in flight finish; a second one
 exits at once (the runs it abandons are recovered by the next worker, see recovery.py).
+SIGUSR1 writes every thread's stack to stderr (`kill -USR1 <pid>`): what a stuck run is doing.
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import signal
@@ -39,11 +41,14 @@ def run_fast_worker(
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, on_signal)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         worker.run()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if previous:
+            faulthandler.unregister(signal.SIGUSR1)
 
 
 def main(argv: list[str] | None = None) -> None:

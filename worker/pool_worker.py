@@ -27,6 +27,7 @@ Prefect's flow engine (worker/executing.py), instead of a new process per run.
   another deployment put in the pool is marked Crashed with the reason.
 - A job variable such as `env` cannot apply to a thread: the worker's own environment is what
   the runs see.
+- SIGUSR1 writes every thread's stack to stderr: what a stuck run is doing.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import faulthandler
 import logging
 import os
+import signal
 import socket
 import tempfile
 import threading
@@ -120,6 +123,7 @@ class FollowupsWorker(BaseWorker[BaseJobConfiguration, BaseVariables, FollowupsW
 
     async def setup(self) -> None:
         await super().setup()
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: every thread's stack
         await anyio.to_thread.run_sync(self._start_threads)
 
     async def teardown(self, *exc_info: Any) -> None:

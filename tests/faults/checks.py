@@ -147,10 +147,12 @@ def wait_final_states(
     repair: Callable[[], Any] | None = None,
     repair_every: float = 10.0,
     interval: float = 0.5,
+    on_timeout: Callable[[], str] | None = None,
 ) -> dict[int, str]:
     """Poll until every enrollment has its expected status (a status or a set of accepted ones).
     `repair` (e.g. running `followups reconcile`) is called every `repair_every` seconds while
-    some are still missing, as an operator or the scheduled sweep would."""
+    some are still missing, as an operator or the scheduled sweep would. `on_timeout` adds what
+    it returns (e.g. the executors' thread stacks) to the failure."""
     wanted = {e: {s} if isinstance(s, str) else set(s) for e, s in expected.items()}
     deadline = time.monotonic() + timeout
     next_repair = time.monotonic() + repair_every
@@ -165,6 +167,7 @@ def wait_final_states(
                 f"{len(missing)} of {len(wanted)} enrollments not in their final state after {timeout}s "
                 f"(id: status now): {sample}; expected e.g. {[sorted(wanted[e]) for e in list(sample)[:3]]}\n"
                 + _describe_safely(list(sample)[:5], url)
+                + (on_timeout() if on_timeout is not None else "")
             )
         if repair is not None and time.monotonic() >= next_repair:
             repair()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -127,6 +128,16 @@ class World:
             worker.kill()
         for process in self.runners:
             stop(process, timeout=30)
+
+    def dump_stacks(self, chars: int = 20000) -> str:
+        """Every fast worker's thread stacks (SIGUSR1), as the workers wrote them to their logs."""
+        dumps = []
+        for worker in (w for w in self.workers if w.alive()):
+            before = len(worker.log(10**8))
+            os.kill(worker.pid, signal.SIGUSR1)
+            time.sleep(1)
+            dumps.append(f"\n== thread stacks of fast worker {worker.pid}\n{worker.log(10**8)[before:][-chars:]}")
+        return "".join(dumps)
 
     def logs(self, chars: int = 3000) -> str:
         parts = [f"== {p.name}\n{p.read_text(errors='replace')[-chars:]}" for p in sorted(self.log_dir.glob("*.log"))]
