@@ -1,5 +1,7 @@
 """What a follow-up run tells an operator in the Prefect UI: its final state's name and message,
-its log lines, and the artifacts (the enrollment's timeline, each message sent).
+its log lines, and one artifact: the enrollment's timeline, with what each step said (one table
+per enrollment rather than one more artifact per message: each artifact is an API call and two
+Prefect events on every run).
 
 Seller addresses and message bodies stay out of Prefect unless `FOLLOWUPS_PREFECT_SHOW_PII`
 allows them: a subject or first line and the provider's id are enough to follow a sequence.
@@ -11,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, State
 
 from followups.db.session import session_scope
@@ -39,6 +41,7 @@ def publish_timeline(enrollment_id: int) -> None:
             "type": step.type,
             "state": step.state,
             "at": _when(step.at),
+            "message": shown(step.type.lower(), step.message or "") if step.type != "WAIT" else "",
             "provider message id": step.provider_message_id or "",
         }
         for step in enrollment.timeline
@@ -54,16 +57,6 @@ def publish_timeline(enrollment_id: int) -> None:
 def shown(channel: str, summary: str) -> str:
     """A subject is shown; an SMS only by its first words, unless PII may go to Prefect."""
     return summary if channel == "email" or get_settings().prefect_show_pii else _first_words(summary)
-
-
-def publish_message(channel: str, step_index: int, summary: str, provider_message_id: str | None, outcome: str) -> None:
-    shown_text = shown(channel, summary)
-    create_markdown_artifact(
-        markdown=f"**{channel.upper()} step {step_index}: {outcome}**\n\n"
-        f"- {'subject' if channel == 'email' else 'first words'}: {shown_text or '—'}\n"
-        f"- provider message id: `{provider_message_id or '—'}`\n",
-        description=f"{channel} step {step_index}",
-    )
 
 
 def _first_words(text: str, words: int = 4) -> str:

@@ -10,13 +10,12 @@ import random
 import uuid
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.runtime import task_run as runtime_task_run
 
 from followups.errors import TransientProviderError
 from followups.execution.sending import StepResult, execute_send_step
-from followups.flows.story import publish_message
 from followups.settings import get_settings
 
 
@@ -54,11 +53,6 @@ def send_step(enrollment_id: int, step_index: int, channel: str, deal_ref: str) 
         flow_run_id=_as_uuid(runtime_flow_run.id),
         task_run_id=_as_uuid(runtime_task_run.id),
     )
-    if result.outcome == "sent":
-        try:
-            publish_message(channel, step_index, result.detail, result.provider_message_id, result.outcome)
-        except Exception as exc:  # the story must never change what the step did
-            get_run_logger().warning("could not publish the message artifact: %s", exc)
     return result
 
 

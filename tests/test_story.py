@@ -1,5 +1,5 @@
 """What a follow-up run shows in the Prefect UI: a "Waiting" state with the next step's time, a
-timeline artifact kept per enrollment, a message artifact per send, and log lines that tell the
+timeline artifact kept per enrollment (with what each step said), and log lines that tell the
 story, with no seller address or body unless allowed."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from support import new_enrollment, new_owner, new_sequence, unique
 STEPS = [
     {"type": "EMAIL", "subject": "Offer on {{ deal.property_address }}", "text": "Hi {{ seller.first_name }}, secret body"},
     {"type": "WAIT", "days": 3},
-    {"type": "SMS", "body": "Hi {{ seller.first_name }}, any thoughts?"},
+    {"type": "SMS", "body": "Hi {{ seller.first_name }}, any thoughts on our offer?"},
 ]
 
 
@@ -45,11 +45,12 @@ def test_a_waiting_run_says_so_and_publishes_its_timeline(prefect_api, fake_prov
     assert [(r["step"], r["type"], r["state"]) for r in rows] == [(0, "EMAIL", "done"), (1, "WAIT", "waiting"), (2, "SMS", "pending")]
     assert rows[0]["provider message id"] and rows[1]["at"].endswith("UTC")
 
+    # What each step said is in the timeline (an SMS by its first words), not in one more artifact.
+    assert rows[0]["message"] == "Offer on 12 Elm Street, Springfield" and rows[1]["message"] == ""
+    assert rows[2]["message"] == "Hi Pat, any thoughts …"  # first words only: the rest is PII
     flow_run_id = state.state_details.flow_run_id
-    messages = [a for a in _artifacts(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])) if a.type == "markdown"]
-    assert len(messages) == 1 and "EMAIL step 0: sent" in messages[0].data
-    assert "Offer on 12 Elm Street" in messages[0].data and rows[0]["provider message id"] in messages[0].data
-    assert email not in messages[0].data and "secret body" not in messages[0].data
+    assert [a.type for a in _artifacts(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))] == ["table"]
+    assert email not in timeline.data and "secret body" not in timeline.data
 
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert "EMAIL step 0 sent, subject 'Offer on 12 Elm Street, Springfield'" in logged

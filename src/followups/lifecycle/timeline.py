@@ -82,6 +82,8 @@ def timeline(session: Session, plan: EnrollmentPlan) -> list[TimelineStep]:
                 TimelineStep(
                     index, step.type, OUTCOME_STATES[EventType(finished.event_type)], finished.occurred_at,
                     finished.provider_message_id,
+                    # what went out, as recorded when it was sent
+                    message=(finished.content or {}).get("subject") or (finished.content or {}).get("body"),
                 )
             )
             continue
@@ -100,7 +102,7 @@ def timeline(session: Session, plan: EnrollmentPlan) -> list[TimelineStep]:
             planned = next_send_time(clock, step_rules(channel_of(step) or "email", plan.options, recipient, quiet))
             clock = planned.at.astimezone(UTC)
             steps.append(TimelineStep(index, step.type, "pending", clock if open_status else None, deferred_by=planned.reason))
-    return [replace(item, message=_message(plan, plan.steps[item.index])) for item in steps]
+    return [item if item.message else replace(item, message=_message(plan, plan.steps[item.index])) for item in steps]
 
 
 def _message(plan: EnrollmentPlan, step: Any) -> str | None:
