@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query, Response
 from followups import control
 from followups.api.auth import CurrentUser
 from followups.api.errors import error_responses
-from followups.api.schemas import EnrollmentOut, EnrollmentPageOut, EnrollRequest, EventOut, OfferOut, OfferRequest
+from followups.api.schemas import EnrollBody, EnrollmentOut, EnrollmentPageOut, EventOut, OfferOut, OfferRequest
 from followups.inputs import EXTERNAL_ID_PATTERN, MAX_NAME, Id
 
 router = APIRouter(tags=["enrollments"])
@@ -25,10 +25,11 @@ CONTROL_ERRORS = error_responses(401, 404, 409, 422, 503)
     response_model=EnrollmentOut,
     responses=error_responses(401, 404, 409, 413, 422, 503),
 )
-def enroll(body: EnrollRequest, user_id: CurrentUser) -> dict[str, Any]:
-    """Enroll a deal's seller in one of the caller's sequences and start it. The deal is created
-    or refreshed by its `external_id`. 409 when the sequence is disabled or the deal already runs it."""
-    ref = control.enroll_deal(user_id, body.deal, body.sequence_id)
+def enroll(body: EnrollBody, user_id: CurrentUser) -> dict[str, Any]:
+    """Enroll a deal's seller in one of the caller's sequences and start it, now or at `start_at`.
+    The deal is created or refreshed by its `external_id`. 409 when the sequence is disabled or
+    the deal already runs it."""
+    ref = control.enroll_deal(user_id, body.deal, body.sequence_id, start_at=body.start_at)
     return control.get_enrollment(ref.id, owner_id=user_id).as_dict()
 
 

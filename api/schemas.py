@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 # Request bodies are the core's own input models: HTTP, the CLI and the Python API accept
 # exactly the same values and name a wrong one by the same field path.
@@ -16,6 +16,12 @@ from followups.inputs import Id, OfferInput, SequenceInput, SequencePatch
 SequenceCreate = SequenceInput
 SequenceUpdate = SequencePatch
 OfferRequest = OfferInput
+
+
+class EnrollBody(EnrollRequest):
+    start_at: AwareDatetime | None = Field(
+        None, description="When the sequence starts (ISO 8601 with its UTC offset, up to a year ahead); default: now",
+    )
 
 
 class _Request(BaseModel):

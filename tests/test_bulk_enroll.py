@@ -434,6 +434,54 @@ def test_http_batch_start_at(http):
     assert counts(user.id)[:2] == (1, 1)
 
 
+
+def test_one_enrollment_with_a_start_time(deployment, http, cli):
+    """The same `start_at` for a single enrollment: Python, HTTP and the CLI."""
+    from datetime import UTC, datetime, timedelta
+
+    from followups.control import enroll_deal, get_enrollment
+    from followups.errors import InvalidInputError
+    from followups.users import ensure_user
+
+    name = unique("starter")
+    with session_scope() as session:
+        owner = ensure_user(session, name)
+    user = new_api_user()
+    sequence, api_sequence = new_sequence(owner), new_sequence(user.id)
+    start = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0)
+
+    ref = enroll_deal(owner, deal(), sequence, start_at=start.astimezone(timezone_minus_5()).isoformat())
+    [run] = runs_of([ref.id])[ref.id]
+    assert run.id == ref.flow_run_id and run.state.is_scheduled() and run.state.state_details.scheduled_time == start
+    assert get_enrollment(ref.id).next_due_at == start
+
+    answer = http.post("/api/enrollments", json={"sequence_id": api_sequence, "deal": deal(), "start_at": start.isoformat()},
+                       headers=user.headers)
+    assert answer.status_code == 201, answer.text
+    assert datetime.fromisoformat(answer.json()["next_due_at"]) == start
+
+    code, out, err = cli("enroll", "--sequence", str(sequence), "--owner", name, "--deal", unique("B"),
+                         "--address", "12 Elm Street", "--seller-name", "Pat", "--seller-email", "pat@example.com",
+                         "--start-at", start.isoformat(), "--json")
+    assert code == 0, err
+    made = json.loads(out)
+    assert made["start_at"] == start.isoformat() and get_enrollment(made["enrollment_id"]).next_due_at == start
+
+    # Refused with the field, and nothing stored, at each entry point.
+    before = counts(owner), counts(user.id)
+    for bad in ("2020-01-01T00:00:00Z", "2027-01-01T09:00:00", (datetime.now(UTC) + timedelta(days=400)).isoformat(), "soon", 5, []):
+        with pytest.raises(InvalidInputError) as refused:
+            enroll_deal(owner, deal(), sequence, start_at=bad)
+        assert refused.value.field == "start_at", bad
+        answer = http.post("/api/enrollments", json={"sequence_id": api_sequence, "deal": deal(), "start_at": bad},
+                           headers=user.headers)
+        assert answer.status_code == 422 and "start_at" in json.dumps(answer.json()["errors"]), (bad, answer.text)
+        if isinstance(bad, str):
+            code, out, err = cli("enroll", "--sequence", str(sequence), "--owner", name, "--deal", unique("B"),
+                                 "--address", "12 Elm Street", "--seller-email", "pat@example.com", "--start-at", bad)
+            assert code == 1 and err.startswith("error: ") and "--start-at" in err and len(err.strip().splitlines()) == 1, (bad, err)
+    assert (counts(owner), counts(user.id)) == before
+
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=30),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),

@@ -15,7 +15,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from followups.cli_output import (deal_from_options, error_line, events_table, fail, load_file, one_line, print_json,
+from followups.cli_output import (Address, Amount, DealFile, ExternalId, SellerEmail, SellerName, SellerPhone,
+                                  deal_from_options, error_line, events_table, fail, load_file, one_line, print_json,
                                   sequence_table, status_output)
 from followups.cli_ops import register as register_operator_commands
 from followups.errors import FollowupsError
@@ -224,15 +225,6 @@ def sequences_delete(
 # -- enrollments --------------------------------------------------------------------------
 
 
-DealFile = Annotated[Optional[Path], typer.Option("--deal-file", help="YAML/JSON file with the deal's fields")]
-ExternalId = Annotated[Optional[str], typer.Option("--deal", help="The deal's external id")]
-Address = Annotated[Optional[str], typer.Option("--address")]
-SellerName = Annotated[Optional[str], typer.Option("--seller-name")]
-SellerEmail = Annotated[Optional[str], typer.Option("--seller-email")]
-SellerPhone = Annotated[Optional[str], typer.Option("--seller-phone", help="E.164, e.g. +15035550142")]
-Amount = Annotated[Optional[str], typer.Option("--amount", help="Offer amount")]
-
-
 @app.command()
 def enroll(
     sequence: Annotated[int, typer.Option("--sequence", help="Sequence id")],
@@ -244,19 +236,23 @@ def enroll(
     seller_email: SellerEmail = None,
     seller_phone: SellerPhone = None,
     amount: Amount = None,
+    start_at: Annotated[Optional[str], typer.Option("--start-at", help="When it starts: ISO 8601 with its UTC offset (default: now)")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Enroll a deal's seller in a sequence and start it."""
-    _check_id(sequence, "sequence")
-    fields = deal_from_options(deal_file, deal, address, seller_name, seller_email, seller_phone, amount)
-    owner_id = _owner_id(owner)
+    """Enroll a deal's seller in a sequence and start it (now, or at --start-at)."""
     from followups.control import enroll_deal
+    from followups.inputs import check_start_at
 
-    ref = enroll_deal(owner_id, fields, sequence)
+    _check_id(sequence, "sequence")
+    start = check_start_at(start_at, "--start-at")  # the error names the option the user typed
+    fields = deal_from_options(deal_file, deal, address, seller_name, seller_email, seller_phone, amount)
+    ref = enroll_deal(_owner_id(owner), fields, sequence, start_at=start)
     if as_json:
-        print_json({"enrollment_id": ref.id, "deal": ref.deal_external_id, "flow_run_id": str(ref.flow_run_id)})
+        print_json({"enrollment_id": ref.id, "deal": ref.deal_external_id, "flow_run_id": str(ref.flow_run_id),
+                    "start_at": start.isoformat() if start else None})
     else:
-        console.print(f"enrollment {ref.id} started for deal {ref.deal_external_id} (flow run {ref.flow_run_id})")
+        console.print(f"enrollment {ref.id} started for deal {ref.deal_external_id} (flow run {ref.flow_run_id})"
+                      + (f"; its first step is due {start.isoformat()}" if start else ""))
 
 
 @app.command("offer-sent")

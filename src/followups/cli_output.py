@@ -12,8 +12,9 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Optional
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -58,6 +59,15 @@ def load_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidInputError(f"{path} must hold a mapping of fields")
     return data
+
+
+DealFile = Annotated[Optional[Path], typer.Option("--deal-file", help="YAML/JSON file with the deal's fields")]
+ExternalId = Annotated[Optional[str], typer.Option("--deal", help="The deal's external id")]
+Address = Annotated[Optional[str], typer.Option("--address")]
+SellerName = Annotated[Optional[str], typer.Option("--seller-name")]
+SellerEmail = Annotated[Optional[str], typer.Option("--seller-email")]
+SellerPhone = Annotated[Optional[str], typer.Option("--seller-phone", help="E.164, e.g. +15035550142")]
+Amount = Annotated[Optional[str], typer.Option("--amount", help="Offer amount")]
 
 
 def deal_from_options(

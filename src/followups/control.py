@@ -26,7 +26,7 @@ from followups.db.models import OPEN_STATUSES, Deal, Enrollment, EnrollmentStatu
 from followups.db.session import session_scope
 from followups.deals import deal_id_by_external, upsert_deal
 from followups.errors import InvalidInputError, InvalidStateError, NotFoundError
-from followups.inputs import DealInput, EnrollRequest, OfferInput, check_external_id, check_id, require_owner, validate
+from followups.inputs import DealInput, EnrollRequest, OfferInput, check_external_id, check_id, check_start_at, require_owner, validate
 from followups.lifecycle import store
 from followups.lifecycle.listing import EnrollmentPage, EnrollmentSummary, list_enrollments  # noqa: F401 - re-exported
 from followups.lifecycle.plan import load_plan
@@ -104,19 +104,24 @@ def create_enrollment(session: Session, owner_id: int, deal: DealInput, sequence
     )
 
 
-def enroll_deal(owner_id: int, deal: DealInput | dict[str, Any], sequence_id: int) -> EnrollmentRef:
-    """Enroll the deal's seller in `sequence_id` and start the sequence on Prefect.
+def enroll_deal(
+    owner_id: int, deal: DealInput | dict[str, Any], sequence_id: int, *, start_at: Any = None
+) -> EnrollmentRef:
+    """Enroll the deal's seller in `sequence_id` and start the sequence on Prefect, now or at
+    `start_at` (an aware datetime or ISO 8601 text with its offset, up to a year ahead).
 
     Raises NotFoundError (no such owner, or no such sequence for this owner), InvalidStateError
-    (disabled sequence, or the deal already runs it) or InvalidInputError (bad deal fields).
+    (disabled sequence, or the deal already runs it) or InvalidInputError (bad deal fields, or a
+    `start_at` in the past, without an offset or too far ahead).
     """
     request = validate(EnrollRequest, {"deal": deal, "sequence_id": sequence_id})
+    start = check_start_at(start_at)
     with session_scope() as session:
         require_owner(session, owner_id)
         enrollment = create_enrollment(session, owner_id, request.deal, request.sequence_id)
         # The run is created before the commit: if Prefect is unreachable nothing is stored;
         # if the commit failed instead, the orphan run finds no enrollment and ends at once.
-        flow_run_id = store.start(session, enrollment)
+        flow_run_id = store.start(session, enrollment, due=start)
         return EnrollmentRef(
             id=enrollment.id,
             deal_id=enrollment.deal_id,

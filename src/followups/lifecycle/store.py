@@ -87,11 +87,11 @@ def create(
     return enrollment
 
 
-def start(session: Session, enrollment: Enrollment) -> uuid.UUID:
-    """Give a new enrollment its first flow run (due now)."""
+def start(session: Session, enrollment: Enrollment, *, due: datetime | None = None) -> uuid.UUID:
+    """Give a new enrollment its first flow run (due now, or at `due`)."""
     session.flush()
     plan = load_plan(session, enrollment.id, lock=True)
-    return reschedule(session, plan, due=None, actor=Actor.API).prefect_flow_run_id
+    return reschedule(session, plan, due=due, actor=Actor.API).prefect_flow_run_id
 
 
 def create_many(session: Session, rows: list[dict[str, Any]], *, due: datetime | None = None) -> dict[int, int]:
