@@ -16,12 +16,15 @@ import threading
 import time
 import uuid
 
+import httpx
 import pytest
+import respx
+from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterTags
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import Abort
-from prefect.states import Pending
+from prefect.states import Pending, Running
 
 from fast_worker_fixtures import fast_worker, fast_worker_api, fast_worker_server, fast_workers  # noqa: F401 - fixtures
 from followups.control import cancel_enrollment, enroll_deal
@@ -198,6 +201,73 @@ def test_threads_are_bounded_and_a_hung_or_failing_run_does_not_stop_the_others(
         executor.finish(grace_seconds=None)
     assert not loop.is_alive()
     assert all(not (s.thread and s.thread.is_alive()) for s in executor._slots)
+
+
+@flow(name="followups-crash-report-probe")
+def _crash_report_probe() -> None:
+    """Never run: a flow to create flow runs of."""
+
+
+def _running_run() -> FlowRun:
+    with get_client(sync_client=True) as client:
+        return client.create_flow_run(_crash_report_probe, state=Running())
+
+
+def _answer_500_first(times: int):
+    """A respx side effect: Prefect answers 500 (its database is restarting) `times` times, then
+    the request goes through to the real server."""
+    seen = {"n": 0}
+
+    def effect(request: httpx.Request):
+        seen["n"] += 1
+        return httpx.Response(500, json={"detail": "database restarting"}) if seen["n"] <= times else request
+
+    return effect, seen
+
+
+def test_a_run_the_engine_could_not_finish_is_reported_crashed_once_the_server_answers(fast_worker_api, caplog):
+    flow_run = _running_run()
+    executor = Executor(1, float("inf"), polling.RunCounts())
+    read_effect, reads = _answer_500_first(2)
+    state_effect, proposals = _answer_500_first(2)
+    caplog.set_level(logging.INFO, logger="followups.fast_worker")
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(f"{fast_worker_api}/flow_runs/{flow_run.id}").mock(side_effect=read_effect)
+        mock.post(f"{fast_worker_api}/flow_runs/{flow_run.id}/set_state").mock(side_effect=state_effect)
+        mock.route().pass_through()
+        executor._mark_crashed_if_unfinished(flow_run, "fast worker: the engine failed: probe")
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run.id).state
+    assert state.type == StateType.CRASHED and state.message == "fast worker: the engine failed: probe"
+    # two 500s on the read, then two on the proposal: four retries, then one answered proposal
+    assert reads["n"] >= 3 and proposals["n"] >= 3
+    assert sum("retrying" in r.getMessage() for r in caplog.records) == 4
+    assert executor.counts["crashed"] == 1
+
+
+def test_the_crash_report_gives_up_after_its_bound_and_never_retries_a_4xx(fast_worker_api, caplog):
+    flow_run = _running_run()
+    executor = Executor(1, float("inf"), polling.RunCounts())
+    executor.crash_report_seconds = 2.0
+    read_effect, reads = _answer_500_first(10**6)
+    caplog.set_level(logging.INFO, logger="followups.fast_worker")
+    started = time.monotonic()
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(f"{fast_worker_api}/flow_runs/{flow_run.id}").mock(side_effect=read_effect)
+        mock.route().pass_through()
+        executor._mark_crashed_if_unfinished(flow_run, "never reported")
+    assert time.monotonic() - started < 2.0 + 5  # the bound, plus one last answer
+    assert 2 <= reads["n"] <= 4  # 0.5 s, 1 s: the next wait would pass the bound
+    assert any("Could not report flow run" in r.getMessage() for r in caplog.records)
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(flow_run.id).state.type == StateType.RUNNING
+    # a run the server does not know (deleted) is given up at once: asking again cannot help
+    caplog.clear()
+    gone = FlowRun(flow_id=flow_run.flow_id, name="deleted")
+    started = time.monotonic()
+    executor._mark_crashed_if_unfinished(gone, "deleted")
+    assert time.monotonic() - started < 5
+    assert not any("retrying" in r.getMessage() for r in caplog.records)
 
 
 # --- sequences on the fast worker of this module -------------------------------------------------

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateType
 from prefect.client.schemas.objects import FlowRun, StateType
@@ -64,6 +65,13 @@ def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
     return result == 1
 
 
+def _server_unavailable(exc: BaseException) -> bool:
+    """A 5xx or no answer at all: worth asking again. A 4xx (say, the run was deleted) is not."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code >= 500
+    return isinstance(exc, (httpx.TransportError, OSError))
+
+
 def _stack_of(thread: threading.Thread | None) -> str:
     frame = sys._current_frames().get(thread.ident) if thread is not None and thread.ident else None
     return "".join(traceback.format_stack(frame)) if frame is not None else "(no stack)"
@@ -86,6 +94,9 @@ class _Slot:
 class Executor:
     """At most `concurrency` runs at once, plus at most `concurrency` replacement threads for
     runs that hang longer than `hang_seconds`."""
+
+    # How long a run the engine could not finish may hold its slot while the server is away.
+    crash_report_seconds = 300.0
 
     def __init__(self, concurrency: int, hang_seconds: float, counts: RunCounts) -> None:
         self.concurrency = concurrency
@@ -193,11 +204,26 @@ class Executor:
             self.counts.add("failed")
 
     def _mark_crashed_if_unfinished(self, flow_run: FlowRun, message: str) -> None:
+        """Propose Crashed unless the run already ended. Retried while the server cannot answer:
+        the engine usually broke because the server (or its database) was away, and a run left
+        Running is one nothing else repairs until the zombie-run automation, if any."""
         self.counts.add("crashed")
-        with contextlib.suppress(Exception), get_client(sync_client=True) as client:
-            current = client.read_flow_run(flow_run.id)
-            if current.state is not None and not current.state.is_final() and not current.state.is_paused():
-                propose_state_sync(client, Crashed(message=message), flow_run_id=flow_run.id)
+        deadline = time.monotonic() + self.crash_report_seconds
+        delay = 0.5
+        while True:
+            try:
+                with get_client(sync_client=True) as client:
+                    current = client.read_flow_run(flow_run.id)
+                    if current.state is not None and not current.state.is_final() and not current.state.is_paused():
+                        propose_state_sync(client, Crashed(message=message), flow_run_id=flow_run.id)
+                return
+            except Exception as exc:  # noqa: BLE001 - reported below, never raised into the slot
+                if not _server_unavailable(exc) or time.monotonic() + delay > deadline:
+                    logger.warning("Could not report flow run %s Crashed: %r", flow_run.id, exc)
+                    return
+                logger.info("Reporting flow run %s Crashed: the server is unavailable (%r); retrying", flow_run.id, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
 
     def _finish_cancelled(self, flow_run: FlowRun) -> None:
         self.counts.add("cancelled")

@@ -85,11 +85,24 @@ def step_state(enrollment_ids) -> dict[tuple[int, int], set[str]]:
 OUTCOMES = {"EMAIL_SENT", "SMS_SENT", "STEP_FAILED", "STEP_SKIPPED", "STEP_OUTCOME_UNKNOWN"}
 
 
-def attempts_in_flight(enrollment_ids, *, attempted_before: datetime | None = None) -> set[tuple[int, int]]:
+def attempts_in_flight(
+    enrollment_ids, *, attempted_before: datetime | None = None, unknown_since: datetime | None = None
+) -> set[tuple[int, int]]:
     """Steps with a committed STEP_ATTEMPT and no outcome: after a kill, exactly the steps the
     product must (conservatively) record as outcome-unknown, since the call may have gone out.
-    `attempted_before`: only attempts recorded before then (by the database's clock)."""
-    in_flight = {k for k, types in step_state(enrollment_ids).items() if "STEP_ATTEMPT" in types and not types & OUTCOMES}
+    `attempted_before`: only attempts recorded before then (by the database's clock).
+    `unknown_since`: also steps already recorded STEP_OUTCOME_UNKNOWN since then, since the
+    product may have recovered them before this looks."""
+    state = step_state(enrollment_ids)
+    in_flight = {k for k, types in state.items() if "STEP_ATTEMPT" in types and not types & OUTCOMES}
+    if unknown_since is not None:
+        with session_scope() as session:
+            recovered = session.execute(
+                text("SELECT DISTINCT enrollment_id, step_index FROM follow_up_events WHERE enrollment_id = ANY(:ids) "
+                     "AND event_type = 'STEP_OUTCOME_UNKNOWN' AND occurred_at >= :since"),
+                {"ids": list(enrollment_ids), "since": unknown_since},
+            ).all()
+        in_flight |= {(row.enrollment_id, row.step_index) for row in recovered}
     if attempted_before is None or not in_flight:
         return in_flight
     with session_scope() as session:
