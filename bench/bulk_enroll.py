@@ -1,6 +1,6 @@
 """Bulk enrollment: enrollments per second into ACTIVE with their first flow run scheduled.
 
-    python bench/bulk_enroll.py [--n 1000] [--repeats 3] [--no-worker]
+    python bench/bulk_enroll.py [--n 1000] [--repeats 3] [--no-worker] [--servers single,scaled]
 
 Builds its own world (followups + Prefect databases on the local PostgreSQL, `prefect server
 start` on PostgreSQL, the fake providers) and starts the fast worker, which executes the runs as
@@ -10,6 +10,11 @@ HTTP batch and `control.enroll_deals` call) and times it until every one is ACTI
 further) with its first run stored. Prints the median over the repetitions, the time split
 (database vs Prefect calls, summed over the bulk threads), and the CPU of the Prefect server,
 PostgreSQL and the worker; writes bench/results/bulk_enroll-<time>.json.
+
+`--servers single,scaled` measures on the single-process server, then switches to the scaled
+server (bench/scaled_server.py's: `followups prefect-server`, N API processes + services +
+Redis, on a new Prefect database) with a new fast worker, and prints the scaled/single ratio of
+the medians: both in one run.
 """
 
 from __future__ import annotations
@@ -67,37 +72,65 @@ def one_repetition(world, ex, owner: int, sequence_id: int, n: int, rep: int) ->
     return result
 
 
+def run_server(world, args, owner: int, sequence_id: int) -> dict:
+    runner = contextlib.nullcontext() if args.no_worker else h.executor("fast", world)
+    with runner as ex:
+        label = "no executor" if ex is None else ex.label
+        h.log(f"bulk enrollment, {args.n} deals x {args.repeats}, with {label}")
+        reps = [one_repetition(world, ex, owner, sequence_id, args.n, rep) for rep in range(args.repeats)]
+    return {
+        "executor": label,
+        "repetitions": reps,
+        "enrollments_per_second": h.summary([r["enrollments_per_second"] for r in reps]),
+        "db_seconds": h.summary([r["db_seconds"] for r in reps]),
+        "prefect_seconds": h.summary([r["prefect_seconds"] for r in reps]),
+        "server_cpu_per_enrollment_ms": h.summary([1000 * r["cpu_seconds"]["prefect_server"] / r["n"] for r in reps]),
+        "postgresql_cpu_per_enrollment_ms": h.summary([1000 * r["cpu_seconds"]["postgresql"] / r["n"] for r in reps]),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1000, help="deals per repetition")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-worker", action="store_true", help="measure with no executor running")
+    parser.add_argument("--servers", default="single", help="single, scaled or single,scaled (in that order)")
+    parser.add_argument("--api-workers", type=int, default=2, help="API processes of the scaled server")
     args = parser.parse_args(argv)
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if not servers or any(s not in ("single", "scaled") for s in servers) or servers != sorted(set(servers), reverse=True):
+        raise SystemExit("--servers: single, scaled or single,scaled")
+
+    import scaled_server as ss  # the scaled server's start-up, shared with its own benchmark
 
     results: dict = {"command": "python bench/bulk_enroll.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-    with h.BenchWorld("bulk") as world:
-        h.register_deployment()
-        owner, sequence_id = h.new_owner_and_sequence()
-        runner = contextlib.nullcontext() if args.no_worker else h.executor("fast", world)
-        with runner as ex:
-            label = "no executor" if ex is None else ex.label
-            h.log(f"bulk enrollment, {args.n} deals x {args.repeats}, with {label}")
-            reps = [one_repetition(world, ex, owner, sequence_id, args.n, rep) for rep in range(args.repeats)]
-    results.update(
-        executor=label,
-        repetitions=reps,
-        enrollments_per_second=h.summary([r["enrollments_per_second"] for r in reps]),
-        db_seconds=h.summary([r["db_seconds"] for r in reps]),
-        prefect_seconds=h.summary([r["prefect_seconds"] for r in reps]),
-        server_cpu_per_enrollment_ms=h.summary([1000 * r["cpu_seconds"]["prefect_server"] / r["n"] for r in reps]),
-        machine=h.machine_info(),
-    )
+    by_server: dict[str, dict] = {}
+    try:
+        with ss.World("bulk") as world:
+            world.redis_pid = ss.redis_server_pid()
+            h.register_deployment()
+            for server in servers:
+                if server == "scaled":
+                    ss.switch_to_scaled(world, args.api_workers)
+                owner, sequence_id = h.new_owner_and_sequence()
+                by_server[server] = run_server(world, args, owner, sequence_id)
+    finally:
+        if "scaled" in servers:
+            ss.flush_redis()
+    results.update(servers=by_server, machine=h.machine_info())
     print("\n== bulk enrollment ==")
-    print(f"with {label}, {args.n} deals per repetition, {args.repeats} repetitions")
-    print(f"  enrollments/s into ACTIVE with first run scheduled: {h.fmt(results['enrollments_per_second'], '', 1)}")
-    print(f"  database time per repetition (thread-s):            {h.fmt(results['db_seconds'], 's', 2)}")
-    print(f"  Prefect calls per repetition (thread-s):            {h.fmt(results['prefect_seconds'], 's', 2)}")
-    print(f"  Prefect server CPU per enrollment:                  {h.fmt(results['server_cpu_per_enrollment_ms'], 'ms', 2)}")
+    for server, r in by_server.items():
+        name = f"scaled server ({args.api_workers} API processes + services + Redis)" if server == "scaled" else "single-process server"
+        print(f"{name}, with {r['executor']}, {args.n} deals per repetition, {args.repeats} repetitions")
+        print(f"  enrollments/s into ACTIVE with first run scheduled: {h.fmt(r['enrollments_per_second'], '', 1)}")
+        print(f"  database time per repetition (thread-s):            {h.fmt(r['db_seconds'], 's', 2)}")
+        print(f"  Prefect calls per repetition (thread-s):            {h.fmt(r['prefect_seconds'], 's', 2)}")
+        print(f"  Prefect server CPU per enrollment:                  {h.fmt(r['server_cpu_per_enrollment_ms'], 'ms', 2)}")
+        print(f"  PostgreSQL CPU per enrollment:                      {h.fmt(r['postgresql_cpu_per_enrollment_ms'], 'ms', 2)}")
+    if len(by_server) == 2:
+        rate = h.ratio(by_server["scaled"]["enrollments_per_second"]["median"], by_server["single"]["enrollments_per_second"]["median"])
+        results["ratio_scaled_over_single"] = rate
+        print(f"ratio scaled / single (medians): enrollments/s {rate:.2f}x")
     path = h.write_results("bulk_enroll", results)
     print(f"results: {path}")
     return results
