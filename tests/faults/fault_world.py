@@ -85,6 +85,18 @@ def step_state(enrollment_ids) -> dict[tuple[int, int], set[str]]:
 OUTCOMES = {"EMAIL_SENT", "SMS_SENT", "STEP_FAILED", "STEP_SKIPPED", "STEP_OUTCOME_UNKNOWN"}
 
 
+def _steps_with(enrollment_ids, event_type: str, *, since: datetime | None = None, before: datetime | None = None) -> set[tuple[int, int]]:
+    """(enrollment, step) pairs with an `event_type` row recorded since / before then (database clock)."""
+    bound, at = ("occurred_at >= :at", since) if since is not None else ("occurred_at < :at", before)
+    with session_scope() as session:
+        rows = session.execute(
+            text("SELECT DISTINCT enrollment_id, step_index FROM follow_up_events WHERE enrollment_id = ANY(:ids) "
+                 f"AND event_type = :type AND {bound}"),
+            {"ids": list(enrollment_ids), "type": event_type, "at": at},
+        ).all()
+    return {(row.enrollment_id, row.step_index) for row in rows}
+
+
 def attempts_in_flight(
     enrollment_ids, *, attempted_before: datetime | None = None, unknown_since: datetime | None = None
 ) -> set[tuple[int, int]]:
@@ -93,25 +105,12 @@ def attempts_in_flight(
     `attempted_before`: only attempts recorded before then (by the database's clock).
     `unknown_since`: also steps already recorded STEP_OUTCOME_UNKNOWN since then, since the
     product may have recovered them before this looks."""
-    state = step_state(enrollment_ids)
-    in_flight = {k for k, types in state.items() if "STEP_ATTEMPT" in types and not types & OUTCOMES}
+    in_flight = {k for k, types in step_state(enrollment_ids).items() if "STEP_ATTEMPT" in types and not types & OUTCOMES}
     if unknown_since is not None:
-        with session_scope() as session:
-            recovered = session.execute(
-                text("SELECT DISTINCT enrollment_id, step_index FROM follow_up_events WHERE enrollment_id = ANY(:ids) "
-                     "AND event_type = 'STEP_OUTCOME_UNKNOWN' AND occurred_at >= :since"),
-                {"ids": list(enrollment_ids), "since": unknown_since},
-            ).all()
-        in_flight |= {(row.enrollment_id, row.step_index) for row in recovered}
+        in_flight |= _steps_with(enrollment_ids, "STEP_OUTCOME_UNKNOWN", since=unknown_since)
     if attempted_before is None or not in_flight:
         return in_flight
-    with session_scope() as session:
-        early = session.execute(
-            text("SELECT DISTINCT enrollment_id, step_index FROM follow_up_events WHERE enrollment_id = ANY(:ids) "
-                 "AND event_type = 'STEP_ATTEMPT' AND occurred_at < :before"),
-            {"ids": list(enrollment_ids), "before": attempted_before},
-        ).all()
-    return in_flight & {(row.enrollment_id, row.step_index) for row in early}
+    return in_flight & _steps_with(enrollment_ids, "STEP_ATTEMPT", before=attempted_before)
 
 
 class ProviderTap:
