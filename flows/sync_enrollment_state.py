@@ -16,7 +16,8 @@ from sqlalchemy import select
 
 from followups.db.models import Enrollment
 from followups.db.session import session_scope
-from followups.lifecycle.reconcile import reconcile_enrollment
+from followups import prefect_runs
+from followups.lifecycle.reconcile import reconcile_enrollment, reconcile_handover
 from followups.prefect_runs import label_own_run, run_tags
 
 
@@ -35,9 +36,15 @@ def sync_enrollment_state(flow_run_id: str) -> str | None:
     with session_scope() as session:
         enrollment_id = session.scalar(select(Enrollment.id).where(Enrollment.prefect_flow_run_id == run_id))
         if enrollment_id is None:
-            get_run_logger().info("run %s is no enrollment's pending run: nothing to do", run_id)
-            return None
-        plan = reconcile_enrollment(session, enrollment_id)
+            # No longer pending: it may have been suspended just as it handed over to its next run.
+            run = prefect_runs.read_run(run_id)
+            plan = reconcile_handover(session, run) if run is not None else None
+            if plan is None:
+                get_run_logger().info("run %s is no enrollment's pending run: nothing to do", run_id)
+                return None
+            enrollment_id = plan.enrollment_id
+        else:
+            plan = reconcile_enrollment(session, enrollment_id)
     label_own_run(runtime_flow_run.id, f"sync · deal {plan.deal_ref} · enrollment {enrollment_id}", run_tags(enrollment_id, plan.deal_ref))
     get_run_logger().info("enrollment %s is %s after run %s changed in Prefect", enrollment_id, plan.status, run_id)
     return plan.status

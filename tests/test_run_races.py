@@ -22,6 +22,7 @@ from prefect.states import Cancelled, Cancelling, Pending, Running, Suspended
 
 from followups import prefect_runs
 from followups.control import pause_enrollment, resume_enrollment
+from followups.db.models import EventType
 from followups.db.session import session_scope
 from followups.execution.checkpoint import Next, checkpoint
 from followups.execution.stop_guard import stops_held, stop_thread_when_safe
@@ -184,6 +185,127 @@ def test_an_operators_suspend_during_a_send_pauses_the_enrollment_in_that_run(un
     events = event_types(enrollment_id)
     assert (events.count("EMAIL_SENT"), events.count("PAUSED"), events.count("RESUMED")) == (1, 1, 1), events
     assert len(fake_providers.for_recipient(seller_email)) == 1
+
+
+def _suspend_as_the_wait_is_handed_over(monkeypatch, run_id, suspend) -> None:
+    """The UI's Pause landing after the run's last check, while it schedules its WAIT's run."""
+    from followups.execution import waiting
+
+    real = waiting.store.reschedule
+
+    def reschedule(session, plan, **kwargs):
+        moved = real(session, plan, **kwargs)
+        if kwargs.get("event_type") == "WAIT_STARTED":
+            suspend(run_id)
+        return moved
+
+    monkeypatch.setattr(waiting.store, "reschedule", reschedule)
+
+
+def _handed_over_to(enrollment_id: int, run_id) -> uuid.UUID:
+    row = enrollment_row(enrollment_id)
+    assert (row.status, row.current_step) == ("ACTIVE", 1) and row.prefect_flow_run_id != run_id
+    return row.prefect_flow_run_id
+
+
+def test_a_suspend_as_a_run_hands_over_that_stops_the_run_pauses_in_that_run(unserved, fake_providers, monkeypatch):
+    """Prefect's engine (the stock runner) sees the suspend and ends the run Suspended, after it
+    scheduled its WAIT's run. The sync run its Suspended event triggers makes it the pending run
+    again (the scheduled one is cancelled) and pauses the enrollment; resuming it in Prefect goes
+    on with the rest of the wait, nothing sent twice."""
+    from prefect.exceptions import Pause
+    from prefect.flow_engine import run_flow
+    from prefect.flow_runs import suspend_flow_run
+
+    from followups.flows.follow_up_sequence import follow_up_sequence
+    from followups.flows.sync_enrollment_state import sync_enrollment_state
+
+    seller_email = f"{unique('handover')}@example.com"
+    enrollment_id, run_id = _enrollment_with_a_run(seller_email=seller_email)
+    _suspend_as_the_wait_is_handed_over(monkeypatch, run_id, lambda rid: suspend_flow_run(flow_run_id=rid, timeout=600))
+    _set(run_id, Pending(message="claimed by a worker"))
+    with get_client(sync_client=True) as client:
+        with pytest.raises(Pause):
+            run_flow(follow_up_sequence, flow_run=client.read_flow_run(run_id), return_type="state")
+    assert prefect_runs.read_run(run_id).state.name == "Suspended"
+    scheduled = _handed_over_to(enrollment_id, run_id)
+
+    assert sync_enrollment_state(str(run_id)) == "PAUSED"  # what the Suspended event triggers
+    row = enrollment_row(enrollment_id)
+    assert (row.status, row.prefect_flow_run_id) == ("PAUSED", run_id)
+    assert prefect_runs.read_run(scheduled).state.is_cancelled()
+    assert sync_enrollment_state(str(scheduled)) == "PAUSED"  # its Cancelled event changes nothing
+    assert enrollment_row(enrollment_id).status == "PAUSED"
+
+    monkeypatch.undo()
+    resume_flow_run(run_id)  # the UI's Resume of the run the operator paused
+    assert sync_enrollment_state(str(run_id)) == "ACTIVE"
+    _set(run_id, Pending(message="claimed by a worker"))
+    with get_client(sync_client=True) as client:
+        run_flow(follow_up_sequence, flow_run=client.read_flow_run(run_id), return_type="state")
+    row = enrollment_row(enrollment_id)
+    assert (row.status, row.current_step) == ("ACTIVE", 1) and row.prefect_flow_run_id not in (run_id, scheduled)
+    assert prefect_runs.read_run(row.prefect_flow_run_id).state.is_scheduled()  # the rest of the wait
+    events = event_types(enrollment_id)
+    assert (events.count("EMAIL_SENT"), events.count("PAUSED"), events.count("RESUMED")) == (1, 1, 1), events
+    assert len(fake_providers.for_recipient(seller_email)) == 1
+
+
+def test_a_suspend_as_a_run_hands_over_that_prefect_completes_pauses_the_next_run(unserved, fake_providers, monkeypatch):
+    """The suspend comes from another process (the fast worker does not watch for it), so the
+    engine's Completed overwrites it: Prefect lets a final state leave Suspended. The sync run
+    pauses the enrollment and suspends the run scheduled for the wait, as our pause would; our
+    resume then goes on with what is left of the wait."""
+    from prefect.flow_engine import run_flow
+
+    from followups.flows.follow_up_sequence import follow_up_sequence
+    from followups.flows.sync_enrollment_state import sync_enrollment_state
+    from followups.worker import engine_patches
+
+    enrollment_id, run_id = _enrollment_with_a_run()
+    from_the_ui = lambda rid: _set(rid, Suspended(timeout_seconds=600, pause_key="ui"), force=False)  # noqa: E731
+    _suspend_as_the_wait_is_handed_over(monkeypatch, run_id, from_the_ui)
+    _set(run_id, Pending(message="claimed by a worker"))
+    engine_patches.apply()  # as in the fast worker: no watching the run for a suspend
+    try:
+        with get_client(sync_client=True) as client:
+            run_flow(follow_up_sequence, flow_run=client.read_flow_run(run_id), return_type="state")
+    finally:
+        engine_patches.restore()
+    assert [s.name for s in prefect_runs._history(run_id)][-2:] == ["Suspended", "Waiting"]
+    scheduled = _handed_over_to(enrollment_id, run_id)
+    due = enrollment_row(enrollment_id).next_due_at
+
+    assert sync_enrollment_state(str(run_id)) == "PAUSED"
+    row = enrollment_row(enrollment_id)
+    assert (row.status, row.prefect_flow_run_id) == ("PAUSED", scheduled)
+    assert prefect_runs.read_run(scheduled).state.is_paused()
+    assert sync_enrollment_state(str(scheduled)) == "PAUSED"  # its own Suspended event: no change
+    assert resume_enrollment(enrollment_id).status == "ACTIVE"
+    run = prefect_runs.read_run(scheduled)
+    assert run.state.is_scheduled() and abs((run.state.state_details.scheduled_time - due).total_seconds()) < 2
+    events = event_types(enrollment_id)
+    assert (events.count("EMAIL_SENT"), events.count("PAUSED"), events.count("RESUMED")) == (1, 1, 1), events
+
+
+def test_a_run_resumed_in_prefect_before_it_handed_over_pauses_nothing(unserved):
+    """An operator's suspend and resume earlier in the run's life is no pause at its end."""
+    from followups.flows.sync_enrollment_state import sync_enrollment_state
+
+    enrollment_id, run_id = _enrollment_with_a_run()
+    _set(run_id, Pending(message="claimed"))
+    _start(run_id)
+    _set(run_id, Suspended(timeout_seconds=600, pause_key="ui"), force=False)
+    _set(run_id, Pending(message="resumed and claimed"))  # what a resume and a claim leave
+    _start(run_id)
+    with session_scope() as session:  # the run hands over to its WAIT's run, its event the latest
+        plan = load_plan(session, enrollment_id, lock=True)
+        store.reschedule(session, plan, due=datetime.now(UTC) + timedelta(hours=2), actor=Actor.FLOW,
+                         event_type=EventType.WAIT_STARTED, flow_run_id=run_id, key="wait")
+    _set(run_id, Suspended(timeout_seconds=600, pause_key="ui-again"), force=False)
+    _set(run_id, Running(), force=True)  # ... and that run was resumed and started again
+    assert sync_enrollment_state(str(run_id)) == "ACTIVE"
+    assert "PAUSED" not in event_types(enrollment_id)
 
 
 def test_an_operators_cancel_after_the_runners_claim_is_honoured_when_the_run_starts(unserved):

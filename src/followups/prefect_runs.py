@@ -288,6 +288,20 @@ def resumed_since_suspend(flow_run_id: uuid.UUID) -> bool:
     return paused and any(past.is_scheduled() for past in after_pause)
 
 
+def suspended_in_its_last_stretch(flow_run_id: uuid.UUID) -> bool:
+    """Whether an operator suspended the run after it last started, and nobody resumed it since,
+    whatever its state says now: a run suspended in its last moments still ends Completed, since
+    Prefect lets a final state leave Suspended. Its own flow's suspends do not count."""
+    suspended = False
+    for past in _history(flow_run_id):
+        if past.is_running() or past.is_scheduled():
+            suspended = False
+        elif past.is_paused():
+            key = (past.state_details.pause_key if past.state_details else None) or ""
+            suspended = not (key.startswith(SELF_PAUSE_KEY_PREFIX) or bool(_OLD_SELF_PAUSE_KEY.fullmatch(key)))
+    return suspended
+
+
 def suspend_run(run: FlowRun) -> None:
     from prefect.client.schemas.objects import StateType
     from prefect.flow_runs import suspend_flow_run

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from followups import prefect_runs
 from followups.db.models import EnrollmentStatus, EventType, FollowUpEvent
+from followups.errors import NotFoundError
 from followups.lifecycle import store
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
 from followups.lifecycle.transitions import Actor
@@ -232,6 +233,37 @@ def _repairs_of_step(session: Session, plan: EnrollmentPlan) -> int:
             FollowUpEvent.event_type == EventType.RECONCILED.value,
         )
     ) or 0
+
+
+def reconcile_handover(session: Session, run: Any) -> EnrollmentPlan | None:
+    """A run that is no longer its enrollment's pending run changed in Prefect. One case matters:
+    an operator suspended it in its last moments, after its last check, as it scheduled the next
+    run (a WAIT's) and ended. The operator meant the enrollment, so it is PAUSED:
+    - if the run is still suspended (Prefect's engine stops a run it sees suspended), it becomes
+      the pending run again and the run it scheduled is cancelled, so resuming it goes on;
+    - if it ended Completed (Prefect lets a final state leave Suspended), the run it scheduled is
+      suspended, as a pause through our API does.
+    It applies only while nothing happened since: the enrollment's latest event is that run's."""
+    enrollment_id = (run.parameters or {}).get("enrollment_id")
+    if not isinstance(enrollment_id, int) or isinstance(enrollment_id, bool) or not prefect_runs.belongs_here(run, enrollment_id):
+        return None
+    try:
+        plan = load_plan(session, enrollment_id, lock=True)
+    except NotFoundError:
+        return None
+    if plan.status != EnrollmentStatus.ACTIVE or plan.prefect_flow_run_id in (None, run.id):
+        return plan
+    latest_run = session.scalar(
+        select(FollowUpEvent.flow_run_id).where(FollowUpEvent.enrollment_id == enrollment_id).order_by(FollowUpEvent.id.desc()).limit(1)
+    )
+    if latest_run != run.id or not prefect_runs.suspended_in_its_last_stretch(run.id):
+        return plan
+    why = "the run was suspended in Prefect as it handed over to its next run"
+    content = {"reason": why, "run_state": prefect_runs.state_type(run), "suspended_run_id": str(run.id)}
+    if prefect_runs.is_suspended(run):
+        plan = store.take_back(session, plan, run.id, content=content)
+        return store.move(session, plan, EnrollmentStatus.PAUSED, actor=Actor.PREFECT, content=content)
+    return store.move(session, plan, EnrollmentStatus.PAUSED, actor=Actor.PREFECT, follow_in_prefect=True, content=content)
 
 
 def reconcile_enrollment(session: Session, enrollment_id: int) -> EnrollmentPlan:

@@ -148,10 +148,12 @@ def move(
     *,
     actor: Actor,
     event_type: EventType | None = None,
+    follow_in_prefect: bool | None = None,
     **event: Any,
 ) -> EnrollmentPlan:
     """Change the status (checked against the table), record its event, and make the pending
-    Prefect run agree when the change comes from the investor or the seller."""
+    Prefect run agree when the change comes from the investor or the seller (or when
+    `follow_in_prefect` says so: an operator's change made on another run)."""
     check(plan.enrollment_id, plan.status, to, actor, change=True)
     content = {"source": actor.value, **event.pop("content", {})}
     values: dict[str, Any] = {"status": to.value}
@@ -168,7 +170,9 @@ def move(
     )
     moved = _write(session, plan, **values)
     # Prefect already shows an operator's change, and the flow's own run simply ends.
-    if actor not in (Actor.PREFECT, Actor.FLOW):
+    if follow_in_prefect is None:
+        follow_in_prefect = actor not in (Actor.PREFECT, Actor.FLOW)
+    if follow_in_prefect:
         moved = _follow_in_prefect(session, plan, moved, to)
     return moved
 
@@ -278,6 +282,20 @@ def resume_own_run(session: Session, plan: EnrollmentPlan, run: Any, *, content:
     )
     prefect_runs.resume_run(run, plan.next_due_at)
     return plan
+
+
+def take_back(session: Session, plan: EnrollmentPlan, flow_run_id: uuid.UUID, *, content: dict[str, Any]) -> EnrollmentPlan:
+    """The run that just handed the enrollment over is its pending run again; the run it had
+    scheduled (not started: it is due later) is cancelled."""
+    check(plan.enrollment_id, plan.status, EnrollmentStatus.ACTIVE, Actor.RECONCILER)
+    record_event(
+        session, enrollment_id=plan.enrollment_id, event_type=EventType.RECONCILED, step_index=_step_of(plan),
+        content={"source": Actor.PREFECT.value, "previous_run_id": str(plan.prefect_flow_run_id), **content},
+        flow_run_id=flow_run_id,
+    )
+    if plan.prefect_flow_run_id is not None:
+        _cancel_quietly(plan.prefect_flow_run_id)
+    return _write(session, plan, prefect_flow_run_id=flow_run_id)
 
 
 def adopt(session: Session, plan: EnrollmentPlan, flow_run_id: uuid.UUID, *, content: dict[str, Any]) -> EnrollmentPlan:
