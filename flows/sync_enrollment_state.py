@@ -16,9 +16,8 @@ from sqlalchemy import select
 
 from followups.db.models import Enrollment
 from followups.db.session import session_scope
-from followups import prefect_runs
 from followups.lifecycle.reconcile import reconcile_enrollment, reconcile_handover
-from followups.prefect_runs import label_own_run, run_tags
+from followups.prefect_runs import label_own_run, read_run, run_tags
 
 
 @flow(name="sync-enrollment-state", flow_run_name="sync run {flow_run_id}", persist_result=False)
@@ -37,7 +36,7 @@ def sync_enrollment_state(flow_run_id: str) -> str | None:
         enrollment_id = session.scalar(select(Enrollment.id).where(Enrollment.prefect_flow_run_id == run_id))
         if enrollment_id is None:
             # No longer pending: it may have been suspended just as it handed over to its next run.
-            run = prefect_runs.read_run(run_id)
+            run = read_run(run_id)
             plan = reconcile_handover(session, run) if run is not None else None
             if plan is None:
                 get_run_logger().info("run %s is no enrollment's pending run: nothing to do", run_id)

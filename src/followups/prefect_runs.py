@@ -206,13 +206,15 @@ def self_pause_key(step: int) -> str:
     return f"{SELF_PAUSE_KEY_PREFIX}{step}-{time.time_ns()}"
 
 
+def _suspended_by_its_flow(state: Any) -> bool:
+    key = (state.state_details.pause_key if state.state_details else None) or ""
+    return key.startswith(SELF_PAUSE_KEY_PREFIX) or bool(_OLD_SELF_PAUSE_KEY.fullmatch(key))
+
+
 def suspended_itself(run: FlowRun | None) -> bool:
     """Whether the run is suspended because its own flow suspended it (a pause through our API),
     rather than by an operator in Prefect or by our API from outside."""
-    if not is_suspended(run):
-        return False
-    key = (run.state.state_details.pause_key if run.state.state_details else None) or ""
-    return key.startswith(SELF_PAUSE_KEY_PREFIX) or bool(_OLD_SELF_PAUSE_KEY.fullmatch(key))
+    return is_suspended(run) and _suspended_by_its_flow(run.state)
 
 
 def is_live(run: FlowRun | None) -> bool:
@@ -297,8 +299,7 @@ def suspended_in_its_last_stretch(flow_run_id: uuid.UUID) -> bool:
         if past.is_running() or past.is_scheduled():
             suspended = False
         elif past.is_paused():
-            key = (past.state_details.pause_key if past.state_details else None) or ""
-            suspended = not (key.startswith(SELF_PAUSE_KEY_PREFIX) or bool(_OLD_SELF_PAUSE_KEY.fullmatch(key)))
+            suspended = not _suspended_by_its_flow(past)
     return suspended
 
 

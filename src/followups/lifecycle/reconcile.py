@@ -244,17 +244,16 @@ def reconcile_handover(session: Session, run: Any) -> EnrollmentPlan | None:
     - if it ended Completed (Prefect lets a final state leave Suspended), the run it scheduled is
       suspended, as a pause through our API does.
     It applies only while nothing happened since: the enrollment's latest event is that run's."""
-    enrollment_id = (run.parameters or {}).get("enrollment_id")
-    if not isinstance(enrollment_id, int) or isinstance(enrollment_id, bool) or not prefect_runs.belongs_here(run, enrollment_id):
+    if not prefect_runs.from_this_database(run):
         return None
-    try:
-        plan = load_plan(session, enrollment_id, lock=True)
+    try:  # load_plan refuses an id that is no enrollment's, whatever its type
+        plan = load_plan(session, (run.parameters or {}).get("enrollment_id"), lock=True)
     except NotFoundError:
         return None
     if plan.status != EnrollmentStatus.ACTIVE or plan.prefect_flow_run_id in (None, run.id):
         return plan
     latest_run = session.scalar(
-        select(FollowUpEvent.flow_run_id).where(FollowUpEvent.enrollment_id == enrollment_id).order_by(FollowUpEvent.id.desc()).limit(1)
+        select(FollowUpEvent.flow_run_id).where(FollowUpEvent.enrollment_id == plan.enrollment_id).order_by(FollowUpEvent.id.desc()).limit(1)
     )
     if latest_run != run.id or not prefect_runs.suspended_in_its_last_stretch(run.id):
         return plan

@@ -287,15 +287,11 @@ def resume_own_run(session: Session, plan: EnrollmentPlan, run: Any, *, content:
 def take_back(session: Session, plan: EnrollmentPlan, flow_run_id: uuid.UUID, *, content: dict[str, Any]) -> EnrollmentPlan:
     """The run that just handed the enrollment over is its pending run again; the run it had
     scheduled (not started: it is due later) is cancelled."""
-    check(plan.enrollment_id, plan.status, EnrollmentStatus.ACTIVE, Actor.RECONCILER)
-    record_event(
-        session, enrollment_id=plan.enrollment_id, event_type=EventType.RECONCILED, step_index=_step_of(plan),
-        content={"source": Actor.PREFECT.value, "previous_run_id": str(plan.prefect_flow_run_id), **content},
-        flow_run_id=flow_run_id,
-    )
-    if plan.prefect_flow_run_id is not None:
-        _cancel_quietly(plan.prefect_flow_run_id)
-    return _write(session, plan, prefect_flow_run_id=flow_run_id)
+    previous = plan.prefect_flow_run_id
+    plan = adopt(session, plan, flow_run_id, content={"previous_run_id": str(previous), **content})
+    if previous is not None:
+        _cancel_quietly(previous)
+    return plan
 
 
 def adopt(session: Session, plan: EnrollmentPlan, flow_run_id: uuid.UUID, *, content: dict[str, Any]) -> EnrollmentPlan:
