@@ -308,6 +308,19 @@ def test_a_run_resumed_in_prefect_before_it_handed_over_pauses_nothing(unserved)
     assert "PAUSED" not in event_types(enrollment_id)
 
 
+@pytest.mark.parametrize("enrollment_id", [True, "1", None, -1, 10**12, 2**70])
+def test_a_sync_run_for_a_hand_made_run_with_nonsense_parameters_does_nothing(unserved, enrollment_id):
+    """An operator can start the sync flow for any run, and a run can carry any parameters."""
+    from followups.flows.follow_up_sequence import follow_up_sequence
+    from followups.flows.sync_enrollment_state import sync_enrollment_state
+
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(follow_up_sequence, parameters={"enrollment_id": enrollment_id})
+    _set(run.id, Suspended(timeout_seconds=600, pause_key="ui"))
+    assert sync_enrollment_state(str(run.id)) is None
+    assert sync_enrollment_state("not-a-run") is None and sync_enrollment_state(str(uuid.uuid4())) is None
+
+
 def test_an_operators_cancel_after_the_runners_claim_is_honoured_when_the_run_starts(unserved):
     """The runner claims a waiting run before it is due; the operator cancels it in the UI; the
     runner starts it anyway and Prefect accepts Cancelled -> Running. The run sends nothing and
