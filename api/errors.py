@@ -2,6 +2,7 @@
 
 - NotFoundError → 404 (also for another user's objects: never 403, never their data)
 - InvalidStateError → 409, InvalidInputError and request validation → 422 with the field path
+- BusyError (no database connection free in time) → 503 with Retry-After
 - an unreachable database or Prefect API → 503; anything else unexpected → 503 as well, logged
   with its traceback (a last resort: every error the product raises on purpose is mapped above)
 """
@@ -22,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from followups.errors import FollowupsError, InvalidInputError, InvalidStateError, NotFoundError
+from followups.errors import BusyError, FollowupsError, InvalidInputError, InvalidStateError, NotFoundError
 
 log = logging.getLogger("followups.api")
 
@@ -106,6 +107,10 @@ async def _invalid_state(request: Request, exc: InvalidStateError) -> JSONRespon
     return _json(409, {"detail": str(exc)})
 
 
+async def _busy(request: Request, exc: BusyError) -> JSONResponse:
+    return _json(503, {"detail": str(exc)}, headers={"Retry-After": str(exc.retry_after)})
+
+
 async def _followups_error(request: Request, exc: FollowupsError) -> JSONResponse:
     # A deliberate product error without a more precise class: the request could not be done.
     return _json(409, {"detail": str(exc)})
@@ -181,6 +186,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidInputError, _invalid_input)
     app.add_exception_handler(NotFoundError, _not_found)
     app.add_exception_handler(InvalidStateError, _invalid_state)
+    app.add_exception_handler(BusyError, _busy)
     app.add_exception_handler(FollowupsError, _followups_error)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(OperationalError, _database_down)

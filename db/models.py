@@ -233,3 +233,22 @@ class FollowUpEvent(Base):
     # key with a unique index: a second writer's insert is a no-op instead of a duplicate.
     dedupe_key: Mapped[str | None] = mapped_column(String(300), unique=True)
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.clock_timestamp())
+
+
+class RunEffect(Base):
+    """What Prefect must do to an enrollment's pending run (suspend, resume, cancel), written in
+    the transaction of the change that calls for it and carried out after its commit
+    (`followups.lifecycle.effects`). The latest effect of an enrollment replaces the earlier one."""
+
+    __tablename__ = "run_effects"
+
+    enrollment_id: Mapped[int] = mapped_column(ForeignKey("enrollments.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    delivered_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    kind: Mapped[str] = mapped_column(String(16))
+    flow_run_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.clock_timestamp())
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)

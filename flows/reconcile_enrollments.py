@@ -22,6 +22,8 @@ def reconcile_enrollments(repair: bool = True) -> dict[str, Any]:
     logger = get_run_logger()
     for enrollment_id, action, why in report.found:
         logger.info("enrollment %s: %s (%s)", enrollment_id, action, why)
+    if report.undelivered:
+        logger.info("%s effect(s) on runs had not reached Prefect; delivered %s now", len(report.undelivered), report.redelivered)
     logger.info("checked %s open enrollments; repaired %s", report.checked, dict(report.repaired) or "none")
     if report.found:
         alerts.stranded_found(dict(report.repaired), [enrollment_id for enrollment_id, _, _ in report.found])

@@ -123,14 +123,17 @@ def reach_wait(wait_seconds: float):
 
 
 @contextlib.contextmanager
-def using(url: str, deployment: str) -> Iterator[None]:
-    """Point this process's settings at one followups database and its deployment name."""
+def env_settings(values: dict[str, str], *, new_engines: bool = False) -> Iterator[None]:
+    """FOLLOWUPS_ settings (environment variables) changed for this process until the block ends;
+    `new_engines` also rebuilds the database engines, for the pool's settings."""
+    from followups.db.session import dispose_engines
     from followups.settings import reset_settings
 
-    saved = {k: os.environ.get(k) for k in ("FOLLOWUPS_DATABASE_URL", "FOLLOWUPS_DEPLOYMENT_NAME")}
-    os.environ["FOLLOWUPS_DATABASE_URL"] = url
-    os.environ["FOLLOWUPS_DEPLOYMENT_NAME"] = f"follow-up-sequence/{deployment}"
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     reset_settings()
+    if new_engines:
+        dispose_engines()
     try:
         yield
     finally:
@@ -140,3 +143,12 @@ def using(url: str, deployment: str) -> Iterator[None]:
             else:
                 os.environ[key] = value
         reset_settings()
+        if new_engines:
+            dispose_engines()
+
+
+@contextlib.contextmanager
+def using(url: str, deployment: str) -> Iterator[None]:
+    """Point this process's settings at one followups database and its deployment name."""
+    with env_settings({"FOLLOWUPS_DATABASE_URL": url, "FOLLOWUPS_DEPLOYMENT_NAME": f"follow-up-sequence/{deployment}"}):
+        yield

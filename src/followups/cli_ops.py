@@ -61,4 +61,7 @@ def register(app: typer.Typer, console: Console) -> None:
             return
         for enrollment_id, action, why in report.found:
             console.print(f"enrollment {enrollment_id}: {action} ({escape(why)})")
+        if report.undelivered:
+            done = f"; {report.redelivered} delivered now" if not dry_run else ""
+            console.print(f"{len(report.undelivered)} suspend/resume/cancel effect(s) had not reached Prefect{done}")
         console.print(f"checked {report.checked} open enrollment(s); repaired {dict(report.repaired) or 'none'}")

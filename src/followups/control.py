@@ -7,7 +7,8 @@ nothing.
 
 Pause, resume and cancel lock the enrollment row. A step in flight holds the same lock, so they
 wait for it to finish: a message is never cut in half, and the flow stops at the next step
-boundary. Reading (`get_enrollment`, `list_events`) never writes and never calls Prefect.
+boundary. They call Prefect only outside the transaction: the run is read before, and suspended,
+resumed or cancelled after the commit (`lifecycle.effects`). Reading (`get_enrollment`, `list_events`) never writes and never calls Prefect.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from followups.bulk import ItemResult, enroll_deals  # noqa: F401 - the batch AP
 from followups.db.models import OPEN_STATUSES, Deal, Enrollment, EnrollmentStatus, FollowUpEvent, Offer, Sequence
 from followups.db.session import session_scope
 from followups.deals import deal_id_by_external, upsert_deal
-from followups.errors import InvalidInputError, InvalidStateError, NotFoundError
+from followups import prefect_runs
+from followups.errors import BusyError, InvalidInputError, InvalidStateError, NotFoundError
 from followups.inputs import DealInput, EnrollRequest, OfferInput, check_external_id, check_id, check_start_at, require_owner, validate
-from followups.lifecycle import store
+from followups.lifecycle import effects, store
 from followups.lifecycle.listing import EnrollmentPage, EnrollmentSummary, list_enrollments  # noqa: F401 - re-exported
 from followups.lifecycle.plan import load_plan
 from followups.lifecycle.reconcile import reconcile
@@ -188,14 +190,34 @@ def _event_dict(event: FollowUpEvent, deal_ref: str) -> dict[str, Any]:
 # -- controls -------------------------------------------------------------------------------
 
 
+# Reads of the run that a concurrent change made stale before the lock was taken; past this
+# many in a row the enrollment is changing faster than a control can follow.
+CONTROL_ATTEMPTS = 5
+
+
 def _control(enrollment_id: int, owner_id: int | None, to: EnrollmentStatus) -> EnrollmentDetails:
+    """The run is read before the row lock is taken, so no call to Prefect is made under it;
+    what the control means for the run is an effect carried out after the commit. If the
+    enrollment's status or pending run changed between that read and the lock, or an effect on
+    its run was written or delivered meanwhile, the read is stale: it reads again."""
     check_id(enrollment_id, "enrollment_id")
-    with session_scope() as session:
-        plan = load_plan(session, enrollment_id, lock=True, owner_id=owner_id)
-        # First take in whatever an operator did in Prefect, then act on the result.
-        plan = reconcile(session, plan)
-        plan = store.move(session, plan, to, actor=Actor.API)
-        return details(session, plan)
+    for _ in range(CONTROL_ATTEMPTS):
+        with session_scope(read_only=True) as session:
+            seen = load_plan(session, enrollment_id, owner_id=owner_id)
+            seen_effects = effects.marker(session, enrollment_id)
+        run = prefect_runs.read_run(seen.prefect_flow_run_id) if seen.is_open else None
+        with session_scope() as session:
+            plan = load_plan(session, enrollment_id, lock=True)
+            if (plan.status, plan.prefect_flow_run_id, effects.marker(session, enrollment_id)) != (
+                seen.status, seen.prefect_flow_run_id, seen_effects
+            ):
+                continue
+            # First take in whatever an operator did in Prefect, then act on the result.
+            plan = reconcile(session, plan, run=run, read=False)
+            plan = store.move(session, plan, to, actor=Actor.API, run=run)
+            result = details(session, plan)
+        return result
+    raise BusyError(f"enrollment {enrollment_id} is changing too fast to {to.name.lower()} it now; try again")
 
 
 def pause_enrollment(enrollment_id: int, *, owner_id: int | None = None) -> EnrollmentDetails:

@@ -89,11 +89,23 @@ def _stranded() -> list[Check]:
     from followups.lifecycle.sweep import sweep
 
     report = sweep(repair=False)
+    fix = "followups reconcile (the reconcile-enrollments deployment does it on a schedule)"
+    checks = [_undelivered(report.undelivered, fix)]
     if not report.found:
-        return [Check("enrollments", True, f"{report.checked} open enrollment(s) agree with their Prefect runs")]
+        return checks + [Check("enrollments", True, f"{report.checked} open enrollment(s) agree with their Prefect runs")]
     examples = "; ".join(f"{e}: {why}" for e, _, why in report.found[:5])
-    return [Check("enrollments", False, f"{len(report.found)} of {report.checked} stranded ({examples})",
-                  "followups reconcile (the reconcile-enrollments deployment does it on a schedule)")]
+    return checks + [Check("enrollments", False, f"{len(report.found)} of {report.checked} stranded ({examples})", fix)]
+
+
+def _undelivered(undelivered: list[tuple[int, datetime, str | None]], fix: str) -> Check:
+    """Pauses, resumes and cancels committed but not yet carried out in Prefect."""
+    bound = get_settings().effect_overdue_seconds
+    if not undelivered:
+        return Check("run effects", True, f"every suspend, resume and cancel older than {bound} s reached Prefect")
+    examples = "; ".join(
+        f"enrollment {e} since {at:%Y-%m-%d %H:%M:%S} UTC" + (f" ({error[:80]})" if error else "") for e, at, error in undelivered[:5]
+    )
+    return Check("run effects", False, f"{len(undelivered)} not yet carried out in Prefect: {examples}", fix)
 
 
 def diagnose() -> list[Check]:

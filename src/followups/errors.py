@@ -28,6 +28,16 @@ class InvalidInputError(FollowupsError):
         self.field = field
         self.message = message
 
+
+class BusyError(FollowupsError):
+    """The database had no connection free in time (every one busy): nothing was done; try again
+    in `retry_after` seconds."""
+
+    def __init__(self, message: str = "the database is busy; nothing was changed, try again in a few seconds", *, retry_after: int = 2):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class ProviderError(FollowupsError):
     def __init__(
         self,

@@ -12,14 +12,19 @@ import uuid
 from sqlalchemy import select
 
 from followups.db.models import Installation
-from followups.db.session import session_scope
+from followups.db.session import current_session, session_scope
 from followups.errors import FollowupsError
 
 def database_id() -> uuid.UUID:
     """The identity of the configured database. Read every time (a primary-key lookup): a
-    database dropped and migrated again under the same URL has a new one."""
-    with session_scope(read_only=True) as session:
+    database dropped and migrated again under the same URL has a new one. Inside a transaction it
+    is read through it, never through a second connection."""
+    session = current_session()
+    if session is not None:
         found = session.scalar(select(Installation.id))
+    else:
+        with session_scope(read_only=True) as session:
+            found = session.scalar(select(Installation.id))
     if found is None:  # pragma: no cover - the migration inserts the row
         raise FollowupsError("this database has no identity; run `followups db upgrade`")
     return found

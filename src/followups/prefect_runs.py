@@ -22,6 +22,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from followups.db.session import in_transaction
 from followups.identity import database_id, database_tag
 from followups.settings import get_settings
 
@@ -34,9 +35,25 @@ _deployment_ids: dict[tuple[str, str], uuid.UUID] = {}
 BULK_RUNS = 100  # the most runs Prefect 3.9 creates in one bulk call
 
 
+_forbidden_in_transaction = False
+
+
+def forbid_calls_in_transaction(on: bool = True) -> None:
+    """Make every call to Prefect made inside a `session_scope` fail (tests prove with it that a
+    path calls Prefect only outside transactions, and so never under a row lock)."""
+    global _forbidden_in_transaction
+    _forbidden_in_transaction = on
+
+
+def _guard() -> None:
+    if _forbidden_in_transaction and in_transaction():
+        raise AssertionError("a call to Prefect was made inside a database transaction")
+
+
 def _client() -> SyncPrefectClient:
     """One Prefect client per thread and API: building one (its SSL context) costs more than
     the call itself, and enrolling or scheduling is on the hot path."""
+    _guard()
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
@@ -308,12 +325,20 @@ def suspend_run(run: FlowRun) -> None:
     from prefect.flow_runs import suspend_flow_run
     from prefect.states import Suspended
 
+    _guard()
     kind = run.state.type if run.state else None
     if kind in (StateType.SCHEDULED, StateType.PENDING):
         _client().set_flow_run_state(run.id, Suspended(pause_key=f"followups-{uuid.uuid4().hex[:8]}"), force=True)
     elif kind == StateType.RUNNING:
         # The step in flight finishes; the flow stops at the next step boundary.
-        suspend_flow_run(flow_run_id=run.id)
+        from prefect.exceptions import Pause
+
+        try:
+            suspend_flow_run(flow_run_id=run.id)
+        except Pause:
+            # Refused: it is no longer running since it was read. It suspended itself (its flow
+            # saw the enrollment PAUSED first) or ended; either way there is nothing to suspend.
+            pass
 
 
 def resume_run(run: FlowRun, due: datetime | None) -> None:
@@ -323,6 +348,7 @@ def resume_run(run: FlowRun, due: datetime | None) -> None:
     from prefect.flow_runs import resume_flow_run
     from prefect.states import Scheduled
 
+    _guard()
     if due is not None and due > datetime.now(UTC):
         _client().set_flow_run_state(run.id, Scheduled(scheduled_time=due, name="Resuming"), force=True)
         return

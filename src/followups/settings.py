@@ -21,6 +21,12 @@ class Settings(BaseSettings):
 
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/followups"
     database_pool_size: int = Field(default=5, ge=1)
+    database_max_overflow: int = Field(default=20, ge=0)
+    # How long a caller waits for a free connection before it gets a BusyError (HTTP 503).
+    database_pool_timeout_seconds: float = Field(default=30.0, gt=0)
+    # An effect on a Prefect run (suspend, resume, cancel) still undelivered after this long is
+    # redelivered by the sweep and reported by `followups doctor`.
+    effect_overdue_seconds: int = Field(default=60, ge=0)
 
     provider_mode: ProviderMode = ProviderMode.CONSOLE
     provider_timeout_seconds: float = Field(default=15.0, gt=0)

@@ -25,6 +25,7 @@ from followups import prefect_runs
 from followups.db.models import EnrollmentStatus
 from followups.db.session import session_scope
 from followups.errors import InvalidStateError, NotFoundError
+from followups.lifecycle import effects
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
 from followups.lifecycle.reconcile import reconcile
 
@@ -50,14 +51,18 @@ def checkpoint(enrollment_id: int, flow_run_id: uuid.UUID | None, *, starting: b
         except NotFoundError:
             _refuse_foreign(prefect_runs.read_run(flow_run_id), flow_run_id)
             raise
-        # The run is read only once the row lock is held, never before (nor taken from the
-        # engine's own read): our pause and resume change the run while holding this lock, so an
-        # earlier read may show a suspend that a resume has since undone, and the decision below
+        # The run is read only once the row lock is held, and after looking for an undelivered
+        # effect, never before (nor taken from the engine's own read): a pause or resume commits
+        # under this lock and changes the run after, so a run read earlier, or while its effect
+        # is on its way, may show a suspend that a resume has since undone, and the decision below
         # would record a pause and a resume nobody asked for.
+        effect_on_its_way = effects.undelivered(session, enrollment_id)
         run = prefect_runs.read_run(flow_run_id)
         _refuse_foreign(run, flow_run_id)
         is_pending_run = flow_run_id is not None and plan.prefect_flow_run_id == flow_run_id
-        if is_pending_run and run is not None:
+        if effect_on_its_way:
+            pass  # its run is about to change: what it shows now is no operator's doing
+        elif is_pending_run and run is not None:
             plan = reconcile(session, plan, run=run, read=False, starting_run_id=flow_run_id if starting else None)
         elif starting and run is not None:
             # A run nobody scheduled for this enrollment (e.g. `prefect deployment run`): it takes

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from followups import prefect_runs
 from followups.db.models import EnrollmentStatus, EventType, FollowUpEvent
 from followups.errors import NotFoundError
-from followups.lifecycle import store
+from followups.lifecycle import effects, store
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
 from followups.lifecycle.transitions import Actor
 
@@ -149,8 +149,13 @@ def reconcile(
     read: bool = True,
     starting_run_id: uuid.UUID | None = None,
 ) -> EnrollmentPlan:
-    """Apply `decide` to a plan loaded with the row lock. Returns the plan as it is now."""
+    """Apply `decide` to a plan loaded with the row lock. Returns the plan as it is now.
+
+    An enrollment with an undelivered effect is left alone: its run is about to change, so what
+    it shows now (a suspend that a committed resume will undo, say) is no operator's doing."""
     if not plan.is_open or plan.prefect_flow_run_id is None:
+        return plan
+    if effects.undelivered(session, plan.enrollment_id):
         return plan
     if read:
         run = prefect_runs.read_run(plan.prefect_flow_run_id)

@@ -3,8 +3,10 @@
 Every function takes the caller's session (its transaction) and an `EnrollmentPlan` loaded with
 the row lock, checks the move against `transitions.TRANSITIONS`, and writes the change together
 with its event, so both commit or neither does. What a move means for the pending Prefect run
-(suspend, resume, cancel, a new run) happens here too, inside the transaction: if Prefect
-refuses, nothing is stored.
+(suspend, resume or cancel it) is recorded in the same transaction as an effect, and carried out
+after the commit (`lifecycle.effects`): no call to Prefect is made under the row lock for it.
+A new run (a wait's, a repair's) is still created inside the transaction, by its idempotency
+key: if Prefect refuses, nothing is stored.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from sqlalchemy.orm import Session
 
 from followups import prefect_runs
 from followups.db.events import record_event
+from followups.db.session import after_commit
 from followups.db.models import FINISHED_STATUSES, Enrollment, EnrollmentStatus, EventType, FollowUpEvent
 from followups.errors import InvalidStateError
+from followups.lifecycle import effects
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
 from followups.lifecycle.transitions import Actor, check
 
@@ -149,11 +153,13 @@ def move(
     actor: Actor,
     event_type: EventType | None = None,
     follow_in_prefect: bool | None = None,
+    run: Any = None,
     **event: Any,
 ) -> EnrollmentPlan:
     """Change the status (checked against the table), record its event, and make the pending
     Prefect run agree when the change comes from the investor or the seller (or when
-    `follow_in_prefect` says so: an operator's change made on another run)."""
+    `follow_in_prefect` says so: an operator's change made on another run). `run` is the pending
+    run as the caller read it before taking the lock, if it did."""
     check(plan.enrollment_id, plan.status, to, actor, change=True)
     content = {"source": actor.value, **event.pop("content", {})}
     values: dict[str, Any] = {"status": to.value}
@@ -173,24 +179,26 @@ def move(
     if follow_in_prefect is None:
         follow_in_prefect = actor not in (Actor.PREFECT, Actor.FLOW)
     if follow_in_prefect:
-        moved = _follow_in_prefect(session, plan, moved, to)
+        moved = _follow_in_prefect(session, plan, moved, to, run)
     return moved
 
 
-def _follow_in_prefect(session: Session, before: EnrollmentPlan, after: EnrollmentPlan, to: EnrollmentStatus) -> EnrollmentPlan:
-    if before.prefect_flow_run_id is None:
+def _follow_in_prefect(
+    session: Session, before: EnrollmentPlan, after: EnrollmentPlan, to: EnrollmentStatus, run: Any
+) -> EnrollmentPlan:
+    run_id = before.prefect_flow_run_id
+    if run_id is None:
         return after
     if to in FINISHED_STATUSES:
-        _cancel_quietly(before.prefect_flow_run_id)
-        return after
-    run = prefect_runs.read_run(before.prefect_flow_run_id)
-    if to == EnrollmentStatus.PAUSED:
-        if prefect_runs.is_live(run) and not prefect_runs.is_suspended(run):
-            prefect_runs.suspend_run(run)
+        effects.record(session, after.enrollment_id, effects.Kind.CANCEL, run_id)
+    elif to == EnrollmentStatus.PAUSED:
+        effects.record(session, after.enrollment_id, effects.Kind.SUSPEND, run_id)
     elif to == EnrollmentStatus.ACTIVE and before.status == EnrollmentStatus.PAUSED.value:
-        if prefect_runs.is_suspended(run):
-            prefect_runs.resume_run(run, after.next_due_at)
-        elif not prefect_runs.is_live(run):
+        if run is None or run.id != run_id:
+            run = prefect_runs.read_run(run_id)
+        if prefect_runs.is_live(run):
+            effects.record(session, after.enrollment_id, effects.Kind.RESUME, run_id, due_at=after.next_due_at)
+        else:
             # The run ended or vanished while paused (e.g. a suspend that timed out): go on in a new one.
             due = after.next_due_at if after.next_due_at and after.next_due_at > datetime.now(UTC) else None
             return reschedule(session, after, due=due, actor=Actor.API, key=f"resume:{uuid.uuid4().hex[:8]}")
@@ -198,13 +206,13 @@ def _follow_in_prefect(session: Session, before: EnrollmentPlan, after: Enrollme
 
 
 def _cancel_quietly(flow_run_id: uuid.UUID) -> None:
-    """Cancel the pending run of a finished enrollment, if Prefect answers. The database is what
-    counts: a run that still starts finds the enrollment finished and ends without sending."""
+    """Cancel a run the enrollment no longer counts on, if Prefect answers. The database is what
+    counts: a run that still starts finds it is not the pending run and does nothing of its own."""
     try:
         run = prefect_runs.read_run(flow_run_id)
         if prefect_runs.is_live(run):
             prefect_runs.cancel_run(run)
-    except Exception as exc:  # Prefect down or refusing: the enrollment is finished regardless
+    except Exception as exc:  # Prefect down or refusing: the enrollment has moved on regardless
         log.warning("could not cancel flow run %s: %s", flow_run_id, exc)
 
 
@@ -280,7 +288,7 @@ def resume_own_run(session: Session, plan: EnrollmentPlan, run: Any, *, content:
         session, enrollment_id=plan.enrollment_id, event_type=EventType.RECONCILED, step_index=_step_of(plan),
         content={"source": Actor.PREFECT.value, "action": "resume-run", **content}, flow_run_id=plan.prefect_flow_run_id,
     )
-    prefect_runs.resume_run(run, plan.next_due_at)
+    effects.record(session, plan.enrollment_id, effects.Kind.RESUME, run.id, due_at=plan.next_due_at)
     return plan
 
 
@@ -290,7 +298,7 @@ def take_back(session: Session, plan: EnrollmentPlan, flow_run_id: uuid.UUID, *,
     previous = plan.prefect_flow_run_id
     plan = adopt(session, plan, flow_run_id, content={"previous_run_id": str(previous), **content})
     if previous is not None:
-        _cancel_quietly(previous)
+        after_commit(session, lambda: _cancel_quietly(previous))
     return plan
 
 

@@ -1,0 +1,165 @@
+"""Effects on Prefect runs, committed with the change that calls for them and carried out after.
+
+A pause, resume or cancel changes the enrollment's row and writes what its pending run must
+become (suspended, resumed, cancelled) in the same transaction: the `run_effects` row of the
+enrollment, where the latest effect replaces the earlier one. Prefect is called only after the
+commit (`db.session.after_commit`), never while the row lock is held, so a slow or unreachable
+Prefect API holds no database connection and no lock.
+
+Delivery is idempotent: each effect reads the run and changes it only when it is not already
+so. One dispatcher at a time delivers an enrollment's effects (a claim of a few seconds on its
+row, taken and released in short transactions of their own), and it goes on until it has
+delivered the latest one: a resume committed while the pause before it was being delivered is
+never overtaken by that pause. What a crash or an unreachable Prefect left undelivered, the
+sweep delivers later (`deliver_overdue`), and `followups doctor` reports.
+
+While an enrollment has an undelivered effect its run is expected to disagree with it, so the
+reconciliation rule leaves it alone (`undelivered`).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from sqlalchemy import func, literal, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from followups import prefect_runs
+from followups.db.models import RunEffect
+from followups.db.session import after_commit, session_scope
+
+log = logging.getLogger(__name__)
+
+# Longer than any one delivery (a read and a state change, each bounded by the client's timeout),
+# so that two dispatchers never deliver one enrollment's effects at once.
+CLAIM_SECONDS = 120
+
+
+class Kind(StrEnum):
+    SUSPEND = "suspend"
+    RESUME = "resume"
+    CANCEL = "cancel"
+
+
+@dataclass(frozen=True)
+class Effect:
+    enrollment_id: int
+    seq: int
+    kind: Kind
+    flow_run_id: uuid.UUID
+    due_at: datetime | None
+
+
+def record(session: Session, enrollment_id: int, kind: Kind, flow_run_id: uuid.UUID, *, due_at: datetime | None = None) -> None:
+    """Write the effect in the caller's transaction, and deliver it once that commits."""
+    values = {"kind": kind.value, "flow_run_id": flow_run_id, "due_at": due_at, "recorded_at": func.clock_timestamp(),
+              "last_error": None}
+    session.execute(
+        insert(RunEffect)
+        .values(enrollment_id=enrollment_id, seq=1, **values)
+        .on_conflict_do_update(index_elements=[RunEffect.enrollment_id], set_={"seq": RunEffect.seq + 1, **values})
+    )
+    if not session.info.get(("effects", enrollment_id)):
+        session.info[("effects", enrollment_id)] = True
+        after_commit(session, lambda: deliver(enrollment_id))
+
+
+def marker(session: Session, enrollment_id: int) -> tuple[int, int] | None:
+    """(written, delivered) counts of the enrollment's effects: a caller that reads the run outside
+    the transaction takes this before the read and compares it under the lock, so that no effect
+    was written or delivered in between (its read of the run would be stale)."""
+    row = session.execute(select(RunEffect.seq, RunEffect.delivered_seq).where(RunEffect.enrollment_id == enrollment_id)).first()
+    return (row.seq, row.delivered_seq) if row else None
+
+
+def undelivered(session: Session, enrollment_id: int) -> bool:
+    return bool(
+        session.scalar(select(literal(True)).where(RunEffect.enrollment_id == enrollment_id, RunEffect.delivered_seq < RunEffect.seq))
+    )
+
+
+def _claim(enrollment_id: int) -> Effect | None:
+    with session_scope() as session:
+        row = session.execute(
+            update(RunEffect)
+            .where(
+                RunEffect.enrollment_id == enrollment_id,
+                RunEffect.delivered_seq < RunEffect.seq,
+                or_(RunEffect.claimed_until.is_(None), RunEffect.claimed_until < func.now()),
+            )
+            .values(claimed_until=func.now() + timedelta(seconds=CLAIM_SECONDS), attempts=RunEffect.attempts + 1)
+            .returning(RunEffect.seq, RunEffect.kind, RunEffect.flow_run_id, RunEffect.due_at)
+        ).first()
+    return Effect(enrollment_id, row.seq, Kind(row.kind), row.flow_run_id, row.due_at) if row else None
+
+
+def _release(effect: Effect, error: str | None) -> bool:
+    """Mark the effect delivered (or failed); True when a newer one was written meanwhile."""
+    with session_scope() as session:
+        if error is not None:
+            session.execute(
+                update(RunEffect).where(RunEffect.enrollment_id == effect.enrollment_id).values(claimed_until=None, last_error=error[:500])
+            )
+            return False
+        return bool(
+            session.scalar(
+                update(RunEffect)
+                .where(RunEffect.enrollment_id == effect.enrollment_id)
+                .values(delivered_seq=func.greatest(RunEffect.delivered_seq, effect.seq), claimed_until=None, last_error=None)
+                .returning(RunEffect.seq > RunEffect.delivered_seq)
+            )
+        )
+
+
+def carry_out(effect: Effect) -> None:
+    """Make the run what the effect says, if it is not already (idempotent)."""
+    run = prefect_runs.read_run(effect.flow_run_id)
+    if effect.kind is Kind.SUSPEND:
+        if prefect_runs.is_live(run) and not prefect_runs.is_suspended(run):
+            prefect_runs.suspend_run(run)
+    elif effect.kind is Kind.RESUME:
+        if prefect_runs.is_suspended(run):
+            prefect_runs.resume_run(run, effect.due_at)
+    elif prefect_runs.is_live(run):
+        prefect_runs.cancel_run(run)
+
+
+def deliver(enrollment_id: int) -> bool:
+    """Deliver the enrollment's latest effect, unless another dispatcher is at it. Returns False
+    when Prefect could not be reached or refused (the effect stays for the sweep). Never raises
+    for Prefect: the change it follows is committed, and stands."""
+    while True:
+        effect = _claim(enrollment_id)
+        if effect is None:
+            return True
+        try:
+            carry_out(effect)
+        except Exception as exc:  # noqa: BLE001 - unreachable or refusing: redelivered by the sweep
+            log.warning("could not %s flow run %s of enrollment %s yet: %s", effect.kind, effect.flow_run_id, enrollment_id, exc)
+            _release(effect, f"{type(exc).__name__}: {exc}")
+            return False
+        if not _release(effect, None):
+            return True
+
+
+def overdue(session: Session, older_than: float) -> list[tuple[int, datetime, str | None]]:
+    """(enrollment, recorded at, last error) of effects undelivered for longer than `older_than` s."""
+    rows = session.execute(
+        select(RunEffect.enrollment_id, RunEffect.recorded_at, RunEffect.last_error)
+        .where(RunEffect.delivered_seq < RunEffect.seq, RunEffect.recorded_at < func.now() - timedelta(seconds=older_than))
+        .order_by(RunEffect.recorded_at)
+    ).all()
+    return [tuple(row) for row in rows]
+
+
+def deliver_overdue(older_than: float) -> tuple[int, int]:
+    """Deliver every effect left undelivered for longer than `older_than` s: (delivered, failed)."""
+    with session_scope(read_only=True) as session:
+        ids = [row[0] for row in overdue(session, older_than)]
+    delivered = sum(deliver(enrollment_id) for enrollment_id in ids)
+    return delivered, len(ids) - delivered

@@ -1,0 +1,253 @@
+"""Pause, resume and cancel write their effect on the Prefect run with the change, and carry it out
+after the commit: no call to Prefect under a row lock, an effect left undelivered is found and
+delivered by the sweep, a later effect is never overtaken by an earlier one, and a database with
+no connection to spare answers a typed BusyError.
+
+The enrollments here start an hour from now, so no executor is needed: their first run stays
+Scheduled in the session's Prefect server, and each test looks at it there.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from prefect.client.orchestration import get_client
+from sqlalchemy import select, text
+
+from followups import prefect_runs
+from followups.control import cancel_enrollment, enroll_deal, get_enrollment, pause_enrollment, resume_enrollment
+from followups.db.models import RunEffect
+from followups.db.session import session_scope
+from followups.doctor import diagnose
+from followups.errors import BusyError
+from followups.lifecycle import effects
+from followups.lifecycle.reconcile import reconcile_enrollment
+from followups.lifecycle.sweep import sweep
+from support import deal_input, enrollment_row, env_settings, event_types, events_of, new_owner, new_sequence
+
+WAITING = [
+    {"type": "EMAIL", "subject": "Offer", "text": "Hi"},
+    {"type": "WAIT", "days": 3},
+    {"type": "EMAIL", "subject": "Following up", "text": "Any news?"},
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def deployment(prefect_api):
+    """Runs are created from it; nothing serves it, so they stay Scheduled."""
+    from followups.deployments.definitions import sequence_deployment
+
+    sequence_deployment().apply()
+
+
+def _enroll_later(owner: int | None = None, sequence_id: int | None = None):
+    owner = owner or new_owner()
+    sequence_id = sequence_id or new_sequence(owner, WAITING)
+    start = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0)
+    return enroll_deal(owner, deal_input(), sequence_id, start_at=start), start
+
+
+def _run_state(flow_run_id):
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id).state
+
+
+def _effect(enrollment_id: int) -> RunEffect | None:
+    with session_scope() as session:
+        return session.get(RunEffect, enrollment_id)
+
+
+def test_the_guard_fails_a_call_to_prefect_inside_a_transaction(prefect_api):
+    enrollment, _ = _enroll_later()
+    prefect_runs.forbid_calls_in_transaction(True)
+    try:
+        prefect_runs.read_run(enrollment.flow_run_id)  # outside: fine
+        with pytest.raises(AssertionError, match="inside a database transaction"):
+            with session_scope(read_only=True):
+                prefect_runs.read_run(enrollment.flow_run_id)
+    finally:
+        prefect_runs.forbid_calls_in_transaction(False)
+
+
+def test_pause_resume_and_cancel_call_prefect_only_after_the_commit(prefect_api):
+    enrollment, start = _enroll_later()  # enrolling still creates its run in the transaction
+    prefect_runs.forbid_calls_in_transaction(True)
+    try:
+        paused = pause_enrollment(enrollment.id)
+        assert paused.status == "PAUSED" and _run_state(enrollment.flow_run_id).name == "Suspended"
+        resumed = resume_enrollment(enrollment.id)
+        state = _run_state(enrollment.flow_run_id)
+        # What is left of the wait is kept: due at the start time, not now.
+        assert resumed.status == "ACTIVE" and state.is_scheduled() and state.state_details.scheduled_time == start
+        cancelled = cancel_enrollment(enrollment.id)
+        assert cancelled.status == "CANCELLED" and _run_state(enrollment.flow_run_id).is_cancelled()
+    finally:
+        prefect_runs.forbid_calls_in_transaction(False)
+    effect = _effect(enrollment.id)
+    assert (effect.kind, effect.seq, effect.delivered_seq, effect.last_error) == ("cancel", 3, 3, None)
+    assert event_types(enrollment.id) == ["ENROLLED", "PAUSED", "RESUMED", "CANCELLED"]
+
+
+def test_an_effect_a_crash_left_undelivered_is_reported_and_delivered_by_the_sweep(prefect_api, monkeypatch):
+    enrollment, _ = _enroll_later()
+    # The process dies between the commit and the call to Prefect.
+    monkeypatch.setattr(effects, "deliver", lambda enrollment_id: False)
+    assert pause_enrollment(enrollment.id).status == "PAUSED"
+    monkeypatch.undo()
+    assert _run_state(enrollment.flow_run_id).is_scheduled()
+    assert _effect(enrollment.id).delivered_seq == 0
+
+    # Not an operator's doing: nothing reads the still-Scheduled run as a resume in Prefect.
+    with session_scope() as session:
+        assert reconcile_enrollment(session, enrollment.id).status == "PAUSED"
+    assert event_types(enrollment.id) == ["ENROLLED", "PAUSED"]
+
+    with env_settings({"FOLLOWUPS_EFFECT_OVERDUE_SECONDS": "0"}):
+        problems = [check for check in diagnose() if check.name == "run effects"]
+        assert not problems[0].ok and f"enrollment {enrollment.id} since" in problems[0].detail
+        report = sweep()
+        assert report.redelivered >= 1 and enrollment.id in [e for e, _, _ in report.undelivered]
+        assert _run_state(enrollment.flow_run_id).name == "Suspended"
+        assert _effect(enrollment.id).delivered_seq == 1
+        assert [check.ok for check in diagnose() if check.name == "run effects"] == [True]
+
+
+def test_a_resume_committed_while_the_pause_is_being_delivered_is_not_overtaken(prefect_api, monkeypatch):
+    enrollment, start = _enroll_later()
+    monkeypatch.setattr(effects, "deliver", lambda enrollment_id: False)
+    pause_enrollment(enrollment.id)
+    monkeypatch.undo()
+    pause = effects._claim(enrollment.id)  # a dispatcher starts delivering the pause ...
+    assert pause is not None and pause.kind is effects.Kind.SUSPEND
+
+    resume_enrollment(enrollment.id)  # ... a resume commits meanwhile; its own delivery finds the claim taken
+    assert _effect(enrollment.id).seq == 2 and _effect(enrollment.id).delivered_seq == 0
+
+    effects.carry_out(pause)  # the late pause lands: the run is Suspended, the enrollment ACTIVE
+    assert _run_state(enrollment.flow_run_id).is_paused()
+    with session_scope() as session:  # what the sync run triggered by that Suspended would do
+        assert reconcile_enrollment(session, enrollment.id).status == "ACTIVE"
+    assert "PAUSED" not in event_types(enrollment.id)[2:]
+
+    assert effects._release(pause, None) is True  # it sees the newer effect ...
+    assert effects.deliver(enrollment.id) is True  # ... and delivers it
+    state = _run_state(enrollment.flow_run_id)
+    assert state.is_scheduled() and state.state_details.scheduled_time == start
+    assert enrollment_row(enrollment.id).status == "ACTIVE"
+    assert event_types(enrollment.id) == ["ENROLLED", "PAUSED", "RESUMED"]
+
+
+def test_concurrent_controls_on_many_enrollments_leave_every_run_agreeing(prefect_api):
+    owner = new_owner()
+    sequence_id = new_sequence(owner, WAITING)
+    enrolled = [_enroll_later(owner, sequence_id)[0] for _ in range(30)]
+    errors: list[BaseException] = []
+
+    def controls(index: int) -> None:
+        enrollment = enrolled[index]
+        try:
+            pause_enrollment(enrollment.id, owner_id=owner)
+            if index % 2:
+                resume_enrollment(enrollment.id, owner_id=owner)
+            if index % 3 == 0:
+                cancel_enrollment(enrollment.id, owner_id=owner)
+        except BaseException as exc:  # noqa: BLE001 - collected and reported below
+            errors.append(exc)
+
+    with ThreadPoolExecutor(max_workers=30) as pool:  # each thread with this one's Prefect settings
+        for future in [pool.submit(contextvars.copy_context().run, controls, i) for i in range(len(enrolled))]:
+            future.result()
+    assert errors == []
+    for index, enrollment in enumerate(enrolled):
+        state = _run_state(enrollment.flow_run_id)
+        status = enrollment_row(enrollment.id).status
+        if index % 3 == 0:
+            assert status == "CANCELLED" and state.is_cancelled()
+        elif index % 2:
+            assert status == "ACTIVE" and state.is_scheduled()
+        else:
+            assert status == "PAUSED" and state.is_paused()
+        effect = _effect(enrollment.id)
+        assert effect.delivered_seq == effect.seq
+
+
+@pytest.fixture
+def tiny_pool(database_url) -> Iterator[None]:
+    """One connection, and half a second to wait for it."""
+    pool = {"FOLLOWUPS_DATABASE_POOL_SIZE": "1", "FOLLOWUPS_DATABASE_MAX_OVERFLOW": "0", "FOLLOWUPS_DATABASE_POOL_TIMEOUT_SECONDS": "0.5"}
+    with env_settings(pool, new_engines=True):
+        yield
+
+
+def test_a_saturated_database_is_a_busy_error_everywhere(tiny_pool, cli):
+    from api_support import make_client, new_api_user
+
+    user = new_api_user()
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold_the_only_connection() -> None:
+        with session_scope() as session:
+            session.execute(text("SELECT 1"))
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_the_only_connection)
+    holder.start()
+    try:
+        assert held.wait(10)
+        with pytest.raises(BusyError) as caught:
+            get_enrollment(1)
+        assert caught.value.retry_after > 0 and "busy" in str(caught.value)
+        with make_client() as client:
+            answer = client.get("/api/enrollments/1", headers=user.headers)
+        assert answer.status_code == 503 and answer.headers["Retry-After"] == str(caught.value.retry_after)
+        assert "busy" in answer.json()["detail"]
+        code, out, err = cli("status", "1")
+        assert code == 1 and err.strip().splitlines() == [f"error: {caught.value}"]
+    finally:
+        release.set()
+        holder.join(10)
+
+
+def test_effects_are_one_row_per_enrollment(prefect_api):
+    enrollment, _ = _enroll_later()
+    for _ in range(3):
+        pause_enrollment(enrollment.id)
+        resume_enrollment(enrollment.id)
+    with session_scope() as session:
+        rows = session.execute(select(RunEffect.seq, RunEffect.delivered_seq).where(RunEffect.enrollment_id == enrollment.id)).all()
+    assert [tuple(row) for row in rows] == [(6, 6)]
+    assert [e.content["source"] for e in events_of(enrollment.id) if e.event_type in ("PAUSED", "RESUMED")] == ["api"] * 6
+
+
+def test_a_control_reads_the_run_again_when_an_effect_landed_after_its_read(prefect_api, monkeypatch):
+    enrollment, start = _enroll_later()
+    monkeypatch.setattr(effects, "deliver", lambda enrollment_id: False)
+    pause_enrollment(enrollment.id)  # committed; its suspend not delivered yet
+    monkeypatch.undo()
+    reads = []
+    read_run = prefect_runs.read_run
+
+    def read_then_deliver(flow_run_id):
+        run = read_run(flow_run_id)
+        reads.append(run.state.type.value)
+        if len(reads) == 1:  # the pause's suspend lands just after the resume read the run (Scheduled)
+            monkeypatch.setattr(prefect_runs, "read_run", read_run)
+            effects.deliver(enrollment.id)
+            monkeypatch.setattr(prefect_runs, "read_run", read_then_deliver)
+        return run
+
+    monkeypatch.setattr(prefect_runs, "read_run", read_then_deliver)
+    # With the stale read, the Scheduled run would look resumed in Prefect: RESUMED from
+    # "prefect", then this resume refused as "already ACTIVE".
+    assert resume_enrollment(enrollment.id).status == "ACTIVE"
+    assert reads[:2] == ["SCHEDULED", "PAUSED"]  # the control's reads (then its own delivery's)
+    assert [e.content["source"] for e in events_of(enrollment.id) if e.event_type in ("PAUSED", "RESUMED")] == ["api", "api"]
+    state = _run_state(enrollment.flow_run_id)
+    assert state.is_scheduled() and state.state_details.scheduled_time == start
