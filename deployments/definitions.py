@@ -32,6 +32,8 @@ TAGS = ["followups"]
 # Run states an operator (or a crash) gives a follow-up run that the enrollment must follow.
 SYNCED_RUN_EVENTS = {
     "prefect.flow-run.Suspended",
+    # A pause set through Prefect's API (type PAUSED, name "Paused") rather than the UI's Suspend.
+    "prefect.flow-run.Paused",
     "prefect.flow-run.Resuming",
     "prefect.flow-run.Cancelling",
     "prefect.flow-run.Cancelled",

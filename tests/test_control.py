@@ -63,24 +63,30 @@ def test_pause_during_a_wait_then_resume_before_due_sends_at_the_due_time(sequen
     assert event_types(enrollment_id).count("PAUSED") == 1 and event_types(enrollment_id).count("RESUMED") == 1
 
 
-def test_pause_holds_past_the_due_time_and_resume_after_due_sends_right_away(sequence_runner, fake_providers):
+def test_a_pause_past_the_due_time_keeps_what_was_left_of_the_wait(sequence_runner, fake_providers):
     # 5 s: the fast worker claims a due run within its 0.5 s poll, so on a loaded machine a
     # shorter wait can be over before the pause lands.
     owner, deal, enrollment_id, due = _start_and_reach_wait(5)
+    asked = time.time()
     details = pause_enrollment(enrollment_id)
+    left = due.timestamp() - asked  # of the wait, when it was paused
     time.sleep(max(0.0, due.timestamp() - time.time()) + 3)
     assert len(fake_providers.for_recipient(str(deal.seller_email))) == 1
     assert run_state(details.flow_run_id).is_paused()
     assert enrollment_row(enrollment_id).status == "PAUSED"
 
     resumed_at = time.time()
-    resume_enrollment(enrollment_id)
+    resumed = resume_enrollment(enrollment_id)
+    # Due again once what was left of the wait has passed since the resume, not at once, nor at
+    # the wait's whole length again.
+    assert resumed_at + left - 1 <= resumed.next_due_at.timestamp() <= time.time() + left
+    assert run_state(details.flow_run_id).state_details.scheduled_time == resumed.next_due_at
     wait_for(lambda: enrollment_row(enrollment_id).status == "COMPLETED", timeout=120, what="COMPLETED")
     emails = fake_providers.for_recipient(str(deal.seller_email))
     assert len(emails) == 2
-    # Due at once: picked up at the runner's next poll (seconds; more when the session's shared
-    # runner is at capacity), not at the wait's length again nor left for a sweep (off here).
-    assert emails[1].received_at - resumed_at < 90
+    assert emails[1].received_at >= resumed.next_due_at.timestamp() - 0.5
+    resumed_events = [e for e in events_of(enrollment_id) if e.event_type == "RESUMED"]
+    assert resumed_events[0].content["due_at"] == resumed.next_due_at.isoformat()
 
 
 def test_pause_while_a_step_is_sending_lets_it_finish_once_and_stops_before_the_next(sequence_runner, fake_providers):

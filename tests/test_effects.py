@@ -82,8 +82,9 @@ def test_pause_resume_and_cancel_call_prefect_only_after_the_commit(prefect_api)
         assert paused.status == "PAUSED" and _run_state(enrollment.flow_run_id).name == "Suspended"
         resumed = resume_enrollment(enrollment.id)
         state = _run_state(enrollment.flow_run_id)
-        # What is left of the wait is kept: due at the start time, not now.
-        assert resumed.status == "ACTIVE" and state.is_scheduled() and state.state_details.scheduled_time == start
+        # What was left of the wait is kept: due at the start time moved on by the pause, not now.
+        assert resumed.status == "ACTIVE" and start < resumed.next_due_at < start + timedelta(minutes=1)
+        assert state.is_scheduled() and state.state_details.scheduled_time == resumed.next_due_at
         cancelled = cancel_enrollment(enrollment.id)
         assert cancelled.status == "CANCELLED" and _run_state(enrollment.flow_run_id).is_cancelled()
     finally:
@@ -137,8 +138,9 @@ def test_a_resume_committed_while_the_pause_is_being_delivered_is_not_overtaken(
     assert effects._release(pause, None) is True  # it sees the newer effect ...
     assert effects.deliver(enrollment.id) is True  # ... and delivers it
     state = _run_state(enrollment.flow_run_id)
-    assert state.is_scheduled() and state.state_details.scheduled_time == start
-    assert enrollment_row(enrollment.id).status == "ACTIVE"
+    row = enrollment_row(enrollment.id)
+    assert state.is_scheduled() and state.state_details.scheduled_time == row.next_due_at > start
+    assert row.status == "ACTIVE"
     assert event_types(enrollment.id) == ["ENROLLED", "PAUSED", "RESUMED"]
 
 
@@ -250,4 +252,31 @@ def test_a_control_reads_the_run_again_when_an_effect_landed_after_its_read(pref
     assert reads[:2] == ["SCHEDULED", "PAUSED"]  # the control's reads (then its own delivery's)
     assert [e.content["source"] for e in events_of(enrollment.id) if e.event_type in ("PAUSED", "RESUMED")] == ["api", "api"]
     state = _run_state(enrollment.flow_run_id)
-    assert state.is_scheduled() and state.state_details.scheduled_time == start
+    assert state.is_scheduled() and state.state_details.scheduled_time == enrollment_row(enrollment.id).next_due_at > start
+
+
+def test_a_run_set_to_paused_through_prefects_api_pauses_and_its_resume_in_prefect_resumes(prefect_api):
+    """Type PAUSED named "Paused" (not the UI's Suspend): Prefect's Resume would put it straight
+    to Running with no process behind it, so the product turns it into a Suspended run, whose
+    Resume reschedules it and reaches the enrollment."""
+    from prefect.flow_runs import resume_flow_run
+    from prefect.states import Paused
+
+    from followups.flows.sync_enrollment_state import sync_enrollment_state
+
+    enrollment, start = _enroll_later()
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(enrollment.flow_run_id, Paused(), force=True)
+    assert sync_enrollment_state(str(enrollment.flow_run_id)) == "PAUSED"  # what its Paused event triggers
+    state = _run_state(enrollment.flow_run_id)
+    assert state.is_paused() and state.state_details.pause_reschedule
+
+    resume_flow_run(enrollment.flow_run_id)  # the UI's Resume
+    assert _run_state(enrollment.flow_run_id).name == "Resuming"
+    assert sync_enrollment_state(str(enrollment.flow_run_id)) == "ACTIVE"  # what Resuming triggers
+    row = enrollment_row(enrollment.id)
+    # What was left of the wait (until the start, an hour away) is kept, not "due now".
+    assert start < row.next_due_at < start + timedelta(minutes=5)
+    state = _run_state(enrollment.flow_run_id)
+    assert state.is_scheduled() and state.state_details.scheduled_time == row.next_due_at
+    assert [(e.event_type, e.content.get("source")) for e in events_of(enrollment.id)] == [("ENROLLED", None), ("PAUSED", "prefect"), ("RESUMED", "prefect")]

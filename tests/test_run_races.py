@@ -283,7 +283,10 @@ def test_a_suspend_as_a_run_hands_over_that_prefect_completes_pauses_the_next_ru
     assert sync_enrollment_state(str(scheduled)) == "PAUSED"  # its own Suspended event: no change
     assert resume_enrollment(enrollment_id).status == "ACTIVE"
     run = prefect_runs.read_run(scheduled)
-    assert run.state.is_scheduled() and abs((run.state.state_details.scheduled_time - due).total_seconds()) < 2
+    # What was left of the wait is kept: due later by the time it was paused.
+    resumed_due = enrollment_row(enrollment_id).next_due_at
+    assert due < resumed_due < due + timedelta(seconds=60)
+    assert run.state.is_scheduled() and abs((run.state.state_details.scheduled_time - resumed_due).total_seconds()) < 1
     events = event_types(enrollment_id)
     assert (events.count("EMAIL_SENT"), events.count("PAUSED"), events.count("RESUMED")) == (1, 1, 1), events
 

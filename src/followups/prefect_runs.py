@@ -213,6 +213,13 @@ def is_suspended(run: FlowRun | None) -> bool:
     return bool(run and run.state and run.state.is_paused())
 
 
+def resumes_in_place(run: FlowRun | None) -> bool:
+    """Paused without a reschedule (a state an operator can set through Prefect's API): Prefect's
+    Resume would move it straight to Running, with no process behind it. Suspended (what the UI
+    and our pause set) reschedules it instead."""
+    return is_suspended(run) and not run.state.state_details.pause_reschedule
+
+
 # The key a sequence run suspends itself with, for a pause made through our API between steps
 # ("pause-<step>-<ns>" before this prefix existed).
 SELF_PAUSE_KEY_PREFIX = "followups-self-pause-"
@@ -237,6 +244,13 @@ def suspended_itself(run: FlowRun | None) -> bool:
 def is_live(run: FlowRun | None) -> bool:
     """Scheduled, pending, running or suspended: a run that may still do something."""
     return bool(run and run.state and not run.state.is_final())
+
+
+def due_before(run: FlowRun | None, due: datetime | None) -> bool:
+    """The run is Scheduled, for more than a second before `due`."""
+    state = run.state if run is not None else None
+    scheduled = state.state_details.scheduled_time if state and state.is_scheduled() else None
+    return bool(scheduled and due and (due - scheduled).total_seconds() > 1)
 
 
 def state_type(run: FlowRun | None) -> str | None:
@@ -327,7 +341,7 @@ def suspend_run(run: FlowRun) -> None:
 
     _guard()
     kind = run.state.type if run.state else None
-    if kind in (StateType.SCHEDULED, StateType.PENDING):
+    if kind in (StateType.SCHEDULED, StateType.PENDING) or resumes_in_place(run):
         _client().set_flow_run_state(run.id, Suspended(pause_key=f"followups-{uuid.uuid4().hex[:8]}"), force=True)
     elif kind == StateType.RUNNING:
         # The step in flight finishes; the flow stops at the next step boundary.
@@ -341,16 +355,18 @@ def suspend_run(run: FlowRun) -> None:
             pass
 
 
-def resume_run(run: FlowRun, due: datetime | None) -> None:
+def resume_run(run: FlowRun, due: datetime | None, *, name: str = "Resuming") -> None:
     """Resume a suspended run, keeping what is left of its wait: one state change, Scheduled
-    "Resuming" at the due time (what `resume_flow_run` does, but for later than now)."""
+    "Resuming" at the due time (what `resume_flow_run` does, but for later than now). A run that
+    is Scheduled already (resumed in Prefect, due now) is scheduled for `due` the same way, named
+    `name`."""
     from prefect.exceptions import NotPausedError
     from prefect.flow_runs import resume_flow_run
     from prefect.states import Scheduled
 
     _guard()
     if due is not None and due > datetime.now(UTC):
-        _client().set_flow_run_state(run.id, Scheduled(scheduled_time=due, name="Resuming"), force=True)
+        _client().set_flow_run_state(run.id, Scheduled(scheduled_time=due, name=name), force=True)
         return
     try:
         resume_flow_run(run.id)

@@ -56,7 +56,7 @@ def run_wait(enrollment_id: int, step_index: int, step: WaitStep, flow_run_id: u
                 dedupe_key=f"enrollment:{enrollment_id}:wait-started:{step_index}",
             )
             return WaitOutcome("deferred", due, plan.prefect_flow_run_id)
-        due = datetime.fromisoformat(started.content["due_at"])
+        due = plan.started_wait_due(datetime.fromisoformat(started.content["due_at"]))
         remaining = (due - now).total_seconds()
         if remaining > SHORT_WAIT_SECONDS:
             # Started well before the due time (e.g. resumed from the Prefect UI, which

@@ -120,11 +120,15 @@ def carry_out(effect: Effect) -> None:
     """Make the run what the effect says, if it is not already (idempotent)."""
     run = prefect_runs.read_run(effect.flow_run_id)
     if effect.kind is Kind.SUSPEND:
-        if prefect_runs.is_live(run) and not prefect_runs.is_suspended(run):
+        if prefect_runs.is_live(run) and (not prefect_runs.is_suspended(run) or prefect_runs.resumes_in_place(run)):
             prefect_runs.suspend_run(run)
     elif effect.kind is Kind.RESUME:
         if prefect_runs.is_suspended(run):
             prefect_runs.resume_run(run, effect.due_at)
+        elif prefect_runs.due_before(run, effect.due_at):
+            # Resumed in Prefect, which makes it due now: due when what was left of its wait ends
+            # (named plainly Scheduled: a second "Resuming" would trigger a sync run for nothing).
+            prefect_runs.resume_run(run, effect.due_at, name="Scheduled")
     elif prefect_runs.is_live(run):
         prefect_runs.cancel_run(run)
 

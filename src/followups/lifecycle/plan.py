@@ -48,6 +48,13 @@ class EnrollmentPlan:
     def finished_steps(self) -> bool:
         return self.current_step >= len(self.steps)
 
+    def started_wait_due(self, started_due: datetime) -> datetime:
+        """The due time of the current step's wait, started with `started_due`: later if a pause
+        moved it on (the enrollment's due time then says so)."""
+        if self.next_due_at is not None and self.next_due_at > started_due:
+            return self.next_due_at
+        return started_due
+
     @property
     def is_open(self) -> bool:
         return EnrollmentStatus(self.status) in OPEN_STATUSES

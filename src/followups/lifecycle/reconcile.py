@@ -185,7 +185,12 @@ def reconcile(
     )
     if decision.action is Action.RESUME_RUN:
         return store.resume_own_run(session, plan, run, content={"reason": decision.why, "run_state": "PAUSED"})
-    return apply(session, plan, decision, run_state=prefect_runs.state_type(run), starting_run_id=starting_run_id)
+    plan = apply(session, plan, decision, run_state=prefect_runs.state_type(run), starting_run_id=starting_run_id)
+    if plan.status == EnrollmentStatus.PAUSED and prefect_runs.resumes_in_place(run):
+        # Paused without a reschedule: Prefect's Resume would leave it Running with no process
+        # behind it. Suspended instead, its Resume reschedules it and reaches us as a resume.
+        effects.record(session, plan.enrollment_id, effects.Kind.SUSPEND, run.id)
+    return plan
 
 
 def apply(
@@ -200,7 +205,11 @@ def apply(
     if decision.action is Action.PAUSE:
         return store.move(session, plan, EnrollmentStatus.PAUSED, actor=Actor.PREFECT, content=content)
     if decision.action is Action.RESUME:
-        return store.move(session, plan, EnrollmentStatus.ACTIVE, actor=Actor.PREFECT, content=content)
+        moved = store.move(session, plan, EnrollmentStatus.ACTIVE, actor=Actor.PREFECT, content=content)
+        if run_state in NOT_STARTED and moved.next_due_at and moved.next_due_at > datetime.now(UTC):
+            # Prefect's Resume makes the run due now; what was left of the wait is kept instead.
+            effects.record(session, moved.enrollment_id, effects.Kind.RESUME, moved.prefect_flow_run_id, due_at=moved.next_due_at)
+        return moved
     if decision.action is Action.CANCEL:
         return store.move(session, plan, EnrollmentStatus.CANCELLED, actor=Actor.PREFECT, content=content)
     previous = {"previous_run_id": str(plan.prefect_flow_run_id) if plan.prefect_flow_run_id else None}

@@ -18,7 +18,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Uuid, column, update, values
+from sqlalchemy import BigInteger, Uuid, column, func, select, update, values
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -165,6 +165,11 @@ def move(
     values: dict[str, Any] = {"status": to.value}
     if to in FINISHED_STATUSES:
         values["next_due_at"] = None
+    elif to == EnrollmentStatus.ACTIVE and plan.status == EnrollmentStatus.PAUSED.value:
+        due = due_after_pause(session, plan)
+        if due != plan.next_due_at:
+            values["next_due_at"] = due
+            content["due_at"] = due.isoformat()
     record_event(
         session,
         enrollment_id=plan.enrollment_id,
@@ -181,6 +186,22 @@ def move(
     if follow_in_prefect:
         moved = _follow_in_prefect(session, plan, moved, to, run)
     return moved
+
+
+def due_after_pause(session: Session, plan: EnrollmentPlan) -> datetime | None:
+    """When a resumed enrollment's pending run is due: a pause keeps what was left of the wait, so
+    a 3-day wait paused for a day ends a day later. A due time that had passed when it was paused
+    stays as it was (the run is due at once)."""
+    if plan.next_due_at is None:
+        return None
+    paused_at, now = session.execute(
+        select(func.max(FollowUpEvent.occurred_at), func.clock_timestamp()).where(
+            FollowUpEvent.enrollment_id == plan.enrollment_id, FollowUpEvent.event_type == EventType.PAUSED.value
+        )
+    ).one()
+    if paused_at is None or plan.next_due_at <= paused_at:
+        return plan.next_due_at
+    return plan.next_due_at + (now - paused_at)
 
 
 def _follow_in_prefect(

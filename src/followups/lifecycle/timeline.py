@@ -91,6 +91,8 @@ def timeline(session: Session, plan: EnrollmentPlan) -> list[TimelineStep]:
             started = next((e for e in step_events if e.event_type == EventType.WAIT_STARTED), None)
             if started is not None:
                 due = datetime.fromisoformat(started.content["due_at"])
+                if index == plan.current_step:
+                    due = plan.started_wait_due(due)
                 clock = max(due, now)
                 steps.append(TimelineStep(index, step.type, "waiting" if open_status else "pending", due))
             else:
