@@ -117,6 +117,10 @@ class EnrollmentOut(_Response):
     next_due_at: datetime | None
     flow_run_id: str | None
     timeline: list[TimelineStepOut]
+    run_state: str | None = Field(None, description="The pending run's state in Prefect (GET only)")
+    in_prefect: str | None = Field(
+        None, description="What Prefect shows that the enrollment has not recorded yet, e.g. an operator's suspend (GET only)"
+    )
 
 
 class EnrollmentSummaryOut(_Response):

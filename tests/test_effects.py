@@ -24,7 +24,7 @@ from followups.control import cancel_enrollment, enroll_deal, get_enrollment, pa
 from followups.db.models import RunEffect
 from followups.db.session import session_scope
 from followups.doctor import diagnose
-from followups.errors import BusyError
+from followups.errors import BusyError, InvalidStateError
 from followups.lifecycle import effects
 from followups.lifecycle.reconcile import reconcile_enrollment
 from followups.lifecycle.sweep import sweep
@@ -92,6 +92,14 @@ def test_pause_resume_and_cancel_call_prefect_only_after_the_commit(prefect_api)
     effect = _effect(enrollment.id)
     assert (effect.kind, effect.seq, effect.delivered_seq, effect.last_error) == ("cancel", 3, 3, None)
     assert event_types(enrollment.id) == ["ENROLLED", "PAUSED", "RESUMED", "CANCELLED"]
+    # The Prefect UI's timeline artifact follows, though no run of the enrollment ran.
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from followups.flows.story import artifact_key
+
+    with get_client(sync_client=True) as client:
+        [latest] = client.read_latest_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key(enrollment.id)])))
+    assert "CANCELLED at step 0" in latest.description
 
 
 def test_an_effect_a_crash_left_undelivered_is_reported_and_delivered_by_the_sweep(prefect_api, monkeypatch):
@@ -280,3 +288,30 @@ def test_a_run_set_to_paused_through_prefects_api_pauses_and_its_resume_in_prefe
     state = _run_state(enrollment.flow_run_id)
     assert state.is_scheduled() and state.state_details.scheduled_time == row.next_due_at
     assert [(e.event_type, e.content.get("source")) for e in events_of(enrollment.id)] == [("ENROLLED", None), ("PAUSED", "prefect"), ("RESUMED", "prefect")]
+
+
+def test_status_shows_an_operators_suspend_not_recorded_yet_and_a_pause_then_agrees(prefect_api):
+    from prefect.states import Suspended
+
+    from api_support import make_client, new_api_user
+
+    user = new_api_user()
+    enrollment, _ = _enroll_later(user.id)
+    with get_client(sync_client=True) as client:  # the UI's Suspend on the waiting run
+        client.set_flow_run_state(enrollment.flow_run_id, Suspended(timeout_seconds=600), force=True)
+
+    seen = get_enrollment(enrollment.id)
+    assert (seen.status, seen.run_state) == ("ACTIVE", "Suspended")
+    assert seen.in_prefect.startswith("PAUSED in Prefect")
+    with make_client() as client:
+        body = client.get(f"/api/enrollments/{enrollment.id}", headers=user.headers).json()
+    assert (body["status"], body["run_state"], body["in_prefect"]) == ("ACTIVE", "Suspended", seen.in_prefect)
+    assert event_types(enrollment.id) == ["ENROLLED"]  # reading wrote nothing
+
+    # Status showed it paused in Prefect: pausing agrees rather than answering "already PAUSED".
+    assert pause_enrollment(enrollment.id, owner_id=user.id).status == "PAUSED"
+    assert [(e.event_type, e.content.get("source")) for e in events_of(enrollment.id)] == [("ENROLLED", None), ("PAUSED", "prefect")]
+    after = get_enrollment(enrollment.id)
+    assert (after.status, after.run_state, after.in_prefect) == ("PAUSED", "Suspended", None)
+    with pytest.raises(InvalidStateError):  # a pause of what was PAUSED already is still refused
+        pause_enrollment(enrollment.id)

@@ -110,7 +110,10 @@ def status_output(console: Console, details: Any, as_json: bool) -> None:
         f"enrollment {details.id} · deal {details.deal_external_id} · sequence {details.sequence_id} "
         f"v{details.sequence_version} · [bold]{details.status}[/] · step {details.current_step}"
         + (f" · next due {details.next_due_at:%Y-%m-%d %H:%M:%S %Z}" if details.next_due_at else "")
+        + (f" · run {escape(details.run_state)}" if getattr(details, "run_state", None) else "")
     )
+    if getattr(details, "in_prefect", None):
+        console.print(f"[bold]in Prefect:[/] {escape(details.in_prefect)}")
     table = Table()
     for column in ("step", "type", "state", "at", "message"):
         table.add_column(column)

@@ -8,11 +8,14 @@ nothing.
 Pause, resume and cancel lock the enrollment row. A step in flight holds the same lock, so they
 wait for it to finish: a message is never cut in half, and the flow stops at the next step
 boundary. They call Prefect only outside the transaction: the run is read before, and suspended,
-resumed or cancelled after the commit (`lifecycle.effects`). Reading (`get_enrollment`, `list_events`) never writes and never calls Prefect.
+resumed or cancelled after the commit (`lifecycle.effects`). Reading never writes:
+`list_events` never calls Prefect; `get_enrollment` reads the pending run, outside any
+transaction, to show what Prefect holds right now.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import asdict, dataclass
 from decimal import Decimal
@@ -32,7 +35,7 @@ from followups.inputs import DealInput, EnrollRequest, OfferInput, check_externa
 from followups.lifecycle import effects, store
 from followups.lifecycle.listing import EnrollmentPage, EnrollmentSummary, list_enrollments  # noqa: F401 - re-exported
 from followups.lifecycle.plan import load_plan
-from followups.lifecycle.reconcile import reconcile
+from followups.lifecycle.reconcile import in_prefect, reconcile
 from followups.lifecycle.timeline import EnrollmentDetails, TimelineStep, details
 from followups.lifecycle.transitions import Actor
 from followups.sequences import latest_version_id
@@ -139,10 +142,16 @@ def enroll_deal(
 
 
 def get_enrollment(enrollment_id: int, *, owner_id: int | None = None) -> EnrollmentDetails:
-    """Status, current step, next due time and the timeline of steps (done and planned)."""
+    """Status, current step, next due time and the timeline of steps (done and planned), with
+    the pending run's state in Prefect and what Prefect shows that is not recorded yet (an
+    operator's suspend, say). Never writes."""
     check_id(enrollment_id, "enrollment_id")
     with session_scope(read_only=True) as session:
-        return details(session, load_plan(session, enrollment_id, owner_id=owner_id))
+        plan = load_plan(session, enrollment_id, owner_id=owner_id)
+        effect_marker = effects.marker(session, enrollment_id)
+        found = details(session, plan)
+    run_state, unrecorded = in_prefect(plan, effect_marker)
+    return dataclasses.replace(found, run_state=run_state, in_prefect=unrecorded)
 
 
 def list_events(
@@ -212,9 +221,13 @@ def _control(enrollment_id: int, owner_id: int | None, to: EnrollmentStatus) -> 
                 seen.status, seen.prefect_flow_run_id, seen_effects
             ):
                 continue
-            # First take in whatever an operator did in Prefect, then act on the result.
+            # First take in whatever an operator did in Prefect, then act on the result. If that
+            # was already this control (an operator's suspend before a pause), it is done: status
+            # showed it as not recorded yet, so refusing it would contradict what status said.
+            before = plan.status
             plan = reconcile(session, plan, run=run, read=False)
-            plan = store.move(session, plan, to, actor=Actor.API, run=run)
+            if not (plan.status == to.value != before):
+                plan = store.move(session, plan, to, actor=Actor.API, run=run)
             result = details(session, plan)
         return result
     raise BusyError(f"enrollment {enrollment_id} is changing too fast to {to.name.lower()} it now; try again")

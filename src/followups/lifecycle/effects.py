@@ -137,18 +137,34 @@ def deliver(enrollment_id: int) -> bool:
     """Deliver the enrollment's latest effect, unless another dispatcher is at it. Returns False
     when Prefect could not be reached or refused (the effect stays for the sweep). Never raises
     for Prefect: the change it follows is committed, and stands."""
+    delivered = False
     while True:
         effect = _claim(enrollment_id)
         if effect is None:
-            return True
+            break
         try:
             carry_out(effect)
         except Exception as exc:  # noqa: BLE001 - unreachable or refusing: redelivered by the sweep
             log.warning("could not %s flow run %s of enrollment %s yet: %s", effect.kind, effect.flow_run_id, enrollment_id, exc)
             _release(effect, f"{type(exc).__name__}: {exc}")
             return False
+        delivered = True
         if not _release(effect, None):
-            return True
+            break
+    if delivered:
+        _show_in_prefect(enrollment_id)
+    return True
+
+
+def _show_in_prefect(enrollment_id: int) -> None:
+    """The enrollment's timeline artifact in the Prefect UI, brought up to date: a pause, resume
+    or cancel made outside a run would leave it saying what the last run saw."""
+    from followups.flows.story import publish_timeline
+
+    try:
+        publish_timeline(enrollment_id)
+    except Exception as exc:  # noqa: BLE001 - a picture for the operator; the change stands
+        log.warning("could not update the timeline artifact of enrollment %s: %s", enrollment_id, exc)
 
 
 def overdue(session: Session, older_than: float) -> list[tuple[int, datetime, str | None]]:

@@ -281,3 +281,36 @@ def reconcile_handover(session: Session, run: Any) -> EnrollmentPlan | None:
 
 def reconcile_enrollment(session: Session, enrollment_id: int) -> EnrollmentPlan:
     return reconcile(session, load_plan(session, enrollment_id, lock=True))
+
+
+_UNRECORDED = {
+    Action.PAUSE: "PAUSED in Prefect (its run was suspended there); not recorded yet",
+    Action.RESUME: "ACTIVE in Prefect (its run was resumed there); not recorded yet",
+    Action.CANCEL: "CANCELLED in Prefect (its run was cancelled there); not recorded yet",
+    Action.RESUME_RUN: "its run suspended itself for a pause since undone; it is being resumed",
+    Action.RESCHEDULE: "its pending run cannot go on ({state}); a new one is being scheduled",
+}
+
+
+def in_prefect(plan: EnrollmentPlan, effect_marker: tuple[int, int] | None) -> tuple[str | None, str | None]:
+    """(the pending run's state name, what Prefect shows that the enrollment does not record yet),
+    read outside any transaction and never written: the sync trigger or the sweep records it.
+    `effect_marker` is `effects.marker`, read with the plan."""
+    if not plan.is_open or plan.prefect_flow_run_id is None:
+        return None, None
+    try:
+        run = prefect_runs.read_run(plan.prefect_flow_run_id)
+    except Exception:  # noqa: BLE001 - a read for display: the enrollment's own state still stands
+        return None, "Prefect could not be reached to compare the run"
+    state = run.state.name if run is not None and run.state else None
+    if effect_marker is not None and effect_marker[1] < effect_marker[0]:
+        return state, "a suspend, resume or cancel of its run is on its way to Prefect"
+    decision = decide(
+        plan.status, plan.prefect_flow_run_id, prefect_runs.state_type(run),
+        run_is_ours=run is None or prefect_runs.belongs_here(run, plan.enrollment_id),
+        suspend_expired=prefect_runs.suspend_expired(run),
+        stopped_by_runner=prefect_runs.stopped_by_runner(run),
+        suspended_itself=prefect_runs.suspended_itself(run),
+    )
+    sentence = _UNRECORDED.get(decision.action)
+    return state, sentence.format(state=state or "deleted") if sentence else None

@@ -49,6 +49,10 @@ class EnrollmentDetails:
     next_due_at: datetime | None
     flow_run_id: uuid.UUID | None
     timeline: list[TimelineStep] = field(default_factory=list)
+    # What Prefect holds right now (`get_enrollment` only): the pending run's state name, and a
+    # sentence when it shows a change the enrollment has not recorded yet.
+    run_state: str | None = None
+    in_prefect: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
