@@ -364,3 +364,28 @@ def test_limits_apply_without_a_prefect_api_is_one_line(database_url, cli, monke
     monkeypatch.setattr("followups.prefect_server.configured_api_url", lambda: None)
     code, out, err = cli("limits", "apply")
     assert code == 1 and out == "" and len(err.strip().splitlines()) == 1 and "PREFECT_API_URL" in err
+
+
+def test_day_slots_taken_for_sends_that_do_not_go_out_are_handed_back_under_contention(prefect_api):
+    from prefect.client.orchestration import get_client
+
+    from followups.limits import PrefectCapGate
+    from support import unique
+
+    daily = daily_cap_spec(f"followups-test-{unique('day')}", "x@example.com", 5)
+    rate = rate_limit_spec(f"followups-test-{unique('rate')}", "acct", 0.01)  # 1 slot, back in 100 s
+    day = datetime(2031, 1, 3, 12, tzinfo=UTC)
+    gate = PrefectCapGate(wait_seconds=0.5, strict=False)
+    barrier = threading.Barrier(6)
+
+    def send(_: int) -> bool:
+        barrier.wait()
+        return gate.acquire([daily, rate], day).granted
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        allowed = list(pool.map(_in_this_context(send), range(6)))
+    assert allowed.count(True) == 1  # the rate limit lets one through; five time out
+    assert [gate.acquire([daily, rate], day).granted for _ in range(3)] == [False] * 3
+    with get_client(sync_client=True) as client:
+        used = client.read_global_concurrency_limit_by_name(daily.day_name(day.date())).active_slots
+    assert used == 1  # only the send that went out holds a day slot

@@ -82,9 +82,9 @@ def test_pause_resume_and_cancel_call_prefect_only_after_the_commit(prefect_api)
         assert paused.status == "PAUSED" and _run_state(enrollment.flow_run_id).name == "Suspended"
         resumed = resume_enrollment(enrollment.id)
         state = _run_state(enrollment.flow_run_id)
-        # What was left of the wait is kept: due at the start time moved on by the pause, not now.
-        assert resumed.status == "ACTIVE" and start < resumed.next_due_at < start + timedelta(minutes=1)
-        assert state.is_scheduled() and state.state_details.scheduled_time == resumed.next_due_at
+        # Due at the start time again, not now (a start time is a moment: a pause does not move it).
+        assert resumed.status == "ACTIVE" and resumed.next_due_at == start
+        assert state.is_scheduled() and state.state_details.scheduled_time == start
         cancelled = cancel_enrollment(enrollment.id)
         assert cancelled.status == "CANCELLED" and _run_state(enrollment.flow_run_id).is_cancelled()
     finally:
@@ -147,7 +147,7 @@ def test_a_resume_committed_while_the_pause_is_being_delivered_is_not_overtaken(
     assert effects.deliver(enrollment.id) is True  # ... and delivers it
     state = _run_state(enrollment.flow_run_id)
     row = enrollment_row(enrollment.id)
-    assert state.is_scheduled() and state.state_details.scheduled_time == row.next_due_at > start
+    assert state.is_scheduled() and state.state_details.scheduled_time == row.next_due_at == start
     assert row.status == "ACTIVE"
     assert event_types(enrollment.id) == ["ENROLLED", "PAUSED", "RESUMED"]
 
@@ -260,7 +260,7 @@ def test_a_control_reads_the_run_again_when_an_effect_landed_after_its_read(pref
     assert reads[:2] == ["SCHEDULED", "PAUSED"]  # the control's reads (then its own delivery's)
     assert [e.content["source"] for e in events_of(enrollment.id) if e.event_type in ("PAUSED", "RESUMED")] == ["api", "api"]
     state = _run_state(enrollment.flow_run_id)
-    assert state.is_scheduled() and state.state_details.scheduled_time == enrollment_row(enrollment.id).next_due_at > start
+    assert state.is_scheduled() and state.state_details.scheduled_time == enrollment_row(enrollment.id).next_due_at == start
 
 
 def test_a_run_set_to_paused_through_prefects_api_pauses_and_its_resume_in_prefect_resumes(prefect_api):
@@ -283,8 +283,8 @@ def test_a_run_set_to_paused_through_prefects_api_pauses_and_its_resume_in_prefe
     assert _run_state(enrollment.flow_run_id).name == "Resuming"
     assert sync_enrollment_state(str(enrollment.flow_run_id)) == "ACTIVE"  # what Resuming triggers
     row = enrollment_row(enrollment.id)
-    # What was left of the wait (until the start, an hour away) is kept, not "due now".
-    assert start < row.next_due_at < start + timedelta(minutes=5)
+    # Prefect's Resume made it due now; it is due at its start time again.
+    assert row.next_due_at == start
     state = _run_state(enrollment.flow_run_id)
     assert state.is_scheduled() and state.state_details.scheduled_time == row.next_due_at
     assert [(e.event_type, e.content.get("source")) for e in events_of(enrollment.id)] == [("ENROLLED", None), ("PAUSED", "prefect"), ("RESUMED", "prefect")]

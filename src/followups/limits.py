@@ -362,7 +362,9 @@ class PrefectCapGate:
 
         try:
             with get_client(sync_client=True) as client:
-                client.release_concurrency_slots(names=list(names), slots=1, occupancy_seconds=0.0)
+                # No occupancy: the slot was never used (the server refuses 0 with a 422, which
+                # left the slot taken for the rest of the day).
+                client.release_concurrency_slots(names=list(names), slots=1, occupancy_seconds=None)  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001 - see above
             log.warning("could not return day cap slots %s: %s", names, exc)
 

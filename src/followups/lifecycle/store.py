@@ -31,6 +31,7 @@ from followups.errors import InvalidStateError
 from followups.lifecycle import effects
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
 from followups.lifecycle.transitions import Actor, check
+from followups.steps import WaitStep
 
 log = logging.getLogger(__name__)
 
@@ -189,11 +190,12 @@ def move(
 
 
 def due_after_pause(session: Session, plan: EnrollmentPlan) -> datetime | None:
-    """When a resumed enrollment's pending run is due: a pause keeps what was left of the wait, so
-    a 3-day wait paused for a day ends a day later. A due time that had passed when it was paused
-    stays as it was (the run is due at once)."""
-    if plan.next_due_at is None:
-        return None
+    """When a resumed enrollment's pending run is due: a pause keeps what was left of a WAIT, so a
+    3-day wait paused for a day ends a day later. Any other due time is a moment, not a wait (a
+    start time, a send window opening) and stays as it was, as does a wait that had ended when it
+    was paused (the run is due at once)."""
+    if plan.next_due_at is None or plan.finished_steps or not isinstance(plan.steps[plan.current_step], WaitStep):
+        return plan.next_due_at
     paused_at, now = session.execute(
         select(func.max(FollowUpEvent.occurred_at), func.clock_timestamp()).where(
             FollowUpEvent.enrollment_id == plan.enrollment_id, FollowUpEvent.event_type == EventType.PAUSED.value
