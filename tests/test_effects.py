@@ -10,6 +10,7 @@ Scheduled in the session's Prefect server, and each test looks at it there.
 from __future__ import annotations
 
 import contextvars
+import uuid
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,10 +40,13 @@ WAITING = [
 
 @pytest.fixture(scope="module", autouse=True)
 def deployment(prefect_api):
-    """Runs are created from it; nothing serves it, so they stay Scheduled."""
+    """Runs are created from it under a name no runner serves (the session's runner may serve the
+    default one on this server), so they stay as this module leaves them."""
     from followups.deployments.definitions import sequence_deployment
 
-    sequence_deployment().apply()
+    with env_settings({"FOLLOWUPS_DEPLOYMENT_NAME": f"follow-up-sequence/effects-{uuid.uuid4().hex[:6]}"}):
+        sequence_deployment().apply()
+        yield
 
 
 def _enroll_later(owner: int | None = None, sequence_id: int | None = None):

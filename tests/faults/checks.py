@@ -96,6 +96,13 @@ def statuses(enrollment_ids: Iterable[int], url: str | None = None) -> dict[int,
     return {row.id: row.status for row in rows}
 
 
+def _event_count(enrollment_ids: Iterable[int], url: str | None = None) -> int:
+    with _session(url) as session:
+        return session.execute(
+            text("SELECT count(*) FROM follow_up_events WHERE enrollment_id = ANY(:ids)"), {"ids": sorted(set(enrollment_ids))}
+        ).scalar_one()
+
+
 def describe(enrollment_ids: list[int], url: str | None = None) -> str:
     """Why enrollments are stuck, for a failure message: each one's row, its last events, and its
     pending run's state history in Prefect (the context's Prefect server)."""
@@ -152,19 +159,29 @@ def wait_final_states(
     """Poll until every enrollment has its expected status (a status or a set of accepted ones).
     `repair` (e.g. running `followups reconcile`) is called every `repair_every` seconds while
     some are still missing, as an operator or the scheduled sweep would. `on_timeout` adds what
-    it returns (e.g. the executors' thread stacks) to the failure."""
+    it returns (e.g. the executors' thread stacks) to the failure.
+
+    The bound follows progress, so that a busy machine only makes it slower: it fails when none of
+    these enrollments has logged an event for `timeout` seconds (and in any case after three
+    times that)."""
     wanted = {e: {s} if isinstance(s, str) else set(s) for e, s in expected.items()}
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
+    seen_events = -1
     next_repair = time.monotonic() + repair_every
     while True:
         now = statuses(wanted, url)
         missing = {e: now.get(e) for e, accepted in wanted.items() if now.get(e) not in accepted}
         if not missing:
             return now
+        logged = _event_count(wanted, url)
+        if logged != seen_events:
+            seen_events, deadline = logged, min(time.monotonic() + timeout, started + 3 * timeout)
         if time.monotonic() > deadline:
             sample = dict(list(missing.items())[:20])
             raise AssertionError(
-                f"{len(missing)} of {len(wanted)} enrollments not in their final state after {timeout}s "
+                f"{len(missing)} of {len(wanted)} enrollments not in their final state, and none logged an "
+                f"event for {timeout}s ({time.monotonic() - started:.0f}s in all) "
                 f"(id: status now): {sample}; expected e.g. {[sorted(wanted[e]) for e in list(sample)[:3]]}\n"
                 + _describe_safely(list(sample)[:5], url)
                 + (on_timeout() if on_timeout is not None else "")
