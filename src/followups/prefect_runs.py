@@ -352,7 +352,7 @@ def suspend_run(run: FlowRun) -> None:
         except Pause:
             # Refused: it is no longer running since it was read. It suspended itself (its flow
             # saw the enrollment PAUSED first) or ended; either way there is nothing to suspend.
-            pass
+            return
 
 
 def resume_run(run: FlowRun, due: datetime | None, *, name: str = "Resuming") -> None:

@@ -60,11 +60,11 @@ def checkpoint(enrollment_id: int, flow_run_id: uuid.UUID | None, *, starting: b
         run = prefect_runs.read_run(flow_run_id)
         _refuse_foreign(run, flow_run_id)
         is_pending_run = flow_run_id is not None and plan.prefect_flow_run_id == flow_run_id
-        if effect_on_its_way:
-            pass  # its run is about to change: what it shows now is no operator's doing
-        elif is_pending_run and run is not None:
+        # With an effect of ours on its way the run is about to change: what it shows now is no
+        # operator's doing, so the rule is not applied.
+        if not effect_on_its_way and is_pending_run and run is not None:
             plan = reconcile(session, plan, run=run, read=False, starting_run_id=flow_run_id if starting else None)
-        elif starting and run is not None:
+        elif not effect_on_its_way and starting and run is not None:
             # A run nobody scheduled for this enrollment (e.g. `prefect deployment run`): it takes
             # over when the pending run has ended or vanished, otherwise it only goes along.
             plan = reconcile(session, plan, starting_run_id=flow_run_id)
