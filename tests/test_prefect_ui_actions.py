@@ -5,7 +5,7 @@ nothing was listening for is repaired by the reconciler."""
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
@@ -151,3 +151,21 @@ def test_cancelling_a_running_run_cancels_the_enrollment_and_sends_nothing_more(
     assert fake_providers.for_recipient(deal.seller_phone) == []
     assert len(fake_providers.for_recipient(str(deal.seller_email))) <= 1
     assert event_types(enrollment_id).count("EMAIL_SENT") <= 1
+
+
+def test_resuming_a_run_that_waits_for_its_start_time_keeps_the_start_time(sequence_runner, fake_providers):
+    """Prefect's Resume reschedules a run for now. A run that waited for its sequence's start
+    time (not a WAIT) must still not send before that time."""
+    owner = new_owner()
+    deal = deal_input()
+    start_at = datetime.now().astimezone() + timedelta(seconds=20)
+    steps = [{"type": "EMAIL", "subject": "Offer", "text": "Hi"}]
+    enrollment = enroll_deal(owner, deal, new_sequence(owner, steps), start_at=start_at)
+    run_id = _pending_run(enrollment.id)
+    _set_state(run_id, Suspended(timeout_seconds=3600))
+    wait_for(lambda: _status(enrollment.id) == "PAUSED", timeout=60, what="PAUSED from Prefect")
+    resume_flow_run(run_id)
+    wait_for(lambda: _status(enrollment.id) == "ACTIVE", timeout=60, what="ACTIVE from Prefect's resume")
+    _completes(enrollment.id)
+    emails = fake_providers.for_recipient(deal.seller_email)
+    assert len(emails) == 1 and emails[0].received_at >= start_at.timestamp() - 0.5

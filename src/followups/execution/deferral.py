@@ -36,7 +36,7 @@ clock: Callable[[], datetime] = _utc_now
 @dataclass(frozen=True)
 class Deferral:
     until: datetime
-    reason: str  # window | quiet hours | holiday | cap
+    reason: str  # due time | window | quiet hours | holiday | cap
     detail: str
 
 
@@ -47,6 +47,22 @@ def outside_rules(plan: EnrollmentPlan, channel: str, now: datetime) -> Deferral
     if not result.deferred:
         return None
     return Deferral(result.at, result.reason or "window", detail)
+
+
+# Prefect's runners and workers start a run up to 10 s (their prefetch) before it is due.
+EARLY_START_SECONDS = 15
+
+
+def not_due(plan: EnrollmentPlan, flow_run_id: uuid.UUID | None, now: datetime) -> Deferral | None:
+    """The pending run started well before the enrollment's due time (its start time, a send
+    window's opening, a cap's next slot): Prefect's Resume reschedules a run for now, whatever it
+    was waiting for. It goes back to waiting for that time."""
+    due = plan.next_due_at
+    if due is None or flow_run_id is None or flow_run_id != plan.prefect_flow_run_id:
+        return None
+    if (due - now).total_seconds() <= EARLY_START_SECONDS:
+        return None
+    return Deferral(due, "due time", f"resumed before its due time; runs at {due.isoformat()}")
 
 
 def over_cap(plan: EnrollmentPlan, channel: str, now: datetime, gate: CapGate | None = None) -> Deferral | None:
@@ -98,7 +114,7 @@ def hold_if_needed(
     """Defer the message step when it may not go out now; None means: send it now. (A deferral
     is returned even when the enrollment moved on meanwhile: this run sends nothing either way.)"""
     now = clock()
-    deferral = outside_rules(plan, channel, now)
+    deferral = not_due(plan, flow_run_id, now) or outside_rules(plan, channel, now)
     if deferral is not None and (deferral.until - now).total_seconds() <= SHORT_WAIT_SECONDS:
         # A deferred run may start a moment early (Prefect rounds its delay to the second): a
         # run scheduled for the same instant would be this very run, and nothing would hold the
