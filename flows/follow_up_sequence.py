@@ -89,6 +89,10 @@ def _run(enrollment_id: int, flow_run_id: uuid.UUID | None) -> State:
             logger.info("Paused through the API at step %s; Resume continues with %s of the wait", plan.current_step, _left(plan.next_due_at))
             suspend_flow_run(key=prefect_runs.self_pause_key(plan.current_step))
             continue
+        if check.next is Next.SUPERSEDED:
+            why = f"enrollment {enrollment_id} goes on in run {plan.prefect_flow_run_id}; this run does nothing"
+            logger.info("Superseded: %s", why)
+            return story.superseded(why)
         if check.next is Next.STOP:
             # Paused (and this is not its pending run), or finished: another run owns it, or nobody.
             logger.info("Enrollment %s is %s: nothing to do", enrollment_id, plan.status)

@@ -75,6 +75,10 @@ def ended(status: str, message: str) -> State:
     return Completed(name=names.get(status, status.title()), message=message, data=status)
 
 
+def superseded(message: str) -> State:
+    return Completed(name="Superseded", message=message)
+
+
 def announce_failure(enrollment_id: int, step_index: int) -> None:
     """A step raised: if its enrollment is now FAILED, emit the event the automations alert on."""
     from followups.alerts import announce_if_failed

@@ -10,7 +10,8 @@ from datetime import datetime, timedelta
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.flow_runs import resume_flow_run, suspend_flow_run
-from prefect.states import Cancelled, Cancelling, Failed, Suspended
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.states import Cancelled, Cancelling, Failed, Scheduled, Suspended
 
 from followups.control import enroll_deal, get_enrollment, resume_enrollment
 from followups.lifecycle.sweep import sweep
@@ -169,3 +170,21 @@ def test_resuming_a_run_that_waits_for_its_start_time_keeps_the_start_time(seque
     _completes(enrollment.id)
     emails = fake_providers.for_recipient(deal.seller_email)
     assert len(emails) == 1 and emails[0].received_at >= start_at.timestamp() - 0.5
+
+
+def test_a_retry_of_an_earlier_run_in_the_ui_ends_at_once_beside_the_waiting_run(sequence_runner, fake_providers):
+    deal, enrollment_id, due = _waiting(30)
+    pending = _pending_run(enrollment_id)
+    earlier = [e.flow_run_id for e in events_of(enrollment_id) if e.event_type == "WAIT_STARTED"][0]
+    assert earlier != pending
+    # The UI's Retry on a finished run: the same run, Scheduled again.
+    _set_state(earlier, Scheduled(name="AwaitingRetry", message="Retry from the UI"))
+    with get_client(sync_client=True) as client:
+        wait_for(lambda: client.read_flow_run(earlier).state.name == "Superseded", timeout=60, what="the retried run to end")
+        live = [
+            run for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"enrollment:{enrollment_id}"])))
+            if not run.state.is_final()
+        ]
+    assert [run.id for run in live] == [pending]
+    assert _pending_run(enrollment_id) == pending and _status(enrollment_id) == "ACTIVE"
+    assert len(fake_providers.for_recipient(deal.seller_email)) == 1

@@ -49,12 +49,13 @@ def unserved(prefect_api, monkeypatch):
 
 
 def _enrollment_with_a_run(**deal) -> tuple[int, uuid.UUID]:
-    """An ACTIVE enrollment whose pending run is Scheduled (for later: nothing is due)."""
+    """An ACTIVE enrollment whose pending run is Scheduled and due (no executor serves it: the
+    test starts it as one would)."""
     owner = new_owner()
     enrollment_id = new_enrollment(owner, new_sequence(owner, STEPS), **deal)
     with session_scope() as session:
         plan = load_plan(session, enrollment_id, lock=True)
-        plan = store.reschedule(session, plan, due=datetime.now(UTC) + timedelta(hours=1), actor=Actor.API)
+        plan = store.reschedule(session, plan, due=None, actor=Actor.API)
     return enrollment_id, plan.prefect_flow_run_id
 
 

@@ -10,7 +10,9 @@ an operator did to this run in Prefect shows in the enrollment, and tells the fl
 - the enrollment was paused through our API between steps: the flow suspends itself, so that
   resuming (from our API or the Prefect UI) restarts this very run;
 - a run started by hand while the pending run has ended (an expired suspend, a deleted run)
-  takes the enrollment over;
+  takes the enrollment over; beside a live pending run (a Retry of an earlier run in the UI,
+  `prefect deployment run`), it ends at once, so an enrollment never has two live runs and
+  nothing goes out before the pending run's time;
 - a run of another database (two databases sharing one deployment name) is refused untouched.
 """
 
@@ -35,6 +37,7 @@ class Next(StrEnum):
     STOP = "stop"  # nothing to do: finished, or paused and another run holds it
     STAY_SUSPENDED = "stay-suspended"  # suspended in Prefect: end this attempt as suspended
     SUSPEND = "suspend"  # paused through our API: suspend this run until resumed
+    SUPERSEDED = "superseded"  # started beside the enrollment's live pending run: it ends at once
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ def checkpoint(enrollment_id: int, flow_run_id: uuid.UUID | None, *, starting: b
             is_pending_run = plan.prefect_flow_run_id == flow_run_id
     if prefect_runs.is_suspended(run):
         return Checkpoint(plan, Next.STAY_SUSPENDED, run.state)
+    if starting and plan.is_open and plan.prefect_flow_run_id not in (None, flow_run_id):
+        return Checkpoint(plan, Next.SUPERSEDED)
     if plan.status == EnrollmentStatus.PAUSED and is_pending_run:
         return Checkpoint(plan, Next.SUSPEND)
     if plan.status != EnrollmentStatus.ACTIVE:
