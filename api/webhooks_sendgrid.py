@@ -48,6 +48,9 @@ router = APIRouter(prefix="/webhooks/sendgrid", tags=["webhooks"])
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
 OPT_OUT_EVENTS = {"unsubscribe", "group_unsubscribe", "spamreport"}
+# A drop for one of these reasons means SendGrid itself suppresses the address (it bounced, or
+# reported spam, before): the sequence stops as for a bounce.
+BOUNCED_DROPS = ("bounced address", "invalid", "spam reporting address")
 MAX_EVENTS = 5000
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 MAX_STORED_TEXT = 20_000
@@ -98,9 +101,32 @@ def _event_key(item: dict[str, Any], event: str) -> str:
     return dedupe_key("sg", "h", digest)
 
 
+def _bounced(session: Session, item: dict[str, Any], event: str, enrollment_id: int) -> bool:
+    """A hard bounce, a block, a drop of a suppressed address, or the last of too many deferrals
+    in a row: no more mail to this address from the owner."""
+    if event == "bounce":  # "type": "bounce" or "blocked"; both mean the mail was refused
+        return True
+    if event == "dropped":
+        return str(item.get("reason") or "").strip().lower().startswith(BOUNCED_DROPS)
+    if event != "deferred":
+        return False
+    limit = get_settings().sendgrid_soft_bounce_limit
+    latest = session.scalars(
+        select(FollowUpEvent.status)
+        .where(
+            FollowUpEvent.enrollment_id == enrollment_id,
+            FollowUpEvent.event_type == EventType.PROVIDER_EVENT.value,
+            FollowUpEvent.status.in_(("deferred", "delivered")),
+        )
+        .order_by(FollowUpEvent.id.desc())
+        .limit(limit)
+    ).all()
+    return len(latest) == limit and all(status == "deferred" for status in latest)
+
+
 def record_events(events: list[Any]) -> Outcome:
     outcome = Outcome(received=len(events))
-    opt_outs: list[tuple[list[int], str, dict[str, Any]]] = []
+    opt_outs: list[tuple[list[int], str, dict[str, Any], EventType]] = []
     with session_scope() as session:
         for item in events:
             if not isinstance(item, dict):
@@ -129,22 +155,29 @@ def record_events(events: list[Any]) -> Outcome:
                 dedupe_key=key,
             )
             outcome.count(event_id)
-            if event in OPT_OUT_EVENTS and enrollment_id is not None:
-                # The opt-out answers this owner's mail: it stops and suppresses only theirs.
-                # One we cannot match to a message of ours stays a provider event.
+            if enrollment_id is None:
+                # One we cannot match to a message of ours stays a provider event. A repeat is
+                # acted on again (idempotently): the first delivery may have died before it was.
+                continue
+            fact = EventType.OPTED_OUT if event in OPT_OUT_EVENTS else None
+            if fact is None and _bounced(session, item, event, enrollment_id):
+                fact = EventType.BOUNCED
+            if fact is not None:
+                # It concerns this owner's mail: it stops and suppresses only theirs.
                 targets = [enrollment_id]
                 email = item.get("email")
                 owner_id = owner_of_enrollment(session, enrollment_id)
                 if isinstance(email, str) and email.strip() and owner_id is not None:
                     targets += open_enrollments_for_email(session, email, owner_id)
                 content = {"channel": "email", "provider_event": event, "email": email, "sg_message_id": sg_message_id or None}
-                opt_outs.append((targets, dedupe_key("sg", "optout", key), content))
-    # The provider events are committed; now the opt-outs (each its own transaction).
-    for targets, key, content in opt_outs:
-        if not targets:
-            continue
+                if fact is EventType.BOUNCED:
+                    content["reason"] = str(item.get("reason") or item.get("response") or "")[:500] or None
+                kind = "optout" if fact is EventType.OPTED_OUT else "bounced"
+                opt_outs.append((targets, dedupe_key("sg", kind, key), content, fact))
+    # The provider events are committed; now the opt-outs and bounces (each its own transaction).
+    for targets, key, content, fact in opt_outs:
         facts = Outcome()
-        deliver(facts, targets, event_type=EventType.OPTED_OUT, key=key, reason=f"email {content['provider_event']}", content=content)
+        deliver(facts, targets, event_type=fact, key=key, reason=f"email {content['provider_event']}", content=content)
         outcome.stopped += facts.stopped
     return outcome
 

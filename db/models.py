@@ -69,6 +69,8 @@ class EventType(StrEnum):
     PROVIDER_EVENT = "PROVIDER_EVENT"  # webhook callbacks (delivered, opened, bounced, ...)
     REPLY_RECEIVED = "REPLY_RECEIVED"
     OPTED_OUT = "OPTED_OUT"
+    # The address bounced, was blocked, or soft-bounced too often: no more mail to it from that owner.
+    BOUNCED = "BOUNCED"
 
 
 SENT_EVENT_TYPES = (EventType.EMAIL_SENT, EventType.SMS_SENT)

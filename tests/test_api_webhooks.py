@@ -31,7 +31,11 @@ from followups.db.events import record_event
 from followups.db.models import EventType
 from followups.db.session import session_scope
 from followups.settings import get_settings, reset_settings
-from support import FAST_SEQUENCE, enrollment_row, event_types, events_of, new_enrollment, new_sequence, unique, unique_phone
+from followups.replies import email_suppressed
+from support import (
+    FAST_SEQUENCE, deal_input, enrollment_row, event_types, events_of, new_enrollment, new_sequence, unique, unique_phone,
+    wait_for,
+)
 
 TWILIO_TOKEN = "twilio-test-token"  # tests/conftest.py TEST_ENV
 STATUS_URL = "http://testserver/webhooks/twilio/status"
@@ -114,7 +118,8 @@ def test_sendgrid_events_are_matched_stored_once_and_counted(client, signer, use
     ]
     first = post_sg(client, signer, events)
     assert first.status_code == 200, first.text
-    assert first.json() == {"received": 4, "stored": 4, "duplicates": 0, "stopped": 0}
+    # The bounce stops the enrollment (see the bounce tests below).
+    assert first.json() == {"received": 4, "stored": 4, "duplicates": 0, "stopped": 1}
     provider = [e for e in events_of(enrollment_id) if e.event_type == "PROVIDER_EVENT"]
     assert [(e.status, e.step_index) for e in provider] == [("delivered", 0), ("open", 0), ("open", 0), ("bounce", 2)]
     assert provider[3].failure_reason == "550 mailbox full"
@@ -124,6 +129,7 @@ def test_sendgrid_events_are_matched_stored_once_and_counted(client, signer, use
     again = post_sg(client, signer, events)
     assert again.json() == {"received": 4, "stored": 0, "duplicates": 4, "stopped": 0}
     assert event_count(enrollment_id, event_type="PROVIDER_EVENT") == 4
+    assert event_count(enrollment_id, event_type="BOUNCED") == 1
 
     stats = client.get(f"/api/sequences/{sequence_id}/stats", headers=user.headers).json()
     assert (stats["sent"], stats["delivered"], stats["opened"], stats["bounced"]) == (1, 1, 1, 1)
@@ -161,6 +167,87 @@ def test_sendgrid_unsubscribe_opts_out_and_stops(client, signer, user):
     assert post_sg(client, signer, events).json() == {"received": 1, "stored": 0, "duplicates": 1, "stopped": 0}
     assert event_types(enrollment_id).count("OPTED_OUT") == 1
     assert client.get(f"/api/sequences/{sequence_id}/stats", headers=user.headers).json()["unsubscribed"] == 1
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"event": "bounce", "type": "bounce", "reason": "550 5.1.1 no such user", "status": "5.1.1"},
+        {"event": "bounce", "type": "blocked", "reason": "554 blocked by policy", "status": "5.7.1"},
+        {"event": "dropped", "reason": "Bounced Address", "status": "5.0.0"},
+        {"event": "dropped", "reason": "Invalid", "status": "5.1.3"},
+    ],
+    ids=["hard-bounce", "blocked", "dropped-bounced-address", "dropped-invalid"],
+)
+def test_a_bounce_stops_the_owners_mail_to_the_address_and_suppresses_it(client, signer, user, event):
+    email = f"{unique('seller')}@example.com"
+    enrollment_id = new_enrollment(user.id, new_sequence(user.id, FAST_SEQUENCE), seller_email=email)
+    same_address = new_enrollment(user.id, new_sequence(user.id, FAST_SEQUENCE), seller_email=email.upper())
+    other_owner = new_api_user()
+    theirs = new_enrollment(other_owner.id, new_sequence(other_owner.id, FAST_SEQUENCE), seller_email=email)
+    response = post_sg(client, signer, [sg_event(enrollment_id=enrollment_id, email=email, **event)])
+    assert response.status_code == 200 and response.json()["stopped"] == 2
+    assert enrollment_status(enrollment_id) == enrollment_status(same_address) == "STOPPED"
+    assert enrollment_status(theirs) == "ACTIVE"  # another owner's mail, another sender
+    stopped = [e for e in events_of(enrollment_id) if e.event_type == "STOPPED"][0]
+    assert stopped.content["reason_code"] == "bounced"
+    with session_scope() as session:
+        assert email_suppressed(session, email, user.id) == "BOUNCED"
+        assert email_suppressed(session, email, other_owner.id) is None
+
+
+@pytest.mark.parametrize("event", [{"event": "dropped", "reason": "Unsubscribed Address"}, {"event": "delivered"}, {"event": "open"}])
+def test_other_delivery_events_do_not_stop(client, signer, user, event):
+    enrollment_id = new_enrollment(user.id, new_sequence(user.id, FAST_SEQUENCE))
+    assert post_sg(client, signer, [sg_event(enrollment_id=enrollment_id, **event)]).json()["stopped"] == 0
+    assert enrollment_status(enrollment_id) == "ACTIVE"
+
+
+def test_soft_bounces_stop_only_when_too_many_come_in_a_row(client, signer, user):
+    limit = get_settings().sendgrid_soft_bounce_limit
+    email = f"{unique('seller')}@example.com"
+    enrollment_id = new_enrollment(user.id, new_sequence(user.id, FAST_SEQUENCE), seller_email=email)
+
+    def deferred(n: int) -> list[dict]:
+        return [sg_event("deferred", enrollment_id, email=email, response="421 try again later", attempt=str(i)) for i in range(n)]
+
+    # A delivery in between starts the count again.
+    for batch in (deferred(limit - 1), [sg_event("delivered", enrollment_id, email=email)], deferred(limit - 1)):
+        assert post_sg(client, signer, batch).json()["stopped"] == 0
+    assert enrollment_status(enrollment_id) == "ACTIVE"
+    assert post_sg(client, signer, deferred(1)).json()["stopped"] == 1
+    assert enrollment_status(enrollment_id) == "STOPPED"
+    [bounced] = [e for e in events_of(enrollment_id) if e.event_type == "BOUNCED"]
+    assert bounced.content["provider_event"] == "deferred" and bounced.content["reason"] == "421 try again later"
+
+
+def test_a_bounce_stops_the_next_step_of_a_running_sequence(client, signer, user, sequence_runner, fake_providers):
+    """End to end: the first email goes out, SendGrid reports a bounce through the signed
+    webhook, and the email after the wait never goes; a later enrollment of the same owner to
+    that address skips its email."""
+    from followups.control import enroll_deal
+
+    email = f"{unique('seller')}@example.com"
+    steps = [
+        {"type": "EMAIL", "subject": "Offer", "text": "Hi"},
+        {"type": "WAIT", "seconds": 4},
+        {"type": "EMAIL", "subject": "Following up", "text": "Any news?"},
+    ]
+    sequence_id = new_sequence(user.id, steps)
+    enrollment = enroll_deal(user.id, deal_input(seller_email=email), sequence_id)
+    wait_for(lambda: "WAIT_STARTED" in event_types(enrollment.id), timeout=60, what="the wait to start")
+    [first] = fake_providers.for_recipient(email)
+    message_id = [e.provider_message_id for e in events_of(enrollment.id) if e.event_type == "EMAIL_SENT"][0]
+    bounce = sg_event("bounce", email=email, sg_message_id=f"{message_id}.filterdrecv-1.0", type="bounce", reason="550 no such user")
+    bounce.pop("step_index", None)
+    assert post_sg(client, signer, [bounce]).json()["stopped"] == 1
+    assert enrollment_status(enrollment.id) == "STOPPED"
+    later = enroll_deal(user.id, deal_input(seller_email=email), new_sequence(user.id, steps[:1]))
+    wait_for(lambda: enrollment_status(later.id) == "COMPLETED", timeout=60, what="the later enrollment to complete")
+    skipped = [e for e in events_of(later.id) if e.event_type == "STEP_SKIPPED"]
+    assert len(skipped) == 1 and "bounced" in str(skipped[0].content) + str(skipped[0].failure_reason)
+    time.sleep(5)  # past the stopped enrollment's wait
+    assert fake_providers.for_recipient(email) == [first]
 
 
 @pytest.mark.parametrize("case", ["tampered", "stale", "future", "wrong_key", "garbage", "not_base64", "missing", "no_timestamp"])

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     # Replies land at reply+<token>@<domain>; SendGrid Inbound Parse forwards them to us.
     reply_domain: str = "reply.example.com"
     sendgrid_webhook_public_key: SecretStr = SecretStr("")
+    # SendGrid retries a deferred message for up to 72 h; this many deferrals in a row of one
+    # enrollment's mail, with no delivery between, suppress the address like a hard bounce.
+    sendgrid_soft_bounce_limit: int = Field(default=5, ge=1)
 
     twilio_account_sid: str = ""
     twilio_auth_token: SecretStr = SecretStr("")

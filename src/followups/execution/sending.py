@@ -29,7 +29,7 @@ from followups.inputs import SenderIdentity
 from followups.lifecycle import store
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
 from followups.providers import OutgoingEmail, OutgoingSms, Providers
-from followups.replies.suppression import email_opted_out, sms_opted_out
+from followups.replies.suppression import email_suppressed, sms_opted_out
 from followups.settings import Settings, get_settings
 from followups.steps import SMS_MAX_CHARS, EmailStep, SmsStep
 from followups.templating import TemplateRenderError, build_context, render
@@ -121,9 +121,13 @@ def _skip_reason(
         session, message.to, message.from_number, messaging_service_sid=message.messaging_service_sid
     ):
         return "the seller opted out of SMS from this number (STOP)"
-    # An unsubscribe answers one owner's mail: that owner's, not everyone's.
-    if isinstance(message, OutgoingEmail) and email_opted_out(session, message.to_email, plan.owner_id):
-        return "the seller unsubscribed from email"
+    # An unsubscribe or a bounce concerns one owner's mail: that owner's, not everyone's.
+    if isinstance(message, OutgoingEmail):
+        suppressed = email_suppressed(session, message.to_email, plan.owner_id)
+        if suppressed == EventType.BOUNCED:
+            return "the seller's address bounced"
+        if suppressed is not None:
+            return "the seller unsubscribed from email"
     return None
 
 

@@ -13,7 +13,7 @@ from followups.replies.routing import (
     owner_of_enrollment,
     route_inbound_sms,
 )
-from followups.replies.suppression import email_opted_out, sms_opted_out
+from followups.replies.suppression import email_opted_out, email_suppressed, sms_opted_out
 
 __all__ = [
     "InboundSms",
@@ -26,6 +26,7 @@ __all__ = [
     "dedupe_key",
     "deliver",
     "email_opted_out",
+    "email_suppressed",
     "enrollments_for_phone",
     "is_opt_in",
     "is_opt_out",

@@ -45,7 +45,7 @@ def dedupe_key(*parts: object) -> str:
 class SellerFact:
     """Something the seller did that stops a sequence, as the webhooks hand it to the core."""
 
-    event_type: EventType  # REPLY_RECEIVED or OPTED_OUT
+    event_type: EventType  # REPLY_RECEIVED, OPTED_OUT or BOUNCED
     key: str  # identifies the provider's message: the same message twice is one fact
     reason: str  # why the sequence stops, as the STOPPED event says
     content: dict[str, Any] = field(default_factory=dict)
@@ -55,7 +55,7 @@ class SellerFact:
 
 
 # What the STOPPED event's `reason_code` says (analytics count stops by it).
-REASON_CODES = {EventType.REPLY_RECEIVED: "replied", EventType.OPTED_OUT: "unsubscribed"}
+REASON_CODES = {EventType.REPLY_RECEIVED: "replied", EventType.OPTED_OUT: "unsubscribed", EventType.BOUNCED: "bounced"}
 
 
 @dataclass

@@ -7,7 +7,9 @@ UNSTOP to the same number (a PROVIDER_EVENT with status `opt_in`) lifts it. Fact
 before each owner had a number carry no `to`: they count for every number.
 
 Email: an unsubscribe or spam report answers one owner's mail, so it suppresses the address for
-that owner only (the owner of the enrollment the OPTED_OUT event is recorded on).
+that owner only (the owner of the enrollment the OPTED_OUT event is recorded on). So does a
+bounce, a block, or soft bounces without end (BOUNCED): mailbox providers judge the sender that
+keeps mailing a dead address, and the sender is that owner's identity.
 """
 
 from __future__ import annotations
@@ -57,18 +59,27 @@ def sms_opted_out(session: Session, phone: str, from_number: str | None, *, mess
     return opted_in is None or opted_in < opted_out
 
 
-def email_opted_out(session: Session, email: str, owner_id: int) -> bool:
-    """Whether `email` unsubscribed from (or reported as spam) mail of this owner."""
-    found = session.scalar(
-        select(FollowUpEvent.id)
+SUPPRESSING = (EventType.OPTED_OUT.value, EventType.BOUNCED.value)
+
+
+def email_suppressed(session: Session, email: str, owner_id: int) -> str | None:
+    """Why this owner may not mail `email` any more (OPTED_OUT: it unsubscribed or reported
+    spam; BOUNCED), or None."""
+    return session.scalar(
+        select(FollowUpEvent.event_type)
         .join(Enrollment, Enrollment.id == FollowUpEvent.enrollment_id)
         .join(Deal, Deal.id == Enrollment.deal_id)
         .where(
-            FollowUpEvent.event_type == EventType.OPTED_OUT.value,
+            FollowUpEvent.event_type.in_(SUPPRESSING),
             FollowUpEvent.content["channel"].astext == "email",
             func.lower(FollowUpEvent.content["email"].astext) == email.lower(),
             Deal.owner_id == owner_id,
         )
+        .order_by(FollowUpEvent.id)
         .limit(1)
     )
-    return found is not None
+
+
+def email_opted_out(session: Session, email: str, owner_id: int) -> bool:
+    """Whether `email` unsubscribed from (or reported as spam) mail of this owner."""
+    return email_suppressed(session, email, owner_id) == EventType.OPTED_OUT.value
