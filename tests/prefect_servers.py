@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
 
 PG_ADMIN_URL = os.environ.get("FOLLOWUPS_TEST_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
@@ -37,8 +38,8 @@ def stop(process: subprocess.Popen, timeout: float = 20) -> None:
             process.wait(timeout=10)
 
 
-def _admin():
-    return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+def _admin(admin_url: str):
+    return create_engine(admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
 
 
 @contextlib.contextmanager
@@ -60,10 +61,13 @@ def pointed_at(url: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def prefect_server(home: Path, *, name: str = "prefect", ui: bool = False, **extra_env: str) -> Iterator[str]:
-    """Start a Prefect server on a free port with a fresh PostgreSQL database; yield its API URL."""
+def prefect_server(home: Path, *, name: str = "prefect", ui: bool = False, admin_url: str = PG_ADMIN_URL,
+                   **extra_env: str) -> Iterator[str]:
+    """Start a Prefect server on a free port with a fresh PostgreSQL database (on the cluster
+    `admin_url` connects to); yield its API URL."""
     database = f"prefect_test_{name}_{uuid.uuid4().hex[:8]}"
-    engine = _admin()
+    engine = _admin(admin_url)
+    server_db = make_url(admin_url).set(drivername="postgresql+asyncpg", database=database)
     with engine.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{database}"')
     port = free_port()
@@ -72,7 +76,7 @@ def prefect_server(home: Path, *, name: str = "prefect", ui: bool = False, **ext
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
         PREFECT_HOME=str(home),
-        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}",
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=server_db.render_as_string(hide_password=False),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_SERVER_UI_ENABLED="true" if ui else "false",
         # The UI's JavaScript calls the API at this address, not at the default port 4200.

@@ -30,12 +30,13 @@ SEQUENCE = [
 
 
 @contextlib.contextmanager
-def module_prefect(tmp_path_factory, name: str) -> Iterator[str]:
+def module_prefect(tmp_path_factory, name: str, **server_options) -> Iterator[str]:
     """A Prefect server only this module's executors poll; this process's client points at it
-    (and `followups reconcile` subprocesses, through PREFECT_API_URL)."""
+    (and `followups reconcile` subprocesses, through PREFECT_API_URL). `server_options` go to
+    `prefect_server` (e.g. `admin_url`: another PostgreSQL cluster for its database)."""
     from prefect_servers import pointed_at, prefect_server
 
-    with prefect_server(tmp_path_factory.mktemp(name), name=name) as url, pointed_at(url):
+    with prefect_server(tmp_path_factory.mktemp(name), name=name, **server_options) as url, pointed_at(url):
         yield url
 
 

@@ -1,4 +1,4 @@
-"""PostgreSQL restarted (`pg_ctlcluster ... restart`) while runs execute.
+"""PostgreSQL restarted (`pg_ctl restart -m fast`) while runs execute.
 
 Every connection of every process dies at once: the executor's, this test's, and the Prefect
 server's (it uses the same PostgreSQL). The product reconnects (pool pre-ping), a step whose
@@ -8,14 +8,16 @@ while its outcome commit failed: like a kill between call and commit, it may onl
 STEP_OUTCOME_UNKNOWN. The Prefect server is NOT restarted by the test: it must survive on its
 own, since an operator's PostgreSQL maintenance must not need a Prefect restart.
 
-Runs under /tmp/heavy.lock (single-process faults run): nothing else may use PostgreSQL then.
+The cluster restarted is the module's own (tests/faults/private_postgres.py), holding the
+product's database and the Prefect server's: other tests, on the machine's cluster, see nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import subprocess
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,45 +30,58 @@ from fault_world import (
     DEPLOYMENT, SEQUENCE, Executor, attempts_in_flight, module_prefect, reconcile_cli, reconciled_count, step_state,
 )
 from followups.control import enroll_deal
+from private_postgres import PrivatePostgres, private_postgres
 from support import deal_input, new_owner, new_sequence, wait_for
 
-# Restarts the machine's PostgreSQL: nothing else may run meanwhile.
-pytestmark = [pytest.mark.faults, pytest.mark.exclusive]
+# Its own cluster: it may run beside other tests. Not the stock runner's variant (full scale
+# only): beside another test on 2 cores, its backlog of run processes misses the scenario's
+# waits, like the stock variants of test_kill_workers.py.
+pytestmark = pytest.mark.faults
+STOCK = pytest.param("stock", marks=[full_only, pytest.mark.exclusive])
 
 
-def _cluster() -> str:
-    return sorted(os.listdir("/etc/postgresql"))[0]
+@contextlib.contextmanager
+def product_database(url: str):
+    """This process and the processes it starts (executor, `followups reconcile`) use `url`
+    until the block ends; then the session's database again."""
+    from followups.db.session import dispose_engines
+    from followups.settings import reset_settings
+
+    saved = os.environ["FOLLOWUPS_DATABASE_URL"]
+    os.environ["FOLLOWUPS_DATABASE_URL"] = url
+    reset_settings()
+    dispose_engines()
+    try:
+        yield url
+    finally:
+        dispose_engines()
+        os.environ["FOLLOWUPS_DATABASE_URL"] = saved
+        reset_settings()
 
 
-def pg_ready() -> bool:
-    return subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", "5432", "-t", "2"], capture_output=True).returncode == 0
+@pytest.fixture(scope="module")
+def postgres(fake_providers) -> Iterator[PrivatePostgres]:
+    # After fake_providers (so after the session's database_url): this module's URL wins.
+    from followups.db.migrate import upgrade
+
+    with private_postgres() as cluster:
+        upgrade(cluster.url("followups"))
+        with product_database(cluster.url("followups")):
+            yield cluster
 
 
-def wait_pg(timeout: float = 60) -> None:
-    wait_for(pg_ready, timeout=timeout, interval=0.2, what="PostgreSQL to accept connections")
-
-
-def restart_postgres() -> float:
+def restart_postgres(cluster: PrivatePostgres) -> float:
     """Restart the cluster; returns how long PostgreSQL was away."""
     started = time.monotonic()
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", _cluster(), "main", "restart"],
-        check=True, capture_output=True, timeout=120,
-    )
-    wait_pg()
+    cluster.restart()
+    wait_for(cluster.ready, timeout=60, interval=0.2, what="PostgreSQL to accept connections")
     return time.monotonic() - started
 
 
 @pytest.fixture(scope="module")
-def prefect_url(fake_providers, tmp_path_factory):
-    try:
-        with module_prefect(tmp_path_factory, "faults_pg") as url:
-            yield url
-    finally:
-        # Whatever happened, leave PostgreSQL running for the next module.
-        if not pg_ready():
-            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", _cluster(), "main", "start"], timeout=120)
-        wait_pg(120)
+def prefect_url(postgres, tmp_path_factory):
+    with module_prefect(tmp_path_factory, "faults_pg", admin_url=postgres.admin_url) as url:
+        yield url
 
 
 def _prefect_serves(url: str) -> bool:
@@ -81,8 +96,10 @@ def _prefect_serves(url: str) -> bool:
         return False
 
 
-@pytest.mark.parametrize("kind", ["fast", pytest.param("stock", marks=full_only)])
-def test_postgres_restart_while_runs_execute(kind, prefect_url, fake_providers, fault_schedule, fault_report, tmp_path):
+@pytest.mark.parametrize("kind", ["fast", STOCK])
+def test_postgres_restart_while_runs_execute(
+    kind, postgres, prefect_url, fake_providers, fault_schedule, fault_report, tmp_path
+):
     owner = new_owner()
     sequence = new_sequence(owner, SEQUENCE)
     ledger = EventLedger()
@@ -107,7 +124,7 @@ def test_postgres_restart_while_runs_execute(kind, prefect_url, fake_providers, 
             )
             time.sleep(fault_schedule.uniform(0.0, 0.5))
             restart_began = datetime.now(UTC)
-            away.append(round(restart_postgres(), 1))
+            away.append(round(restart_postgres(postgres), 1))
             # Attempts committed before PostgreSQL came back (so before it went away: nothing
             # commits while it is down) and without an outcome, or recovered as outcome-unknown
             # since the restart began (the product can be that quick): their outcome commit may
@@ -125,15 +142,15 @@ def test_postgres_restart_while_runs_execute(kind, prefect_url, fake_providers, 
         ledger.assert_unchanged()
     finally:
         fake_providers.latency_seconds = 0.0
-        if not pg_ready():
-            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", _cluster(), "main", "start"], timeout=120)
-            wait_pg(120)
+        if not postgres.ready():
+            with contextlib.suppress(AssertionError):  # the failure that left it down is the one to report
+                postgres.start()
         executor.terminate(timeout=30)
         fault_report.extra.update(
             executor=kind, restarts=restarts, postgres_away_s=away, prefect_back_s=prefect_back, accepted_unknown=len(accept),
             log=str(Path(executor.log_path)),
         )
-        fault_report.stranded_repaired = reconciled_count(ids) if pg_ready() else 0
+        fault_report.stranded_repaired = reconciled_count(ids) if postgres.ready() else 0
     fault_report.add_sends(sends)
     fault_report.enrollments = len(ids)
     fault_report.finish()
