@@ -11,6 +11,7 @@ and runner are never used.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -18,12 +19,13 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterTags
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events import DeploymentEventTrigger
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -31,6 +33,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_servers import prefect_server, stop as _stop
 from followups.control import cancel_enrollment, enroll_deal
 from followups.deployments.definitions import local_deployments
+from followups.errors import InvalidInputError
 from followups.settings import reset_settings
 from support import deal_input, enrollment_row, event_types, new_owner, new_sequence, wait_for
 
@@ -131,11 +134,21 @@ def test_prefect_deploy_all_makes_deployments_a_worker_runs_from_anywhere(own_pr
     workdir = tmp_path / "worker"
     workdir.mkdir()
     assert REPO not in workdir.resolve().parents
-    log = tmp_path / "worker.log"
+    enrollment_id, deal, runs = _complete_a_sequence(own_prefect, env, "followups", deployed["follow-up-sequence/followups"].id, workdir)
+    with own_prefect.api(), get_client(sync_client=True) as client:
+        never_ran = client.read_flow_runs(flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[reconcile.id])))
+    _assert_completed(fake_providers, enrollment_id, deal, runs, "followups")
+    assert never_ran == []
+
+
+def _complete_a_sequence(own_prefect: OwnPrefect, env: dict[str, str], pool: str, sequence_id, workdir: Path) -> tuple:
+    """Start `prefect worker start --pool POOL` in `workdir`, enroll a deal in a short sequence
+    and wait for it to complete: (enrollment id, deal, the sequence's runs in their final state)."""
+    log = workdir.parent / "worker.log"
     enrollment_id = None
     with open(log, "wb") as out:
         worker = subprocess.Popen(
-            [PREFECT, "worker", "start", "--pool", "followups"],
+            [PREFECT, "worker", "start", "--pool", pool],
             cwd=workdir, env={**env, "PYTHONSAFEPATH": "1"},
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
@@ -146,12 +159,13 @@ def test_prefect_deploy_all_makes_deployments_a_worker_runs_from_anywhere(own_pr
             enrollment_id = enroll_deal(owner, deal, new_sequence(owner, SHORT_SEQUENCE)).id
             wait_for(
                 lambda: enrollment_row(enrollment_id).status == "COMPLETED" or worker.poll() is not None,
-                timeout=180, interval=0.5, what="the sequence to complete on the process worker",
+                timeout=180, interval=0.5, what=f"the sequence to complete on a worker of pool {pool}",
             )
             assert worker.poll() is None, f"the worker exited:\n{log.read_text()[-4000:]}"
             with get_client(sync_client=True) as client:
                 sequence_runs = FlowRunFilter(
-                    deployment_id=FlowRunFilterDeploymentId(any_=[deployed["follow-up-sequence/followups"].id])
+                    deployment_id=FlowRunFilterDeploymentId(any_=[sequence_id]),
+                    tags=FlowRunFilterTags(all_=[f"enrollment:{enrollment_id}"]),  # not an earlier test's
                 )
                 # The enrollment's COMPLETED row commits before the run reports its final state.
                 runs = wait_for(
@@ -159,24 +173,119 @@ def test_prefect_deploy_all_makes_deployments_a_worker_runs_from_anywhere(own_pr
                     and all(r.state and r.state.is_final() for r in found) and found,
                     timeout=60, interval=0.5, what="both runs to reach a final state in Prefect",
                 )
-                never_ran = client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[reconcile.id]))
-                )
     finally:
         _stop_with_children(worker)
         if enrollment_id is not None and enrollment_row(enrollment_id).status in ("ACTIVE", "PAUSED"):
             with own_prefect.api(), contextlib.suppress(Exception):
                 cancel_enrollment(enrollment_id)
+    return enrollment_id, deal, runs
 
+
+def _assert_completed(fake_providers, enrollment_id: int, deal, runs: list, pool: str) -> None:
     assert [t for t in event_types(enrollment_id) if t != "STEP_ATTEMPT"] == [
         "ENROLLED", "EMAIL_SENT", "WAIT_STARTED", "WAIT_COMPLETED", "SMS_SENT", "COMPLETED"
     ]
     assert len(fake_providers.for_recipient(str(deal.seller_email))) == 1
     assert len(fake_providers.for_recipient(deal.seller_phone)) == 1
-    assert len(runs) == 2 and all(r.state.is_completed() and r.work_pool_name == "followups" for r in runs), [
+    assert len(runs) == 2 and all(r.state.is_completed() and r.work_pool_name == pool for r in runs), [
         (r.name, r.state, r.work_pool_name) for r in runs
     ]
-    assert never_ran == []
+
+
+# -- followups deploy --pool -----------------------------------------------------------------
+
+FOLLOWUPS = str(Path(sys.executable).parent / "followups")
+THREAD_POOL = "followups-threads"
+SAVED_SEARCHES = ["Follow-ups: needs attention", "Follow-ups: waiting"]
+# What Prefect's classic UI reads from a saved search (it drops one it cannot read, silently).
+UI_LIST_PROPERTIES = {"state", "flow", "tag", "deployment", "workQueue", "workPool"}
+
+
+def _saved_searches(client) -> list[dict]:
+    return client.request("POST", "/saved_searches/filter", json={}).json()
+
+
+def _assert_the_ui_reads(search: dict) -> None:
+    for item in search["filters"]:
+        assert item["object"] == "flowRun", item
+        if item["property"] == "range":
+            assert item["value"]["type"] == "range" and all(
+                datetime.fromisoformat(item["value"][key]) for key in ("startDate", "endDate")
+            ), item
+        else:
+            assert item["property"] in UI_LIST_PROPERTIES, item
+            assert item["value"] and all(isinstance(value, str) for value in item["value"]), item
+
+
+@pytest.mark.slow
+def test_followups_deploy_from_an_empty_directory_makes_a_pool_a_worker_runs(own_prefect, fake_providers, tmp_path):
+    env = own_prefect.env(PREFECT_LOGGING_TO_API_ENABLED="false", PYTHONSAFEPATH="1")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    deploy = [FOLLOWUPS, "deploy", "--pool", THREAD_POOL]
+    first = _cli([*deploy, "--create-pool", "--type", "followups"], cwd=empty, env=env)
+    second = json.loads(_cli([*deploy, "--json"], cwd=empty, env=env))
+    assert os.listdir(empty) == []
+
+    declared = {f"{d.flow_name}/{d.name}" for d in local_deployments()}
+    assert f"created work pool {THREAD_POOL} (type followups)" in first
+    assert all(f"registered {name} in work pool {THREAD_POOL}" in first for name in declared), first
+    assert all(f"saved search created: {name}" in first for name in SAVED_SEARCHES), first
+    assert second["pool_created"] is False and set(second["deployments"]) == declared
+    assert sorted((s["name"], s["action"]) for s in second["saved_searches"]) == [(n, "updated") for n in SAVED_SEARCHES]
+
+    with own_prefect.api(), get_client(sync_client=True) as client:
+        assert client.read_work_pool(THREAD_POOL).type == "followups"
+        deployed = {name: client.read_deployment_by_name(name) for name in declared}
+        for name, deployment in deployed.items():
+            assert deployment.work_pool_name == THREAD_POOL and deployment.work_queue_name == "default", name
+            assert not deployment.pull_steps and not deployment.path, name
+            assert deployment.entrypoint.startswith("followups.flows."), name
+            assert deployment.job_variables == {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}, name
+        # Deploying twice replaces the triggers' automations: one each.
+        [offer_trigger] = client.read_resource_related_automations(f"prefect.deployment.{deployed['enroll-on-offer/followups'].id}")
+        assert offer_trigger.trigger.expect == {"deal.offer.sent"}
+        reconcile = deployed["reconcile-enrollments/followups"]
+        client.pause_deployment(reconcile.id)  # as in the prefect deploy test
+
+        sequence_id = str(deployed["follow-up-sequence/followups"].id)
+        ours = [s for s in _saved_searches(client) if s["name"].startswith("Follow-ups:")]
+        assert sorted(s["name"] for s in ours) == SAVED_SEARCHES  # once each, after two deploys
+        ours = {s["name"]: s for s in ours}
+        for search in ours.values():
+            _assert_the_ui_reads(search)
+        filters = {name: {f["property"]: f["value"] for f in s["filters"]} for name, s in ours.items()}
+        assert filters["Follow-ups: waiting"]["state"] == ["Scheduled"]
+        assert filters["Follow-ups: needs attention"]["state"] == ["Failed", "Crashed", "Suspended"]
+        assert all(f["deployment"] == [sequence_id] for f in filters.values())
+
+    enrollment_id, deal, runs = _complete_a_sequence(own_prefect, env, THREAD_POOL, sequence_id, empty)
+    _assert_completed(fake_providers, enrollment_id, deal, runs, THREAD_POOL)
+
+
+def test_followups_deploy_follows_the_deployment_name_and_names_a_missing_pool(own_prefect, deployment_name_env):
+    from followups.deployments.work_pool import deploy_to_pool
+
+    deployment_name_env("tenant-d")
+    with own_prefect.api():
+        with pytest.raises(InvalidInputError, match="no work pool 'tenant-d-pool'") as refused:
+            deploy_to_pool("tenant-d-pool")
+        assert refused.value.field == "--pool"
+        deployed = deploy_to_pool("tenant-d-pool", "process")
+        with get_client(sync_client=True) as client:
+            assert client.read_work_pool("tenant-d-pool").type == "process"
+            names = {s["name"]: s for s in _saved_searches(client)}
+    assert deployed.pool_created and set(deployed.deployments) == {f"{d.flow_name}/tenant-d" for d in local_deployments()}
+    waiting = {f["property"]: f["value"] for f in names["Follow-ups (tenant-d): waiting"]["filters"]}
+    assert waiting["deployment"] == [str(deployed.deployments["follow-up-sequence/tenant-d"])]
+    assert "Follow-ups (tenant-d): needs attention" in names
+
+    done = subprocess.run([FOLLOWUPS, "deploy", "--pool", "no-such-pool"], env=own_prefect.env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "error: --pool: no work pool 'no-such-pool' on this Prefect server; add --create-pool (--type followups or process)"
+    ]
 
 
 # -- one deployment name per database --------------------------------------------------------
