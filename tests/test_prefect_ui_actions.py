@@ -45,6 +45,9 @@ def test_deleting_the_waiting_run_is_repaired_at_its_due_time(sequence_runner, f
     deal, enrollment_id, due = _waiting(4)
     deleted = _pending_run(enrollment_id)
     with get_client(sync_client=True) as client:
+        # What the run's page in the UI says about it.
+        assert client.read_flow_run(deleted).state.message == f"enrollment {enrollment_id}, step 1 (WAIT): runs when the wait ends"
+    with get_client(sync_client=True) as client:
         client.delete_flow_run(deleted)
     # Reading never repairs; the sweep (the reconcile-enrollments deployment) does.
     assert get_enrollment(enrollment_id).flow_run_id == deleted
@@ -167,6 +170,9 @@ def test_resuming_a_run_that_waits_for_its_start_time_keeps_the_start_time(seque
     wait_for(lambda: _status(enrollment.id) == "PAUSED", timeout=60, what="PAUSED from Prefect")
     resume_flow_run(run_id)
     wait_for(lambda: _status(enrollment.id) == "ACTIVE", timeout=60, what="ACTIVE from Prefect's resume")
+    with get_client(sync_client=True) as client:
+        waiting = client.read_flow_run(_pending_run(enrollment.id)).state
+    assert waiting.message == f"enrollment {enrollment.id}, step 0 (EMAIL): runs when its due time comes"
     _completes(enrollment.id)
     emails = fake_providers.for_recipient(deal.seller_email)
     assert len(emails) == 1 and emails[0].received_at >= start_at.timestamp() - 0.5

@@ -109,6 +109,7 @@ def schedule_sequence_run(
     *,
     scheduled_time: datetime | None,
     key_suffix: str = "",
+    message: str | None = None,
 ) -> uuid.UUID:
     """Create (or find, by idempotency key) the flow run that continues at `step_index`.
 
@@ -123,7 +124,7 @@ def schedule_sequence_run(
     db_id = database_id()  # read once per run created: it is a query
     options: dict[str, Any] = dict(
         parameters={"enrollment_id": enrollment_id},
-        state=Scheduled(scheduled_time=scheduled_time) if scheduled_time else Scheduled(),
+        state=Scheduled(scheduled_time=scheduled_time, message=message) if scheduled_time else Scheduled(message=message),
         name=run_name(enrollment_id, deal_ref, step_index),
         tags=run_tags(enrollment_id, deal_ref, database_tag(db_id)),
         idempotency_key=run_key(enrollment_id, step_index, key_suffix, db_id),
@@ -150,13 +151,17 @@ def schedule_first_runs(
     name = get_settings().deployment_name
     db_id = database_id()
     db_tag = database_tag(db_id)
-    state = to_state_create(Scheduled(scheduled_time=scheduled_time) if scheduled_time else Scheduled())
+
+    def state(enrollment_id: int) -> Any:
+        message = f"enrollment {enrollment_id}, step 0: runs when its time comes"
+        return to_state_create(Scheduled(scheduled_time=scheduled_time, message=message) if scheduled_time else Scheduled(message=message))
+
     answers: dict[int, uuid.UUID | str] = {}
     for start in range(0, len(enrollments), BULK_RUNS):
         batch = enrollments[start : start + BULK_RUNS]
         body = [
             DeploymentFlowRunCreate(
-                parameters={"enrollment_id": enrollment_id}, state=state, name=run_name(enrollment_id, deal_ref, 0),
+                parameters={"enrollment_id": enrollment_id}, state=state(enrollment_id), name=run_name(enrollment_id, deal_ref, 0),
                 tags=run_tags(enrollment_id, deal_ref, db_tag), idempotency_key=run_key(enrollment_id, 0, "", db_id),
             ).model_dump(mode="json", exclude_unset=True)
             for enrollment_id, deal_ref in batch

@@ -98,7 +98,7 @@ def defer(plan: EnrollmentPlan, step_index: int, deferral: Deferral, flow_run_id
             return False
         tag = deferral.reason.replace(" ", "-")
         store.reschedule(
-            session, current, due=until, actor=Actor.FLOW, key=f"{tag}:{until.isoformat()}",
+            session, current, due=until, actor=Actor.FLOW, key=f"{tag}:{until.isoformat()}", why=_why(deferral),
             event_type=EventType.STEP_DEFERRED,
             status="deferred",
             content={"until": until.isoformat(), "reason": deferral.reason, "detail": deferral.detail},
@@ -106,6 +106,16 @@ def defer(plan: EnrollmentPlan, step_index: int, deferral: Deferral, flow_run_id
             dedupe_key=f"enrollment:{plan.enrollment_id}:{tag}:{step_index}:{until.isoformat()}",
         )
     return True
+
+
+def _why(deferral: Deferral) -> str:
+    return {
+        "due time": "its due time comes",
+        "window": "the send window opens",
+        "quiet hours": "the seller's quiet hours end",
+        "holiday": "the holiday is over",
+        "cap": "the send cap allows it",
+    }.get(deferral.reason, deferral.reason)
 
 
 def hold_if_needed(

@@ -223,6 +223,7 @@ def apply(
         # rather than making a second one.
         return store.reschedule(
             session, plan, due=plan.next_due_at, actor=Actor.RECONCILER, event_type=EventType.RECONCILED,
+            why=f"due (repaired: {decision.why})",
             content={**content, "previous_run_id": None},
         )
     if decision.action is Action.RESCHEDULE:
@@ -234,6 +235,7 @@ def apply(
             due = max(due, backoff) if due else backoff
         return store.reschedule(
             session, plan, due=due, actor=Actor.RECONCILER, key=f"reconciled:{uuid.uuid4().hex[:8]}",
+            why=f"due (repaired: {decision.why})",
             event_type=EventType.RECONCILED, content={**content, **previous},
         )
     return plan

@@ -285,11 +285,13 @@ def reschedule(
     due: datetime | None,
     actor: Actor,
     key: str = "",
+    why: str | None = None,
     event_type: EventType | None = None,
     **event: Any,
 ) -> EnrollmentPlan:
     """The one way to give an enrollment its next pending run: create the run of its current step
     for `due` (None: now), store its id and the due time, and record the event that explains it.
+    `why` ends the run's state message ("runs when …"), which names the enrollment and the step.
 
     `key` tells runs of the same step apart (a wait's run, a quiet-hours run, a repair): the same
     key yields the same Prefect run, so asking twice never makes two.
@@ -298,9 +300,21 @@ def reschedule(
     if event_type is not None:
         record_event(session, enrollment_id=plan.enrollment_id, event_type=event_type, step_index=_step_of(plan), **event)
     run_id = prefect_runs.schedule_sequence_run(
-        plan.enrollment_id, plan.deal_ref, plan.current_step, scheduled_time=due, key_suffix=f":{key}" if key else ""
+        plan.enrollment_id, plan.deal_ref, plan.current_step, scheduled_time=due, key_suffix=f":{key}" if key else "",
+        message=_why_scheduled(plan, why),
     )
     return _write(session, plan, next_due_at=due, prefect_flow_run_id=run_id)
+
+
+def _why_scheduled(plan: EnrollmentPlan, why: str | None) -> str:
+    """The scheduled run's state message: what an operator sees on its page in the Prefect UI."""
+    if plan.finished_steps:
+        what = "every step done"
+    else:
+        step = plan.steps[plan.current_step]
+        what = f"step {plan.current_step} ({step.type})"
+        why = why or ("the wait ends" if isinstance(step, WaitStep) else "its time comes")
+    return f"enrollment {plan.enrollment_id}, {what}: runs when {why}" if why else f"enrollment {plan.enrollment_id}, {what}"
 
 
 def resume_own_run(session: Session, plan: EnrollmentPlan, run: Any, *, content: dict[str, Any]) -> EnrollmentPlan:
