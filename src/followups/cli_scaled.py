@@ -36,7 +36,8 @@ def register(app: typer.Typer, console: Console) -> None:
     ) -> None:
         """Run the Prefect server scaled out: `prefect server start --workers N --no-services` plus
         `prefect server services start`, on PostgreSQL and Redis, after `prefect server database
-        upgrade -y`. Waits for /api/health; Ctrl-C or SIGTERM stops both."""
+        upgrade -y`. Waits for /api/health, then makes it the active Prefect profile `followups`
+        (unless PREFECT_API_URL or another profile's API URL is chosen); Ctrl-C or SIGTERM stops both."""
         from followups.scaled_server import build_config, run_until_stopped
 
         config = build_config(

@@ -1,8 +1,9 @@
 """`followups demo`: one sample sequence, end to end, on embedded defaults.
 
-Migrates the database, finds or starts a Prefect server, serves the deployment with the stock
-runner (one process per flow run), enrolls a sample deal in EMAIL → WAIT 3 s → EMAIL → WAIT 3 s
-→ SMS and prints the event log when the sequence ends.
+Migrates the database, finds or starts a Prefect server (and leaves it the active Prefect
+profile), serves the deployment with the stock runner (one process per flow run), enrolls a
+sample deal of the CLI's default owner in EMAIL → WAIT 3 s → EMAIL → WAIT 3 s → SMS, prints the
+event log when the sequence ends and the commands that show more.
 """
 
 from __future__ import annotations
@@ -15,16 +16,19 @@ import time
 import uuid
 
 from rich.console import Console
+from rich.markup import escape
 
 from followups.db.migrate import upgrade
 from followups.db.session import session_scope
 from followups.deals import DealInput
-from followups.control import enroll_deal
+from followups.control import enroll_deal, get_enrollment
 from followups.event_table import events_table
+from followups.identity import database_tag
 from followups.lifecycle.plan import load_plan
+from followups.prefect_links import runs_list_link
 from followups.prefect_server import ensure_prefect_api, wait_for_deployment
 from followups.sequences import create_sequence
-from followups.settings import get_settings
+from followups.settings import Settings, get_settings
 from followups.users import ensure_user
 
 DEMO_STEPS = [
@@ -41,16 +45,28 @@ DEMO_STEPS = [
 ]
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "STOPPED"}
+DEFAULT_OWNER = "default"  # the CLI's --owner default (FOLLOWUPS_OWNER there too)
 
 
 def run_demo(console: Console, timeout: float = 180) -> str:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     settings = get_settings()
     console.print(f"[bold]1/4[/] Migrating [cyan]{settings.database_url.split('@')[-1]}[/]")
     upgrade()
-    api_url, started = ensure_prefect_api()
-    os.environ["PREFECT_API_URL"] = api_url
+    notes: list[str] = []
+    api_url, started = ensure_prefect_api(say=notes.append)
     console.print(f"[bold]2/4[/] Prefect API at [cyan]{api_url}[/]" + (" (started for you, left running)" if started else ""))
+    for note in notes:
+        console.print(f"    {escape(note)}", highlight=False, soft_wrap=True)
+    # The runner inherits it; this process's Prefect settings were read at import, before a
+    # server was chosen.
+    os.environ["PREFECT_API_URL"] = api_url
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        return _run(console, settings, api_url, timeout)
 
+
+def _run(console: Console, settings: Settings, api_url: str, timeout: float) -> str:
     console.print("[bold]3/4[/] Serving the follow-up-sequence deployment (stock runner, 1 s poll)")
     # The demo must finish at any hour, so its SMS ignores the seller's quiet hours.
     env = {
@@ -66,7 +82,8 @@ def run_demo(console: Console, timeout: float = 180) -> str:
     try:
         wait_for_deployment(settings.deployment_name)
         with session_scope() as session:
-            owner = ensure_user(session, "demo")
+            # The CLI's owner, so `followups list` and `followups sequences list` show the demo.
+            owner = ensure_user(session, os.environ.get("FOLLOWUPS_OWNER") or DEFAULT_OWNER)
             sequence = create_sequence(session, owner, name=f"demo-{uuid.uuid4().hex[:6]}", steps=DEMO_STEPS)
         deal = DealInput(
             external_id=f"DEMO-{uuid.uuid4().hex[:6].upper()}",
@@ -90,10 +107,15 @@ def run_demo(console: Console, timeout: float = 180) -> str:
                 break
             time.sleep(0.5)
         console.print(events_table(enrollment.id, title=f"Event log of enrollment {enrollment.id} — {status}"))
-        return status
     finally:
         os.killpg(runner.pid, signal.SIGTERM)
         try:
             runner.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(runner.pid, signal.SIGKILL)
+    link = runs_list_link(get_enrollment(enrollment.id), database_tag())
+    console.print("Look further:", highlight=False)
+    for command, what in (("followups list", "the enrollments"), (f"followups status {enrollment.id}", "this one's steps and events"),
+                          (link, "its runs in the Prefect UI")):
+        console.print(f"  {escape(command)}  [dim]# {what}[/]", highlight=False, soft_wrap=True)
+    return status

@@ -1,7 +1,8 @@
 """`followups doctor`: is everything in place, and if not, what fixes it.
 
 Each check answers ok or a problem with the command or setting that fixes it: the database and
-its schema, the Prefect API, the deployments, whether anything is polling them (a runner, the
+its schema, the Prefect API (which one, and where it was chosen; none configured is a problem,
+never a throwaway server), the deployments, whether anything is polling them (a runner, the
 fast worker or a work-pool worker), and enrollments stranded by changes made in Prefect.
 """
 
@@ -55,16 +56,25 @@ def _database() -> list[Check]:
 def _prefect() -> list[Check]:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
-    from prefect.settings import PREFECT_API_URL
 
-    api = PREFECT_API_URL.value() or "(none: an ephemeral server per process)"
+    from followups.prefect_server import api_url_source
+
+    url, source = api_url_source()
+    if url is None:
+        # Without an API URL Prefect's client starts a throwaway server in this process: it would
+        # answer, but no runner or worker ever talks to it.
+        return [Check("prefect", False, f"no Prefect server configured: {source}",
+                      "followups prefect-server or followups demo (either makes its server the active profile), "
+                      "or prefect config set PREFECT_API_URL=http://HOST:4200/api")]
+    api = f"{url} (from {source})"
     checks: list[Check] = []
     with get_client(sync_client=True) as client:
         try:
             client.api_healthcheck()
             client.read_flow_runs(limit=1)
         except Exception:
-            return [Check("prefect", False, f"cannot reach the Prefect API at {api}", "set PREFECT_API_URL, or start one: prefect server start")]
+            return [Check("prefect", False, f"cannot reach the Prefect API at {api}",
+                          "start that server (followups prefect-server), or point PREFECT_API_URL at a running one")]
         checks.append(Check("prefect", True, f"API at {api}"))
         name = get_settings().served_deployment_name
         now = datetime.now(UTC)

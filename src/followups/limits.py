@@ -18,6 +18,7 @@ waits for an operator.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import uuid
@@ -238,24 +239,33 @@ def _forget(day: date, names: Sequence[str]) -> None:
         _known.get(day, set()).difference_update(names)
 
 
-def _ensure_day_limits(client: Any, caps: Sequence[CapLimit], day: date) -> list[str]:
-    """The day's limit of each daily cap, created if missing. Two workers may race: the loser's
-    create conflicts and the winner's limit (the same name, so the same count) is used."""
+def _create_if_missing(client: Any, name: str, limit: int, decay: float) -> None:
+    """Limit `name`, made from these values unless it exists. Read first: the Prefect server
+    answers a duplicate create with 409 but also logs it as an ERROR with a traceback, and with
+    a process per flow run (the stock runner) most sends find their day's limit made already. A
+    create that still conflicts lost a race with another worker, whose limit is the same one."""
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+    with contextlib.suppress(ObjectNotFound):
+        client.read_global_concurrency_limit_by_name(name)
+        return
+    with contextlib.suppress(ObjectAlreadyExists):
+        client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=name, limit=limit, slot_decay_per_second=decay, active=True)
+        )
+
+
+def _ensure_day_limits(client: Any, caps: Sequence[CapLimit], day: date) -> list[str]:
+    """The day's limit of each daily cap, created if missing (by whichever worker gets there
+    first; the others use it: the same name, so the same count)."""
     names = []
     for cap in caps:
         name = cap.day_name(day)
         with _known_lock:
             known = name in _known.get(day, set())
         if not known:
-            try:
-                client.create_global_concurrency_limit(
-                    GlobalConcurrencyLimitCreate(name=name, limit=cap.limit, slot_decay_per_second=0.0, active=True)
-                )
-            except ObjectAlreadyExists:
-                pass
+            _create_if_missing(client, name, cap.limit, 0.0)
             _remember(day, name)
         names.append(name)
     return names
@@ -267,23 +277,13 @@ _known_rates: set[str] = set()
 def _ensure_rate_limits(caps: Sequence[CapLimit]) -> None:
     """Each rate limit, created from its configured values if missing (once per process)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     missing = [cap for cap in caps if cap.name not in _known_rates]
     if not missing:
         return
     with get_client(sync_client=True) as client:
         for cap in missing:
-            try:
-                client.read_global_concurrency_limit_by_name(cap.name)
-            except ObjectNotFound:
-                try:
-                    client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(
-                        name=cap.name, limit=cap.limit, slot_decay_per_second=cap.decay_per_second, active=True,
-                    ))
-                except ObjectAlreadyExists:  # another worker made it meanwhile
-                    pass
+            _create_if_missing(client, cap.name, cap.limit, cap.decay_per_second)
             with _known_lock:
                 _known_rates.add(cap.name)
 

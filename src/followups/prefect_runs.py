@@ -124,7 +124,7 @@ def schedule_sequence_run(
     db_id = database_id()  # read once per run created: it is a query
     options: dict[str, Any] = dict(
         parameters={"enrollment_id": enrollment_id},
-        state=Scheduled(scheduled_time=scheduled_time, message=message) if scheduled_time else Scheduled(message=message),
+        state=Scheduled(scheduled_time=scheduled_time, message=message),
         name=run_name(enrollment_id, deal_ref, step_index),
         tags=run_tags(enrollment_id, deal_ref, database_tag(db_id)),
         idempotency_key=run_key(enrollment_id, step_index, key_suffix, db_id),
@@ -154,8 +154,7 @@ def schedule_first_runs(
 
     def state(enrollment_id: int) -> Any:
         message = f"enrollment {enrollment_id}, step 0: runs when its time comes"
-        return to_state_create(Scheduled(scheduled_time=scheduled_time, message=message) if scheduled_time else Scheduled(message=message))
-
+        return to_state_create(Scheduled(scheduled_time=scheduled_time, message=message))
     answers: dict[int, uuid.UUID | str] = {}
     for start in range(0, len(enrollments), BULK_RUNS):
         batch = enrollments[start : start + BULK_RUNS]

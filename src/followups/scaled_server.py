@@ -7,7 +7,7 @@ Redis (`prefect-redis`: messaging broker and cache, causal ordering, lease stora
 queue in another Redis database). This module prepares the database once, starts Redis when it
 is local and down, starts both commands with that environment, waits for `/api/health` and
 stops both on SIGINT/SIGTERM. On several machines: the same commands with `server_env`'s
-environment (README.md).
+environment (docs/operations/scaling.md).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from followups.errors import InvalidInputError, ScaledServerError
-from followups.prefect_server import with_retention
+from followups.prefect_server import remember_api_url, with_retention
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -71,6 +71,12 @@ class ScaledServerConfig:
     @property
     def api_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/api"
+
+    @property
+    def client_api_url(self) -> str:
+        """Where a client on this machine reaches it (not the "any address" it listens on)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(self.host, f"[{self.host}]" if ":" in self.host else self.host)
         return f"http://{host}:{self.port}/api"
 
 
@@ -380,6 +386,7 @@ def run_until_stopped(config: ScaledServerConfig, echo: Callable[[str], None] = 
             f"Prefect API on {config.api_url} ({config.workers} worker process(es)) + services process; "
             f"Redis {_redacted(config.redis_url)} (docket {_redacted(config.docket_url)}). Ctrl-C stops both."
         )
+        echo(remember_api_url(config.client_api_url))
         while True:
             server.check_alive()
             time.sleep(0.5)
