@@ -11,7 +11,7 @@ Every benchmark builds its own world and tears it down again:
 CPU is read from /proc (no psutil here): a process tree's user+system time including reaped
 children, and the PostgreSQL backends serving the two benchmark databases, sampled often enough
 to see short-lived connections (a backend that lives less than one sampling interval is missed;
-see BENCHMARKS.md).
+see docs/benchmarks.md).
 
 All traffic stays on 127.0.0.1, and every wait is bounded in time.
 """
@@ -93,7 +93,7 @@ def ratio(a: float, b: float) -> float:
 
 def cpu_calibration_seconds() -> float:
     """Seconds for a fixed pure-Python loop: how fast this (shared, virtual) machine was when a
-    benchmark ran (recorded in every results file; see BENCHMARKS.md)."""
+    benchmark ran (recorded in every results file; see docs/benchmarks.md)."""
     started = time.perf_counter()
     total = 0
     for i in range(3_000_000):
@@ -470,7 +470,7 @@ class BenchWorld:
         }
         server_env.pop("PREFECT_API_URL", None)
         # e.g. a folder with uvloop + httptools (`pip install --target DIR uvloop httptools`),
-        # which uvicorn then uses for the Prefect server; see BENCHMARKS.md
+        # which uvicorn then uses for the Prefect server; see docs/benchmarks.md
         extra_path = os.environ.get("FOLLOWUPS_BENCH_SERVER_PYTHONPATH")
         if extra_path:
             server_env["PYTHONPATH"] = os.pathsep.join(filter(None, [extra_path, server_env.get("PYTHONPATH")]))

@@ -1,4 +1,4 @@
-"""Make the README's Prefect UI screenshots (docs/img/*.png) from the browser test's own setup:
+"""Make the docs' Prefect UI screenshots (docs/img/*.png) from the browser test's own setup:
 a Prefect server with its UI on PostgreSQL, the stock runner, a sequence waiting in the middle.
 
     .venv/bin/python docs/make_screenshots.py

@@ -17,7 +17,7 @@ Prefect's flow engine (worker/executing.py), instead of a new process per run.
   due step up to 10 s late). Each poll takes at most `--limit` runs, as Prefect's workers do;
   polling again whenever a thread frees up cost more server CPU than it gained, and asking the
   server for only as many runs as there are free threads gained nothing measurable
-  (BENCHMARKS.md).
+  (docs/benchmarks.md).
 - Cancel in the Prefect UI stops a run in flight (polled, as the standalone fast worker does)
   and one claimed but not started (Prefect's cancellation observer, `kill_infrastructure`).
 - Flow-run heartbeats come from one thread for all runs. A worker killed with runs in flight

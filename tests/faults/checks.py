@@ -413,7 +413,7 @@ class EventLedger:
 
 @dataclass
 class Report:
-    """One line per scenario run in /tmp/faults_report.jsonl (RELIABILITY.md is built from it)."""
+    """One line per scenario run in /tmp/faults_report.jsonl (docs/reliability.md is built from it)."""
 
     scenario: str
     seed: int

@@ -4,7 +4,7 @@ cancelled, suspended with a timeout that Prefect lets expire (then, for some, a 
 hand with `run_deployment`), or suspended and resumed; running ones (a send in flight) get
 their run suspended and resumed, or cancelled; finished ones get `run_deployment` again.
 
-Each enrollment must end where README's "Operating from the Prefect UI" table says, with
+Each enrollment must end where the table of docs/operations/prefect-ui.md says, with
 `followups reconcile` run as an operator would to repair what nothing listens for (counted),
 no step sent twice, nothing sent after a cancel or while paused, and the event log unchanged.
 """
@@ -45,7 +45,7 @@ RUNNING_STEPS = [
     {"type": "EMAIL", "subject": "Offer on {{ deal.property_address }}", "text": "Hi {{ seller.first_name }}"},
     {"type": "SMS", "body": "Hi {{ seller.first_name }}, any thoughts on our offer?"},
 ]
-# action -> the enrollment's final status (README's table)
+# action -> the enrollment's final status (docs/operations/prefect-ui.md's table)
 WAITING_ACTIONS = {
     "delete": "COMPLETED",  # repaired by the reconciler, sent at the due time
     "cancel": "CANCELLED",
