@@ -20,7 +20,7 @@ from prefect.client.schemas.responses import SetStateStatus
 from prefect.flow_runs import resume_flow_run
 from prefect.states import Cancelled, Cancelling, Pending, Running, Suspended
 
-from followups import prefect_runs
+from followups import prefect_runs, run_history
 from followups.control import pause_enrollment, resume_enrollment
 from followups.db.models import EventType
 from followups.db.session import session_scope
@@ -273,7 +273,7 @@ def test_a_suspend_as_a_run_hands_over_that_prefect_completes_pauses_the_next_ru
             run_flow(follow_up_sequence, flow_run=client.read_flow_run(run_id), return_type="state")
     finally:
         engine_patches.restore()
-    assert [s.name for s in prefect_runs._history(run_id)][-2:] == ["Suspended", "Waiting"]
+    assert [s.name for s in prefect_runs.read_states(run_id)][-2:] == ["Suspended", "Waiting"]
     scheduled = _handed_over_to(enrollment_id, run_id)
     due = enrollment_row(enrollment_id).next_due_at
 
@@ -369,11 +369,11 @@ def test_a_run_retried_in_prefect_after_a_cancel_is_no_cancel_of_its_start(unser
     _set(run_id, AwaitingRetry(scheduled_time=datetime.now(UTC)))
     _set(run_id, Pending(message="claimed by a runner"))
     _start(run_id)
-    assert not prefect_runs.cancel_requested(run_id)
+    assert not run_history.cancel_requested(run_id)
     # The runner's own shutdown cancel is no operator's either.
-    _set(run_id, Cancelled(message=prefect_runs.RUNNER_SHUTDOWN_MESSAGE))
+    _set(run_id, Cancelled(message=run_history.RUNNER_SHUTDOWN_MESSAGE))
     _start(run_id)
-    assert not prefect_runs.cancel_requested(run_id)
+    assert not run_history.cancel_requested(run_id)
 
 
 def test_a_resume_done_in_prefect_lets_the_paused_enrollments_run_go_on(unserved):
@@ -393,7 +393,7 @@ def test_a_run_stopped_by_its_runner_shutting_down_is_replaced_not_cancelled(uns
     _set(run_id, Pending())
     _set(run_id, Running())
     # What Prefect's runner does to each run it still has when it shuts down.
-    _set(run_id, Cancelled(message=prefect_runs.RUNNER_SHUTDOWN_MESSAGE))
+    _set(run_id, Cancelled(message=run_history.RUNNER_SHUTDOWN_MESSAGE))
     with session_scope() as session:
         plan = reconcile_enrollment(session, enrollment_id)
     assert plan.status == "ACTIVE" and plan.prefect_flow_run_id != run_id
@@ -405,7 +405,7 @@ def test_an_operators_cancel_during_a_runner_shutdown_still_cancels(unserved):
     _set(run_id, Pending())
     _set(run_id, Running())
     _set(run_id, Cancelling(message="cancelled in the UI"))
-    _set(run_id, Cancelled(message=prefect_runs.RUNNER_SHUTDOWN_MESSAGE))
+    _set(run_id, Cancelled(message=run_history.RUNNER_SHUTDOWN_MESSAGE))
     with session_scope() as session:
         reconcile_enrollment(session, enrollment_id)
     assert enrollment_row(enrollment_id).status == "CANCELLED"

@@ -1,6 +1,7 @@
 """The enrollment's flow runs in Prefect: create, read, suspend, resume and cancel them.
 
-This is the only module that talks to Prefect about runs. Prefect is imported inside the
+This is the only module that talks to Prefect about runs (`run_history` interprets the states
+it reads). Prefect is imported inside the
 functions, so that code paths which never reach Prefect (most CLI commands) do not pay for
 importing it.
 
@@ -190,11 +191,11 @@ def _one_more_time(enrollment_id: int, deal_ref: str, error: str | None, schedul
 
 
 def read_runs(flow_run_ids: list[uuid.UUID]) -> dict[uuid.UUID, FlowRun]:
-    """The runs that exist among `flow_run_ids` (a deleted run is simply absent)."""
+    """The runs that exist among `flow_run_ids` (a deleted run is absent), 200 per request."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     found: dict[uuid.UUID, FlowRun] = {}
-    for start in range(0, len(flow_run_ids), 200):  # the API returns at most 200 per call
+    for start in range(0, len(flow_run_ids), 200):
         batch = flow_run_ids[start : start + 200]
         runs = _client().read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=batch)), limit=len(batch))
         found.update({run.id: run for run in runs})
@@ -234,7 +235,7 @@ def self_pause_key(step: int) -> str:
     return f"{SELF_PAUSE_KEY_PREFIX}{step}-{time.time_ns()}"
 
 
-def _suspended_by_its_flow(state: Any) -> bool:
+def suspended_by_its_flow(state: Any) -> bool:
     key = (state.state_details.pause_key if state.state_details else None) or ""
     return key.startswith(SELF_PAUSE_KEY_PREFIX) or bool(_OLD_SELF_PAUSE_KEY.fullmatch(key))
 
@@ -242,7 +243,7 @@ def _suspended_by_its_flow(state: Any) -> bool:
 def suspended_itself(run: FlowRun | None) -> bool:
     """Whether the run is suspended because its own flow suspended it (a pause through our API),
     rather than by an operator in Prefect or by our API from outside."""
-    return is_suspended(run) and _suspended_by_its_flow(run.state)
+    return is_suspended(run) and suspended_by_its_flow(run.state)
 
 
 def is_live(run: FlowRun | None) -> bool:
@@ -271,71 +272,9 @@ def suspend_expired(run: FlowRun | None) -> bool:
     return bool(state and state.is_failed() and "never resumed" in (state.message or ""))
 
 
-# The message Prefect 3.9's runner gives the Cancelled state of each run it stops on its way out
-# (`Runner.cancel_all`, on SIGTERM or when `serve` ends); its flow-run processes are killed.
-RUNNER_SHUTDOWN_MESSAGE = "Runner is shutting down."
-
-
-def _history(flow_run_id: uuid.UUID) -> list[Any]:
-    """The run's states, oldest first."""
+def read_states(flow_run_id: uuid.UUID) -> list[Any]:
+    """The run's states, oldest first (what `run_history` reads)."""
     return sorted(_client().read_flow_run_states(flow_run_id), key=lambda s: s.timestamp)
-
-
-def cancel_requested(flow_run_id: uuid.UUID) -> bool:
-    """Whether an operator cancelled the run since it was last scheduled, whatever its state says
-    now. A runner claims runs up to 10 s before they are due and starts them without looking
-    again, and Prefect lets a Cancelled run go to Running (its rerun); a run killed for a cancel
-    may report Crashed before its runner reports Cancelled. A runner's own shutdown cancel does
-    not count; a retry or resume in Prefect (Scheduled again) starts the count afresh."""
-    since_scheduled: list[Any] = []
-    for past in _history(flow_run_id):
-        since_scheduled = [] if past.is_scheduled() else [*since_scheduled, past]
-    return any(
-        past.is_cancelling() or (past.is_cancelled() and past.message != RUNNER_SHUTDOWN_MESSAGE)
-        for past in since_scheduled
-    )
-
-
-def stopped_by_runner(run: FlowRun | None) -> bool:
-    """The run was Cancelled by its runner shutting down, not by anyone asking: an operator's
-    cancel (UI, `prefect flow-run cancel`) goes through Cancelling first; the runner's own
-    shutdown sets Cancelled straight from Running. The history is read only for a run whose
-    state carries the runner's message."""
-    state = run.state if run is not None else None
-    if not (state and state.is_cancelled() and state.message == RUNNER_SHUTDOWN_MESSAGE):
-        return False
-    since_running: list[Any] = []
-    for past in _history(run.id):
-        since_running = [] if past.is_running() else [*since_running, past]
-    return not any(past.is_cancelling() for past in since_running)
-
-
-def resumed_since_suspend(flow_run_id: uuid.UUID) -> bool:
-    """Whether someone resumed the run after its last suspend. Every resume (Prefect's Resume,
-    `resume_flow_run`, `resume_run`) puts a suspended run back in the queue as Scheduled
-    ("Resuming"); a worker that claimed the run before the suspend landed moves it from
-    Suspended straight to Running, which Prefect allows."""
-    after_pause: list[Any] = []
-    paused = False
-    for past in _history(flow_run_id):
-        if past.is_paused():
-            paused, after_pause = True, []
-        else:
-            after_pause.append(past)
-    return paused and any(past.is_scheduled() for past in after_pause)
-
-
-def suspended_in_its_last_stretch(flow_run_id: uuid.UUID) -> bool:
-    """Whether an operator suspended the run after it last started, and nobody resumed it since,
-    whatever its state says now: a run suspended in its last moments still ends Completed, since
-    Prefect lets a final state leave Suspended. Its own flow's suspends do not count."""
-    suspended = False
-    for past in _history(flow_run_id):
-        if past.is_running() or past.is_scheduled():
-            suspended = False
-        elif past.is_paused():
-            suspended = not _suspended_by_its_flow(past)
-    return suspended
 
 
 def suspend_run(run: FlowRun) -> None:
@@ -379,6 +318,26 @@ def resume_run(run: FlowRun, due: datetime | None, *, name: str = "Resuming") ->
         # started it (its checkpoint waits for this resume's lock, then goes on), or it ended
         # (the enrollment's repair replaces it). Either way there is nothing left to resume.
         pass
+
+
+BULK_STATES = 50  # the most runs Prefect 3.9 sets in one bulk_set_state call
+
+
+def set_states(run_ids: list[uuid.UUID], state: Any) -> set[uuid.UUID]:
+    """Force `state` on many runs, 50 per request (`POST /flow_runs/bulk_set_state`): the runs
+    Prefect accepted it for."""
+    from prefect.states import to_state_create
+
+    _guard()
+    body = to_state_create(state).model_dump(mode="json", exclude_unset=True)
+    accepted: set[uuid.UUID] = set()
+    for start in range(0, len(run_ids), BULK_STATES):
+        batch = [str(run_id) for run_id in run_ids[start : start + BULK_STATES]]
+        answer = _client().request("POST", "/flow_runs/bulk_set_state", json={
+            "flow_runs": {"id": {"any_": batch}}, "state": body, "force": True, "limit": BULK_STATES,
+        })
+        accepted |= {uuid.UUID(r["flow_run_id"]) for r in answer.json()["results"] if r["status"] == "ACCEPT"}
+    return accepted
 
 
 def cancel_run(run: FlowRun) -> None:

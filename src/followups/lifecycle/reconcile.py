@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from followups import prefect_runs
+from followups import prefect_runs, run_history
 from followups.db.models import EnrollmentStatus, EventType, FollowUpEvent
 from followups.errors import NotFoundError
 from followups.lifecycle import effects, store
@@ -162,7 +162,7 @@ def reconcile(
     resumed = False
     if plan.status == EnrollmentStatus.PAUSED and starting_run_id is not None and starting_run_id == plan.prefect_flow_run_id:
         # The one case that needs the run's history (rare: a paused enrollment's run starting).
-        resumed = prefect_runs.resumed_since_suspend(starting_run_id)
+        resumed = run_history.resumed_since_suspend(starting_run_id)
     cancelled = False
     if plan.status == EnrollmentStatus.ACTIVE and (
         (starting_run_id is not None and starting_run_id == plan.prefect_flow_run_id)
@@ -170,7 +170,7 @@ def reconcile(
     ):
         # One read of the run's history per run start (and per crashed run): the only way to
         # see a cancel that a runner's earlier claim, or a crash report, overtook.
-        cancelled = prefect_runs.cancel_requested(plan.prefect_flow_run_id)
+        cancelled = run_history.cancel_requested(plan.prefect_flow_run_id)
     decision = decide(
         plan.status,
         plan.prefect_flow_run_id,
@@ -178,7 +178,7 @@ def reconcile(
         starting_run_id=starting_run_id,
         run_is_ours=run is None or prefect_runs.belongs_here(run, plan.enrollment_id),
         suspend_expired=prefect_runs.suspend_expired(run),
-        stopped_by_runner=prefect_runs.stopped_by_runner(run),
+        stopped_by_runner=run_history.stopped_by_runner(run),
         resumed_in_prefect=resumed,
         suspended_itself=prefect_runs.suspended_itself(run),
         cancel_requested=cancelled,
@@ -271,7 +271,7 @@ def reconcile_handover(session: Session, run: Any) -> EnrollmentPlan | None:
     latest_run = session.scalar(
         select(FollowUpEvent.flow_run_id).where(FollowUpEvent.enrollment_id == plan.enrollment_id).order_by(FollowUpEvent.id.desc()).limit(1)
     )
-    if latest_run != run.id or not prefect_runs.suspended_in_its_last_stretch(run.id):
+    if latest_run != run.id or not run_history.suspended_in_its_last_stretch(run.id):
         return plan
     why = "the run was suspended in Prefect as it handed over to its next run"
     content = {"reason": why, "run_state": prefect_runs.state_type(run), "suspended_run_id": str(run.id)}
@@ -311,7 +311,7 @@ def in_prefect(plan: EnrollmentPlan, effect_marker: tuple[int, int] | None) -> t
         plan.status, plan.prefect_flow_run_id, prefect_runs.state_type(run),
         run_is_ours=run is None or prefect_runs.belongs_here(run, plan.enrollment_id),
         suspend_expired=prefect_runs.suspend_expired(run),
-        stopped_by_runner=prefect_runs.stopped_by_runner(run),
+        stopped_by_runner=run_history.stopped_by_runner(run),
         suspended_itself=prefect_runs.suspended_itself(run),
     )
     sentence = _UNRECORDED.get(decision.action)
