@@ -107,13 +107,16 @@ def _run(enrollment_id: int, flow_run_id: uuid.UUID | None) -> State:
             waited = run_wait(enrollment_id, index, step, flow_run_id)
             if waited.outcome == "deferred":
                 next_name = run_name(enrollment_id, plan.deal_ref, index)
-                logger.info("WAIT step %s (%s): next run '%s' (%s) due %s", index, _left(waited.due), next_name, waited.next_run_id, waited.due)
+                logger.info("WAIT step %s (%s): next run '%s' (%s) due %s", index, step.written, next_name, waited.next_run_id, waited.due)
                 return story.waiting(waited.due, f"WAIT step {index}; next run '{next_name}'")
             if waited.outcome == "continue":
                 logger.info("WAIT step %s done", index)
             continue
         channel = channel_of(step)
         held = hold_if_needed(plan, index, channel, flow_run_id)
+        if held is not None and held.skipped:
+            logger.warning("%s step %s skipped: %s", channel.upper(), index, held.detail)
+            continue
         if held is not None:
             logger.info("%s step %s deferred to %s: %s", channel.upper(), index, held.until, held.reason)
             return story.waiting(held.until, f"{channel.upper()} step {index} deferred ({held.reason})")

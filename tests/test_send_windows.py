@@ -145,7 +145,8 @@ def test_the_recipient_zone():
     assert recipient_zone("sms", "UTC", "+12125550142") == ("America/New_York", "phone")
     assert recipient_zone("sms", "UTC", "+18085550142") == ("Pacific/Honolulu", "phone")
     assert recipient_zone("email", "UTC", "+18085550142") == ("UTC", "default")  # phones place SMS only
-    assert recipient_zone("sms", "UTC", "+18005550142", owner_timezone="America/Denver") == ("America/Denver", "owner")
+    # Toll-free: every NANP zone and the owner's are candidates, the owner's shown first.
+    assert recipient_zone("sms", "UTC", "+18005550142", owner_timezone="America/Denver") == ("America/Denver", "phone+owner")
     assert zone_of_phone("+18005550142") is None  # toll-free: no single zone, no guess
     assert zone_of_phone("not a phone") is None
 

@@ -14,13 +14,13 @@ from datetime import UTC, datetime
 
 from followups.db.models import EnrollmentStatus, EventType
 from followups.db.session import session_scope
+from followups.errors import InvalidStateError
 from followups.execution.waiting import SHORT_WAIT_SECONDS
 from followups.lifecycle import store
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
 from followups.lifecycle.transitions import Actor
 from followups.scheduling.caps import CapGate
-from followups.scheduling.planning import Recipient, quiet_hours_of, step_rules
-from followups.scheduling.send_times import explain
+from followups.scheduling.planning import Recipient, quiet_hours_of, step_time
 from followups.settings import get_settings
 
 
@@ -36,17 +36,18 @@ clock: Callable[[], datetime] = _utc_now
 @dataclass(frozen=True)
 class Deferral:
     until: datetime
-    reason: str  # due time | window | quiet hours | holiday | cap
+    reason: str  # due time | window | quiet hours | holiday | cap | no allowed time
     detail: str
+    skipped: bool = False  # never allowed: the step was skipped, and the sequence goes on
 
 
 def outside_rules(plan: EnrollmentPlan, channel: str, now: datetime) -> Deferral | None:
     """Why the step may not go out at `now`, and until when; None when it may."""
-    rules = step_rules(channel, plan.options, Recipient.of(plan.seller, plan.owner_timezone), quiet_hours_of(get_settings()))
-    result, detail = explain(now, rules)
-    if not result.deferred:
+    recipient = Recipient.of(plan.seller, plan.owner_timezone)
+    planned = step_time(plan.steps, plan.current_step, now, plan.options, recipient, quiet_hours_of(get_settings()))
+    if planned.reason is None or planned.send_at is None:
         return None
-    return Deferral(result.at, result.reason or "window", detail)
+    return Deferral(planned.send_at, planned.reason, planned.detail)
 
 
 # Prefect's runners and workers start a run up to 10 s (their prefetch) before it is due.
@@ -108,6 +109,17 @@ def defer(plan: EnrollmentPlan, step_index: int, deferral: Deferral, flow_run_id
     return True
 
 
+def _skip(plan: EnrollmentPlan, step_index: int, reason: str, flow_run_id: uuid.UUID | None) -> Deferral:
+    with session_scope() as session:
+        current = load_plan(session, plan.enrollment_id, lock=True)
+        if current.status == EnrollmentStatus.ACTIVE and current.current_step == step_index:
+            store.advance(
+                session, current, step_index, event_type=EventType.STEP_SKIPPED, status="skipped",
+                failure_reason=reason[:2000], flow_run_id=flow_run_id,
+            )
+    return Deferral(clock(), "no allowed time", reason, skipped=True)
+
+
 def _why(deferral: Deferral) -> str:
     return {
         "due time": "its due time comes",
@@ -124,7 +136,12 @@ def hold_if_needed(
     """Defer the message step when it may not go out now; None means: send it now. (A deferral
     is returned even when the enrollment moved on meanwhile: this run sends nothing either way.)"""
     now = clock()
-    deferral = not_due(plan, flow_run_id, now) or outside_rules(plan, channel, now)
+    try:
+        deferral = not_due(plan, flow_run_id, now) or outside_rules(plan, channel, now)
+    except InvalidStateError as exc:
+        # No moment is allowed at all (e.g. a toll-free number: every zone from Guam to Samoa,
+        # and a business-hours window). Failing would only repeat; the step is not sent.
+        return _skip(plan, step_index, str(exc), flow_run_id)
     if deferral is not None and (deferral.until - now).total_seconds() <= SHORT_WAIT_SECONDS:
         # A deferred run may start a moment early (Prefect rounds its delay to the second): a
         # run scheduled for the same instant would be this very run, and nothing would hold the

@@ -19,9 +19,10 @@ from followups.db.events import first_event
 from followups.db.models import EnrollmentStatus, EventType
 from followups.db.session import session_scope
 from followups.lifecycle import store
-from followups.lifecycle.plan import load_plan
+from followups.lifecycle.plan import EnrollmentPlan, load_plan
 from followups.lifecycle.transitions import Actor
-from followups.scheduling.planning import Recipient, wait_due, wait_zone
+from followups.scheduling.planning import Recipient, quiet_hours_of, step_time
+from followups.settings import get_settings
 from followups.steps import WaitStep
 
 # A run that starts this close to its wait's due time (e.g. resumed a moment early) sleeps
@@ -36,6 +37,12 @@ class WaitOutcome:
     next_run_id: uuid.UUID | None = None
 
 
+def wait_end(plan: EnrollmentPlan, step_index: int, now: datetime) -> datetime:
+    """When the WAIT at `step_index`, started at `now`, ends: the preview's computation."""
+    recipient = Recipient.of(plan.seller, plan.owner_timezone)
+    return step_time(plan.steps, step_index, now, plan.options, recipient, quiet_hours_of(get_settings())).due_at
+
+
 def run_wait(enrollment_id: int, step_index: int, step: WaitStep, flow_run_id: uuid.UUID | None) -> WaitOutcome:
     """Start or finish the WAIT at `step_index`."""
     with session_scope() as session:
@@ -47,7 +54,7 @@ def run_wait(enrollment_id: int, step_index: int, step: WaitStep, flow_run_id: u
         started = first_event(session, enrollment_id, step_index, EventType.WAIT_STARTED)
         now = session.scalar(select(func.now()))
         if started is None:
-            due = wait_due(now, step, plan.options, wait_zone(plan.steps, step_index, Recipient.of(plan.seller, plan.owner_timezone)))
+            due = wait_end(plan, step_index, now)
             plan = store.reschedule(
                 session, plan, due=due, actor=Actor.FLOW,
                 event_type=EventType.WAIT_STARTED,

@@ -1,18 +1,25 @@
 """Which rules apply to a step, when a WAIT ends, and the planned time of every step. Pure.
 
-The flow (execution), the preview and `followups status` all go through these functions, so
-what a preview promises is what the flow does.
+`step_time` is the one computation of a step's times: the flow (`execution.waiting` with the
+database's now(), `execution.deferral` with its clock) and the preview and `followups status`
+(with the previous step's time) all call it, so what a preview promises is what the flow does.
+
+A WAIT is counted on the clock of the message it leads to (`wait_zone`). Its whole days, calendar
+or business, end at the same local wall-clock time in that zone, whatever DST does meanwhile:
+"3 days" from Friday 10:45 ends Monday 10:45 there, 73 hours later over a fall-back. Its hours,
+minutes and seconds (and a fraction of a day) are exact elapsed time, added after the days:
+"2 hours" is 7,200 seconds even across a DST change.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from followups.scheduling.send_times import SendRules, add_business_days, explain, holiday_lookup, rules_for
-from followups.scheduling.zones import recipient_zone
+from followups.scheduling.send_times import SendRules, add_business_days, add_days, explain, holiday_lookup, rules_for
+from followups.scheduling.zones import recipient_zone, recipient_zones
 from followups.sequence_options import SequenceOptions
 from followups.steps import Step, WaitStep, channel_of
 
@@ -37,25 +44,35 @@ class Recipient:
     def zone(self, channel: str) -> tuple[str, str]:
         return recipient_zone(channel, self.timezone, self.phone, self.owner_timezone)
 
+    def zones(self, channel: str) -> tuple[tuple[str, ...], str]:
+        """Every candidate zone (several when the phone number's zone is uncertain)."""
+        return recipient_zones(channel, self.timezone, self.phone, self.owner_timezone)
+
 
 def step_rules(
     channel: str, options: SequenceOptions, recipient: Recipient, quiet_hours: tuple[int, int] | None
 ) -> SendRules:
-    """The rules of one message: the sequence's window and holidays in the recipient's zone,
-    and for SMS the quiet hours on top (`quiet_hours` None: switched off)."""
-    zone, _ = recipient.zone(channel)
-    return rules_for(options, zone, quiet_hours=quiet_hours if channel == "sms" else None)
+    """The rules of one message: the sequence's window and holidays in the recipient's zone (in
+    each candidate zone when unsure), and for SMS the quiet hours on top (`quiet_hours` None:
+    switched off)."""
+    zones, _ = recipient.zones(channel)
+    return rules_for(options, zones[0], quiet_hours=quiet_hours if channel == "sms" else None, other_zones=zones[1:])
 
 
 def wait_zone(steps: Sequence[Step], index: int, recipient: Recipient) -> str:
-    """A business-day WAIT counts days on the clock of the message it leads to."""
+    """A WAIT counts its days on the clock of the message it leads to."""
     following = next((channel_of(step) for step in steps[index + 1:] if channel_of(step)), "email")
     return recipient.zone(following)[0]
 
 
 def wait_due(start: datetime, step: WaitStep, options: SequenceOptions, zone: str) -> datetime:
+    """When a WAIT started at `start` ends, its days counted in `zone` (see the module's text)."""
     if step.business_days is None:
-        return start + step.duration
+        whole = int(step.days)
+        end = add_days(start, whole, zone) if whole else start
+        # Elapsed time is added on UTC (on the zone's wall clock it would stretch or shrink over
+        # DST); the end is shown with the start's offset, as the flow records it.
+        return (end.astimezone(UTC) + step.duration - timedelta(days=whole)).astimezone(start.tzinfo)
     holidays = holiday_lookup(options.holiday_country) if options.skip_holidays else None
     return add_business_days(start, step.business_days, zone, holidays)
 
@@ -66,10 +83,11 @@ class PlannedStep:
     type: str
     due_at: datetime  # when the step falls due (a WAIT: when it ends)
     send_at: datetime | None  # messages: the first allowed moment at or after due_at
-    timezone: str
+    timezone: str  # a deferred message: the zone whose rule decided
     zone_source: str
     reason: str | None = None  # window | quiet hours | holiday (why send_at is later)
     detail: str = ""
+    zones: tuple[str, ...] = ()  # every candidate zone a message's send time was checked in
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -79,6 +97,7 @@ class PlannedStep:
             "send_at": self.send_at.isoformat() if self.send_at else None,
             "timezone": self.timezone,
             "zone_source": self.zone_source,
+            "candidate_zones": list(self.zones),
             "deferred_by": self.reason,
             "detail": self.detail,
         }
@@ -101,16 +120,27 @@ def plan_times(
     planned: list[PlannedStep] = []
     moment = start
     for index in range(first_index, len(steps)):
-        step = steps[index]
-        channel = channel_of(step)
-        if channel is None:
-            assert isinstance(step, WaitStep)
-            zone = wait_zone(steps, index, recipient)
-            moment = wait_due(moment, step, options, zone)
-            planned.append(PlannedStep(index, "WAIT", moment, None, zone, "wait"))
-            continue
-        zone, source = recipient.zone(channel)
-        result, detail = explain(moment, step_rules(channel, options, recipient, quiet_hours))
-        planned.append(PlannedStep(index, channel.upper(), moment, result.at, zone, source, result.reason, detail))
-        moment = result.at
+        planned.append(step_time(steps, index, moment, options, recipient, quiet_hours))
+        moment = planned[-1].send_at or planned[-1].due_at
     return planned
+
+
+def step_time(
+    steps: Sequence[Step],
+    index: int,
+    moment: datetime,
+    options: SequenceOptions,
+    recipient: Recipient,
+    quiet_hours: tuple[int, int] | None,
+) -> PlannedStep:
+    """The times of step `index` reached at `moment`: a WAIT's end, or a message's first allowed
+    send time at or after `moment` (`reason` None: it may go out at `moment`)."""
+    step = steps[index]
+    channel = channel_of(step)
+    if channel is None:
+        assert isinstance(step, WaitStep)
+        zone = wait_zone(steps, index, recipient)
+        return PlannedStep(index, "WAIT", wait_due(moment, step, options, zone), None, zone, "wait")
+    zones, source = recipient.zones(channel)
+    result, detail = explain(moment, step_rules(channel, options, recipient, quiet_hours))
+    return PlannedStep(index, channel.upper(), moment, result.at, result.zone, source, result.reason, detail, zones)

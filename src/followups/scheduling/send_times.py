@@ -4,6 +4,10 @@ A send is allowed when, in the recipient's zone, the day is one of the window's 
 not a skipped holiday, and the wall-clock time is inside the window and (SMS) outside quiet
 hours. Everything is computed on local wall-clock times and converted back through the zone,
 so DST changes move the UTC instant, never the local opening hour.
+
+When the recipient's zone is uncertain (`zones.recipient_zones`), the rules hold in every
+candidate zone at once: the send time is the first moment allowed on all their clocks, and the
+zone whose rule held it back last is the one that decided.
 """
 
 from __future__ import annotations
@@ -36,13 +40,20 @@ class SendRules:
     # (start_hour, end_hour) of SMS quiet hours, e.g. (21, 8); None for email or when off.
     quiet_hours: tuple[int, int] | None = None
     holidays: HolidayLookup | None = None
+    # More candidate zones when the recipient's is uncertain: a send must be allowed in each.
+    other_zones: tuple[str, ...] = ()
+
+    @property
+    def zones(self) -> tuple[str, ...]:
+        return (self.timezone, *self.other_zones)
 
 
 @dataclass(frozen=True)
 class SendTime:
-    at: datetime  # aware, in the recipient's zone
+    at: datetime  # aware, in `zone`
     reason: str | None  # None: allowed as due; else window | quiet hours | holiday
     detail: str = ""
+    zone: str = ""  # the zone whose rule decided (the rules' first zone when nothing held it)
 
     @property
     def deferred(self) -> bool:
@@ -65,9 +76,12 @@ def holiday_lookup(country: str) -> HolidayLookup:
     return lookup
 
 
-def rules_for(options: SequenceOptions, timezone: str, *, quiet_hours: tuple[int, int] | None = None) -> SendRules:
+def rules_for(
+    options: SequenceOptions, timezone: str, *, quiet_hours: tuple[int, int] | None = None, other_zones: tuple[str, ...] = ()
+) -> SendRules:
     return SendRules(
         timezone=timezone,
+        other_zones=other_zones,
         window=options.send_window,
         quiet_hours=quiet_hours,
         holidays=holiday_lookup(options.holiday_country) if options.skip_holidays else None,
@@ -115,15 +129,39 @@ def _real(moment: datetime, zone: ZoneInfo) -> datetime:
 
 
 def next_send_time(due: datetime, rules: SendRules) -> SendTime:
-    """The first moment at or after `due` when a send is allowed under `rules`.
+    """The first moment at or after `due` when a send is allowed under `rules`, in every zone.
 
-    `reason` names the first rule that moved it (window, quiet hours, holiday). Raises
-    InvalidStateError when no moment within MAX_SEARCH_DAYS is allowed (e.g. a window that lies
-    entirely inside SMS quiet hours).
+    `reason` names the first rule that moved it (window, quiet hours, holiday), in the zone that
+    decided. Raises InvalidStateError when no moment within MAX_SEARCH_DAYS is allowed (e.g. a
+    window that lies entirely inside SMS quiet hours, or no hour open on every candidate clock).
     """
     if due.tzinfo is None:
         raise ValueError("due must be timezone-aware")
-    zone = ZoneInfo(rules.timezone)
+    if not rules.other_zones:
+        return _next_in_zone(due, rules, rules.timezone)
+    # Each zone moves the moment to its next opening until none objects; every move goes
+    # forward, so the search ends or runs out of days.
+    moment, decided = due, None
+    while True:
+        moved = False
+        for zone in rules.zones:
+            result = _next_in_zone(moment, rules, zone)
+            if result.deferred and result.at > moment:
+                moment, decided, moved = result.at, result, True
+        if not moved:
+            break
+        if moment - due > timedelta(days=MAX_SEARCH_DAYS):
+            raise InvalidStateError(
+                f"no allowed send time: no hour is open in all {len(rules.zones)} candidate zones "
+                f"({rules.zones[0]} … {rules.zones[-1]}); give the deal a seller_timezone"
+            )
+    if decided is None:
+        return SendTime(due.astimezone(ZoneInfo(rules.timezone)), None, zone=rules.timezone)
+    return decided
+
+
+def _next_in_zone(due: datetime, rules: SendRules, timezone: str) -> SendTime:
+    zone = ZoneInfo(timezone)
     local = due.astimezone(zone)
     ranges = _allowed_ranges(rules)
     reason: tuple[str, str] | None = None
@@ -138,7 +176,7 @@ def next_send_time(due: datetime, rules: SendRules) -> SendTime:
             if day == local.date():
                 now_minute = local.hour * 60 + local.minute + local.second / 60 + local.microsecond / 60e6
                 if start <= now_minute < end:
-                    return SendTime(local, None)
+                    return SendTime(local, None, zone=timezone)
                 if now_minute >= end:
                     continue
             # fold=1 only matters when the opening falls in the repeated hour of a DST change.
@@ -147,7 +185,7 @@ def next_send_time(due: datetime, rules: SendRules) -> SendTime:
                 minute = candidate.hour * 60 + candidate.minute
                 if candidate >= due and candidate.date() == day and start <= minute < end:
                     reason = reason or _why_not(local, rules)
-                    return SendTime(candidate, reason[0], reason[1])
+                    return SendTime(candidate, reason[0], reason[1], timezone)
         if day == local.date():
             reason = reason or _why_not(local, rules)
         day += timedelta(days=1)
@@ -170,12 +208,14 @@ def explain(due: datetime, rules: SendRules) -> tuple[SendTime, str]:
         return result, ""
     detail = {
         "window": "outside the send window" + (f" ({_window_text(rules.window)})" if rules.window else ""),
-        "quiet hours": f"SMS quiet hours in {rules.timezone}",
+        "quiet hours": f"SMS quiet hours in {result.zone}",
         "holiday": "a public holiday",
     }[result.reason]
     if result.reason == "holiday":
         detail = f"a public holiday ({result.detail})"
-    return result, f"{detail}; deferred until {result.at.isoformat()} ({rules.timezone})"
+    if rules.other_zones:
+        detail += f", the strictest of {len(rules.zones)} possible zones"
+    return result, f"{detail}; deferred until {result.at.isoformat()} ({result.zone})"
 
 
 def _window_text(window: SendWindow) -> str:
@@ -187,6 +227,16 @@ def _window_text(window: SendWindow) -> str:
 
 def is_business_day(day: date, holidays: HolidayLookup | None) -> bool:
     return day.weekday() < 5 and not (holidays is not None and holidays(day))
+
+
+def add_days(start: datetime, count: int, timezone: str) -> datetime:
+    """`count` calendar days after `start`, at the same local wall-clock time in `timezone` (a
+    time the DST change skips moves forward by the gap; a repeated one is its first occurrence)."""
+    if start.tzinfo is None:
+        raise ValueError("start must be timezone-aware")
+    zone = ZoneInfo(timezone)
+    local = start.astimezone(zone)
+    return _real(datetime.combine(local.date() + timedelta(days=count), local.time(), tzinfo=zone), zone)
 
 
 def add_business_days(start: datetime, count: int, timezone: str, holidays: HolidayLookup | None = None) -> datetime:
