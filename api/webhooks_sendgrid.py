@@ -7,7 +7,8 @@ the X-Message-Id prefix of sg_message_id. Unsubscribes and spam reports opt the 
 the mail of the owner whose message it was (and of nobody else's).
 
 Inbound parse is not signed: a reply is matched by its unguessable per-enrollment address
-`reply+<token>@<reply_domain>`; mail that matches no enrollment is accepted and dropped.
+`reply+<token>@<reply_domain>`, or by one of our unguessable Message-IDs in its In-Reply-To or
+References (`followups.email_threads`); mail that matches no enrollment is accepted and dropped.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from starlette.concurrency import run_in_threadpool
 
 from followups.api.errors import ErrorBody, error_responses
 from followups.api.forms import FormError, media_type, parse_form
+from followups.email_threads import referenced_ids
 from followups.replies import (
     Outcome,
     deliver,
     dedupe_key,
+    enrollments_for_message_ids,
     is_opt_out,
     open_enrollments_for_email,
     other_channel_enrollments,
@@ -259,12 +262,13 @@ def _first_line(text: str) -> str:
 def record_inbound_email(fields: dict[str, str]) -> Outcome:
     outcome = Outcome(received=1)
     tokens = reply_tokens(fields, get_settings().reply_domain)
-    if not tokens:
+    # A reply sent to our From address rather than the reply address still names our Message-ID.
+    message_ids = referenced_ids(fields.get("headers", ""))
+    if not tokens and not message_ids:
         return outcome
     with session_scope() as session:
-        enrollment_ids = list(
-            session.scalars(select(Enrollment.id).where(Enrollment.reply_token.in_(tokens)).order_by(Enrollment.id))
-        )
+        by_token = session.scalars(select(Enrollment.id).where(Enrollment.reply_token.in_(tokens))) if tokens else []
+        enrollment_ids = sorted({*by_token, *enrollments_for_message_ids(session, message_ids)})
     if not enrollment_ids:
         return outcome  # unsigned endpoint: store nothing for addresses we never handed out
     text = fields.get("text", "")
@@ -353,9 +357,10 @@ def _opt_out(outcome: Outcome, enrollment_ids: list[int], key: str, content: dic
 )
 async def sendgrid_inbound(request: Request) -> WebhookResult:
     """SendGrid Inbound Parse: an email reply, matched by its `reply+<token>@` address (in `to`,
-    `cc` or the envelope). A match records REPLY_RECEIVED (OPTED_OUT when the subject or first
-    line is an opt-out keyword) and stops the enrollment; anything else is accepted and dropped
-    (a non-2xx answer would make SendGrid retry for days)."""
+    `cc` or the envelope) or by our Message-ID in its In-Reply-To / References. A match records
+    REPLY_RECEIVED (OPTED_OUT when the subject or first line is an opt-out keyword) and stops the
+    enrollment; anything else is accepted and dropped (a non-2xx answer would make SendGrid retry
+    for days)."""
     body = await request.body()
     content_type = request.headers.get("content-type")
     if media_type(content_type) not in FORM_TYPES:

@@ -192,10 +192,12 @@ async def twilio_inbound(request: Request) -> Response:
     """An SMS from a seller (`From`) to one of our numbers (`To`; `MessagingServiceSid` when the
     number belongs to a service). It concerns only the owners who send from that number (of
     those, the one who last texted the seller). Any text is a reply: REPLY_RECEIVED and their
-    open enrollments for that phone stop. STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT (also
-    OPTOUT, REVOKE; any case, trimmed) opt out of that number: OPTED_OUT, and the open
-    enrollments for that phone of every owner sending from it stop (the others' events carry no
-    text). START or UNSTOP lifts the opt-out."""
+    open enrollments for that phone stop. A revocation (a sentence that is exactly STOP, STOPALL,
+    UNSUBSCRIBE, CANCEL, END, QUIT, REVOKE, OPT OUT, or a short phrase such as "stop texting me",
+    "remove me", "do not contact"; any case and punctuation) is an OPTED_OUT: it blocks that
+    phone for every number and Messaging Service of the owners it concerns (and the number for
+    everyone sending from it) and stops those owners' open enrollments for that phone (the
+    others' events carry no text). START or UNSTOP lifts the opt-out."""
     fields = await verified_params(request)
     await run_in_threadpool(record_inbound, fields)
     return Response(content=EMPTY_TWIML, media_type="application/xml")

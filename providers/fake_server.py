@@ -31,12 +31,26 @@ class ReceivedRequest:
     status: int = 0
     # A 429's reset as an epoch (X-RateLimit-Reset, or now + Retry-After): no retry before it.
     not_before: float | None = None
+    # A mail send's subject and `headers` (Message-ID, In-Reply-To, References, List-Unsubscribe).
+    subject: str | None = None
+    mail_headers: dict[str, str] = field(default_factory=dict)
 
 
 # Answers that are not an HTTP status (recorded with these statuses, never counted as sent):
 # "timeout" holds the request past the client's timeout and closes without answering (a gateway
 # that never forwarded it); "reset" closes the connection at once with a TCP reset.
 TIMEOUT, RESET = 598, 599
+
+
+def _mail_fields(body: bytes) -> tuple[str | None, dict[str, str]]:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None, {}
+    if not isinstance(payload, dict):
+        return None, {}
+    headers = payload.get("headers")
+    return payload.get("subject"), dict(headers) if isinstance(headers, dict) else {}
 
 
 @dataclass
@@ -131,6 +145,8 @@ class FakeProviderServer:
             return
         status, extra_headers = self._next_answer(success, body)
         record = ReceivedRequest(provider=provider, path=path, body=body, received_at=time.time(), status=status)
+        if provider == "sendgrid":
+            record.subject, record.mail_headers = _mail_fields(body)
         with self._lock:
             self.requests.append(record)
         if status in (TIMEOUT, RESET):

@@ -142,3 +142,73 @@ def test_users_and_tokens(db, cli):
     assert code == 0 and verify_token(token) == json.loads(cli("users", "create", name, "--json")[1])["id"]
     code, out, _ = cli("tokens", "revoke", name)
     assert code == 0 and "revoked 1" in out and verify_token(token) is None
+
+
+@pytest.mark.parametrize("reason", ["window", "quiet hours"])
+def test_status_shows_every_time_in_utc_and_why_a_step_is_held(db, cli, reason):
+    from followups.db.events import record_event
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from followups.db.models import Enrollment, EventType
+    from followups.db.session import session_scope
+    from support import new_enrollment, new_owner, new_sequence
+
+    owner = new_owner()
+    steps = [{"type": "SMS", "body": "Hi"}, {"type": "WAIT", "days": 3}, {"type": "EMAIL", "subject": "Again", "text": "x"}]
+    enrollment_id = new_enrollment(owner, new_sequence(owner, steps), seller_email="ann@example.com", seller_phone="+15035550100")
+    with session_scope() as session:
+        record_event(session, enrollment_id=enrollment_id, event_type=EventType.STEP_DEFERRED, step_index=0,
+                     status="deferred", content={"until": "2030-12-09T13:00:00+00:00", "reason": reason, "detail": ""})
+        # A wait's due time is stored in the seller's offset; sends are planned in UTC.
+        record_event(session, enrollment_id=enrollment_id, event_type=EventType.WAIT_STARTED, step_index=1,
+                     content={"due_at": "2030-12-09T10:00:00-05:00"})
+        session.get(Enrollment, enrollment_id).next_due_at = datetime(2030, 12, 9, 8, tzinfo=ZoneInfo("America/New_York"))
+
+    code, out, err = cli("status", str(enrollment_id))
+    assert code == 0, err
+    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:]] for line in out.splitlines() if line.count("│") > 4}
+    assert rows["0"][:2] == ["SMS", f"pending ({reason})"]
+    assert rows["1"][2] == "2030-12-09 15:00:00 UTC"
+    assert rows["2"][2].endswith(" UTC")
+    assert out.splitlines()[0].endswith("· next due 2030-12-09 13:00:00 UTC")
+
+
+def test_import_progress_counts_rows_enrolled(db, cli, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import rich.progress
+
+    from followups import bulk
+    from followups.cli_bulk import count_lines
+    from followups.db.session import session_scope
+    from followups.users import ensure_user
+    from support import new_sequence
+
+    name = unique("importer")
+    with session_scope() as session:
+        owner_id = ensure_user(session, name)
+    sequence = new_sequence(owner_id)
+    path = tmp_path / "deals.csv"
+    path.write_text("external_id,property_address,seller_name,seller_email\n" + "".join(
+        f"{unique('D')},1 Main St,Ann Lee,ann@example.com\n" for _ in range(3)) + "\n")
+    assert count_lines(path) == 5 and count_lines(tmp_path / "missing.csv") == 0
+
+    updates: list[dict] = []
+    real_update = rich.progress.Progress.update
+    monkeypatch.setattr(rich.progress.Progress, "update", lambda self, task, **kw: (updates.append(kw), real_update(self, task, **kw))[1])
+    seen: list[list[dict]] = []
+
+    def enroll_batch(owner_id, rows, sequence_id, *, start_at=None):
+        seen.append(list(updates))
+        return SimpleNamespace(results=[SimpleNamespace(status="ok", field=None, message="") for _ in rows])
+
+    monkeypatch.setattr(bulk, "enroll_batch", enroll_batch)
+    code, out, err = cli("import", str(path), "--sequence", str(sequence), "--owner", name)
+    assert code == 0, err
+    # Before the rows are enrolled the bar stands at 0 of the file's 3 rows (its header aside), not at 100 %.
+    [before] = seen
+    assert [u["total"] for u in before if "total" in u] == [4]
+    assert {u.get("completed") for u in before} == {None, 0}
+    assert updates[-1] == {"total": 3, "completed": 3}
+    assert "3/3 rows" in out and "3 row(s) read (csv): 3 enrolled" in " ".join(out.split())

@@ -236,3 +236,175 @@ def test_an_unsubscribe_we_cannot_match_to_a_message_stops_nobody(client, signer
     enrollment_id = new_enrollment(owner, new_sequence(owner, EMAIL_FIRST), seller_email=email)
     assert post_unsubscribe(client, signer, email, None) == {"received": 1, "stored": 1, "duplicates": 0, "stopped": 0}
     assert enrollment_status(enrollment_id) == "ACTIVE"
+
+
+# --- an SMS opt-out follows the owner, not just the number -----------------------------------
+
+
+def skip_reason(enrollment_id: int) -> str | None:
+    skipped = of_type(enrollment_id, "STEP_SKIPPED")
+    return skipped[-1].failure_reason if skipped else None
+
+
+def test_a_stop_to_one_number_of_an_owner_blocks_its_other_numbers_and_services(client, fake_providers):
+    number_a, number_b, number_c, phone = unique_phone(), unique_phone(), unique_phone(), unique_phone()
+    owner = owner_with(sms_from=number_a)
+    other = owner_with(sms_from=number_c)
+    first = enroll(owner, phone)
+    text_sms(client, phone, number_a, "Stop texting me!")
+    [fact] = of_type(first, "OPTED_OUT")
+    assert (fact.content["keyword"], fact.content["source"], fact.content["owners"]) == ("STOP TEXTING ME", "inbound_sms", [owner])
+    assert fact.occurred_at is not None
+
+    with session_scope() as session:
+        set_sender_identity(session, owner, {"sms_from": number_b})
+    from_b = enroll(owner, phone)
+    assert execute_send_step(from_b, 0).outcome == "skipped"
+    assert skip_reason(from_b) == "the seller opted out of SMS (STOP)"
+    with session_scope() as session:
+        set_sender_identity(session, owner, {"messaging_service_sid": SERVICE})
+    assert execute_send_step(enroll(owner, phone), 0).outcome == "skipped"
+    # Another owner texting the same seller from its own number is not concerned.
+    assert execute_send_step(enroll(other, phone), 0).outcome == "sent"
+    assert [parse_qs(r.body.decode())["From"] for r in fake_providers.for_recipient(phone)] == [[number_c]]
+
+
+def test_a_stop_to_a_number_the_owner_left_still_reaches_that_owner(client, fake_providers):
+    number_a, number_b, phone = unique_phone(), unique_phone(), unique_phone()
+    owner = owner_with(sms_from=number_a)
+    texted = enroll(owner, phone)
+    assert execute_send_step(texted, 0).outcome == "sent"
+    with session_scope() as session:
+        set_sender_identity(session, owner, {"sms_from": number_b})
+    open_on_b = enroll(owner, phone)
+
+    text_sms(client, phone, number_a, "STOP")  # nobody sends from A any more
+    assert enrollment_status(texted) == enrollment_status(open_on_b) == "STOPPED"
+    assert opted_out(phone, number_a)
+    assert execute_send_step(enroll(owner, phone), 0).outcome == "skipped"
+
+
+def test_a_stop_through_a_messaging_service_blocks_the_owners_own_number_later(client, fake_providers):
+    pool_number, number_b, phone = unique_phone(), unique_phone(), unique_phone()
+    service = "MG" + uuid.uuid4().hex
+    owner = owner_with(messaging_service_sid=service)
+    enroll(owner, phone)
+    text_sms(client, phone, pool_number, "opt out", MessagingServiceSid=service)
+    with session_scope() as session:
+        set_sender_identity(session, owner, {"sms_from": number_b})
+    assert execute_send_step(enroll(owner, phone), 0).outcome == "skipped"
+    assert execute_send_step(enroll(owner_with(sms_from=unique_phone()), phone), 0).outcome == "sent"
+
+
+def test_a_stop_to_the_shared_number_blocks_everyone_on_it_and_the_owner_who_texted_everywhere(client, fake_providers):
+    global_number = get_settings().twilio_from_number
+    phone = unique_phone()
+    texted, quiet, newcomer = owner_with(), owner_with(), owner_with()
+    mine, theirs = enroll(texted, phone), enroll(quiet, phone)
+    assert execute_send_step(mine, 0).outcome == "sent"
+    text_sms(client, phone, global_number, "UNSUBSCRIBE")
+    assert enrollment_status(mine) == enrollment_status(theirs) == "STOPPED"
+    assert execute_send_step(enroll(newcomer, phone), 0).outcome == "skipped"  # the number's block
+    with session_scope() as session:
+        set_sender_identity(session, texted, {"sms_from": unique_phone()})
+    assert execute_send_step(enroll(texted, phone), 0).outcome == "skipped"  # the owner's block
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["STOP", "stop.", "Quit", "END!", "revoke", "Opt-out", "OPTOUT", "cancel", "Unsubscribe", "STOPALL",
+     "Stop texting me", "stop messaging me!!", "Please remove me.", "remove me from your list", "Do not contact",
+     "DON'T TEXT ME AGAIN", "Take me off your list", "not interested. Stop.", "Unsubscribe me please",
+     "I revoke my consent"],
+)
+def test_revocations_opt_out(client, fake_providers, body):
+    number, phone = unique_phone(), unique_phone()
+    owner = owner_with(sms_from=number)
+    enrollment_id = enroll(owner, phone)
+    text_sms(client, phone, number, body)
+    assert event_types(enrollment_id)[-2:] == ["OPTED_OUT", "STOPPED"]
+    assert of_type(enrollment_id, "OPTED_OUT")[0].content["body"] == body
+    assert opted_out(phone, number)
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["I can't stop thinking about your offer", "Stop by tomorrow? Let's talk price", "the end of the month works",
+     "Don't cancel the inspection", "Can you remove me from the title paperwork", "Please don't stop, I'm interested",
+     "stopping by at 5", "Startup costs?", "who is this"],
+)
+def test_other_texts_are_replies_not_opt_outs(client, fake_providers, body):
+    number, phone = unique_phone(), unique_phone()
+    owner = owner_with(sms_from=number)
+    enrollment_id = enroll(owner, phone)
+    text_sms(client, phone, number, body)
+    assert event_types(enrollment_id)[-2:] == ["REPLY_RECEIVED", "STOPPED"]
+    assert not opted_out(phone, number)
+    assert execute_send_step(enroll(owner, phone), 0).outcome == "sent"
+
+
+def test_start_to_any_number_of_the_owner_lifts_its_block(client, fake_providers):
+    number_a, number_b, phone = unique_phone(), unique_phone(), unique_phone()
+    owner = owner_with(sms_from=number_a)
+    enroll(owner, phone)
+    text_sms(client, phone, number_a, "STOP")
+    with session_scope() as session:
+        set_sender_identity(session, owner, {"sms_from": number_b})
+    assert execute_send_step(enroll(owner, phone), 0).outcome == "skipped"
+
+    text_sms(client, phone, number_b, "START")
+    assert execute_send_step(enroll(owner, phone), 0).outcome == "sent"
+    assert opted_out(phone, number_a)  # the carrier keeps number A blocked until START to A
+
+
+@pytest.fixture
+def stop_stops_email(monkeypatch):
+    monkeypatch.setenv("FOLLOWUPS_SMS_STOP_STOPS_EMAIL", "true")
+    reset_settings()
+    yield
+    monkeypatch.delenv("FOLLOWUPS_SMS_STOP_STOPS_EMAIL")
+    reset_settings()
+
+
+def email_enrollment(owner: int, email: str) -> int:
+    return new_enrollment(owner, new_sequence(owner, EMAIL_FIRST), seller_email=email)
+
+
+@pytest.mark.parametrize("option", [False, True])
+def test_an_sms_stop_ends_email_too_only_with_the_option(request, client, fake_providers, option):
+    if option:
+        request.getfixturevalue("stop_stops_email")
+    number, phone, email = unique_phone(), unique_phone(), f"{unique('seller')}@example.com"
+    owner, other = owner_with(sms_from=number), owner_with()
+    enroll(owner, phone, seller_email=email)
+    by_email_only = email_enrollment(owner, email.upper())  # the same seller, a deal without the phone
+    text_sms(client, phone, number, "STOP")
+
+    assert enrollment_status(by_email_only) == ("STOPPED" if option else "ACTIVE")
+    later = email_enrollment(owner, email)
+    assert execute_send_step(later, 0).outcome == ("skipped" if option else "sent")
+    assert execute_send_step(email_enrollment(other, email), 0).outcome == "sent"
+    if option:
+        assert skip_reason(later) == "the seller opted out by SMS (STOP), which ends email too"
+        text_sms(client, phone, number, "Start")
+        assert execute_send_step(email_enrollment(owner, email), 0).outcome == "sent"
+
+
+def test_a_stop_recorded_before_owners_were_listed_still_blocks_its_owners_other_numbers(signer):
+    from followups.db.events import record_event
+    from followups.db.models import EventType
+
+    phone = unique_phone()
+    owner, other = new_owner(), new_owner()
+    enrollment_id = new_enrollment(owner, new_sequence(owner, SMS_FIRST), seller_phone=phone)
+    with session_scope() as session:
+        # The shape an opt-out had before it listed its owners: on the enrollment, to one number.
+        record_event(
+            session, enrollment_id=enrollment_id, event_type=EventType.OPTED_OUT, status="received",
+            content={"channel": "sms", "from": phone, "to": "+15005550111", "body": "STOP"},
+            dedupe_key=f"legacy-stop:{uuid.uuid4().hex}",
+        )
+    with session_scope() as session:
+        assert sms_opted_out(session, phone, "+15005550222", owner_id=owner)
+        assert not sms_opted_out(session, phone, "+15005550222", owner_id=other)
+        assert sms_opted_out(session, phone, "+15005550111", owner_id=other)  # the number itself, as the carrier

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -102,6 +103,12 @@ def sequence_table(items: list) -> Table:
     return table
 
 
+def utc_time(at: datetime) -> str:
+    """A time as status shows it: in UTC, and saying so (a WAIT's due time is stored in the
+    seller's offset, a send's in UTC: shown as they are, they would not compare)."""
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def status_output(console: Console, details: Any, as_json: bool) -> None:
     if as_json:
         print_json(details.as_dict())
@@ -109,7 +116,7 @@ def status_output(console: Console, details: Any, as_json: bool) -> None:
     console.print(
         f"enrollment {details.id} · deal {details.deal_external_id} · sequence {details.sequence_id} "
         f"v{details.sequence_version} · [bold]{details.status}[/] · step {details.current_step}"
-        + (f" · next due {details.next_due_at:%Y-%m-%d %H:%M:%S %Z}" if details.next_due_at else "")
+        + (f" · next due {utc_time(details.next_due_at)}" if details.next_due_at else "")
         + (f" · run {escape(details.run_state)}" if getattr(details, "run_state", None) else "")
     )
     if getattr(details, "in_prefect", None):
@@ -120,7 +127,7 @@ def status_output(console: Console, details: Any, as_json: bool) -> None:
     for step in details.timeline:
         state = f"{step.state} ({step.deferred_by})" if getattr(step, "deferred_by", None) else step.state
         table.add_row(
-            str(step.index), step.type, state, step.at.strftime("%Y-%m-%d %H:%M:%S") if step.at else "",
+            str(step.index), step.type, state, utc_time(step.at) if step.at else "",
             escape(one_line(step.message or "", 60)),
         )
     console.print(table)

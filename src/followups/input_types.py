@@ -248,8 +248,9 @@ def _step_rules(steps: list[Any]) -> list[Any]:
         loc: tuple[Any, ...] = tuple(first["loc"])[1:] if first["loc"][:1] == ("steps",) else ()
         if message.startswith("steps.") and ": " in message:
             where, _, message = message.partition(": ")
-            index = where.removeprefix("steps.")
-            loc = (int(index),) if index.isdigit() else loc
+            parts = where.split(".")[1:]  # "steps.3" or "steps.3.subject"
+            if parts and parts[0].isdigit():
+                loc = tuple(int(part) if part.isdigit() else part for part in parts)
         error = InitErrorDetails(type=PydanticCustomError("step_rule", message), loc=loc, input=steps)
         raise ValidationError.from_exception_data("steps", [error]) from None
     return steps

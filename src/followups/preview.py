@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from followups.email_threads import reply_subject
 from followups.errors import InvalidInputError
 from followups.inputs import DealInput, validate
 from followups.scheduling.planning import Recipient, plan_times, quiet_hours_of
@@ -42,11 +43,13 @@ def parse_start(value: Any, field: str = "start") -> datetime:
     return moment.astimezone(UTC)
 
 
-def _rendered(step: EmailStep | SmsStep, context: dict[str, Any]) -> dict[str, Any]:
+def _rendered(step: EmailStep | SmsStep, context: dict[str, Any], previous_subject: str | None = None) -> dict[str, Any]:
     try:
         if isinstance(step, EmailStep):
+            # A reply step without a subject answers the previous email: "Re: <its subject>".
+            subject = render(step.subject, context) if step.subject else reply_subject(previous_subject or "")
             return {
-                "subject": render(step.subject, context),
+                "subject": subject,
                 "text": render(step.text, context) if step.text else None,
                 "html": render(step.html, context, html=True) if step.html else None,
             }
@@ -89,13 +92,16 @@ def preview_sequence(
             limits = step_limits(channel, sender, settings, db_id, daily_cap=owner_daily_cap(session, owner_id, channel))
             caps[channel] = [{"name": cap.name, "kind": cap.kind, "limit": cap.limit, "describe": cap.describe()} for cap in limits]
     rows = []
+    previous_subject = None
     for item in planned:
         row = item.as_dict()
         step = steps[item.index]
         if isinstance(step, EmailStep | SmsStep):
             channel = channel_of(step)
             reachable = checked.seller_email if channel == "email" else checked.seller_phone
-            row["message"] = _rendered(step, context) if reachable else None
+            row["message"] = _rendered(step, context, previous_subject) if reachable else None
+            if isinstance(step, EmailStep) and row["message"] and row["message"].get("subject"):
+                previous_subject = row["message"]["subject"]
             row["skipped"] = None if reachable else f"the deal has no seller {'email' if channel == 'email' else 'phone'}"
             row["caps"] = caps.get(channel, [])
         rows.append(row)

@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     unsubscribe_link_max_age_days: int = Field(default=365, ge=0)
     # CAN-SPAM: the sender's physical postal address, appended to every email when set.
     email_physical_address: str = ""
+    # An SMS STOP also ends the owner's email to that seller (its open sequences, and its mail to
+    # the seller's address until a START); off: a STOP concerns texts only.
+    sms_stop_stops_email: bool = False
 
     @field_validator("zombie_run_seconds")
     @classmethod

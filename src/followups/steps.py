@@ -27,9 +27,17 @@ class _Step(BaseModel):
 
 class EmailStep(_Step):
     type: Literal["EMAIL"] = "EMAIL"
-    subject: str = Field(min_length=1, max_length=998)
+    # Left out (""), a reply-threaded step uses "Re: " + the previous email's subject. A string
+    # rather than None: readers that only show a step's subject keep working.
+    subject: str = Field(
+        default="", min_length=1, max_length=998,
+        description='Required unless the email is reply-threaded; then "Re: <previous subject>" when left out',
+    )
     text: str | None = None
     html: str | None = None
+    # "reply": sent in the thread of the enrollment's previous email (In-Reply-To/References).
+    # None: "new" for the sequence's first EMAIL, "reply" for the later ones (`email_thread`).
+    thread: Literal["reply", "new"] | None = None
 
     @field_validator("subject", "text")
     @classmethod
@@ -88,6 +96,14 @@ class WaitStep(_Step):
         """The calendar duration (zero for a business-day wait: its end depends on the calendar)."""
         return timedelta(days=self.days, hours=self.hours, minutes=self.minutes, seconds=self.seconds)
 
+    @property
+    def written(self) -> str:
+        """The wait as the sequence gives it ("3 days", "1 hour 30 minutes", "5 business days")."""
+        if self.business_days is not None:
+            return f"{self.business_days} business day{'s' * (self.business_days != 1)}"
+        parts = [(self.days, "day"), (self.hours, "hour"), (self.minutes, "minute"), (self.seconds, "second")]
+        return " ".join(f"{value:g} {unit}{'s' * (value != 1)}" for value, unit in parts if value)
+
     @model_validator(mode="after")
     def _positive(self) -> WaitStep:
         if self.business_days is not None:
@@ -134,6 +150,12 @@ class SequenceSteps(BaseModel):
     @model_validator(mode="after")
     def _well_formed(self) -> SequenceSteps:
         for index, step in enumerate(self.steps):
+            if isinstance(step, EmailStep):
+                first = not any(isinstance(s, EmailStep) for s in self.steps[:index])
+                if first and step.thread == "reply":
+                    raise _StepRuleError(f"{index}.thread", "the first EMAIL has no earlier email to reply to")
+                if not step.subject and email_thread(self.steps, index) == "new":
+                    raise _StepRuleError(f"{index}.subject", "required: only a reply-threaded EMAIL can leave out its subject")
             if isinstance(step, WaitStep):
                 if index == len(self.steps) - 1:
                     raise _StepRuleError(index, "a sequence cannot end with a WAIT")
@@ -143,8 +165,16 @@ class SequenceSteps(BaseModel):
 
 
 class _StepRuleError(ValueError):
-    def __init__(self, index: int, message: str):
-        super().__init__(f"steps.{index}: {message}")
+    def __init__(self, where: int | str, message: str):
+        super().__init__(f"steps.{where}: {message}")
+
+
+def email_thread(steps: list[Any], index: int) -> str:
+    """"reply" or "new": the EMAIL step's own `thread`, else "new" for the first EMAIL only."""
+    step = steps[index]
+    if step.thread is not None:
+        return step.thread
+    return "reply" if any(isinstance(s, EmailStep) for s in steps[:index]) else "new"
 
 
 # Set while a web server parses a request body on its event loop: rendering templates there
@@ -224,8 +254,14 @@ def invalid_input_from(exc: ValidationError, prefix: str = "") -> InvalidInputEr
 
 
 def steps_to_json(steps: list[Step]) -> list[dict[str, Any]]:
-    # A calendar WAIT is stored as before business days existed, so unchanged steps compare equal.
-    return [
-        step.model_dump(exclude={"business_days"} if isinstance(step, WaitStep) and step.business_days is None else None)
-        for step in steps
-    ]
+    # Fields left at a default added later are not stored (a calendar WAIT's business_days, an
+    # EMAIL's thread), so unchanged steps compare equal to those stored before them.
+    return [step.model_dump(exclude=_unset_new_fields(step) or None) for step in steps]
+
+
+def _unset_new_fields(step: Step) -> set[str]:
+    if isinstance(step, WaitStep):
+        return {"business_days"} if step.business_days is None else set()
+    if isinstance(step, EmailStep):
+        return {name for name, unset in (("thread", step.thread is None), ("subject", not step.subject)) if unset}
+    return set()

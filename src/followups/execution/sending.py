@@ -23,15 +23,16 @@ from sqlalchemy.orm import Session
 from followups.db.events import record_event, step_events
 from followups.db.models import SENT_EVENT_TYPES, EnrollmentStatus, EventType
 from followups.db.session import session_scope
+from followups.email_threads import EmailThread, reply_subject, thread_for
 from followups.errors import InvalidStateError, OutcomeUnknownProviderError, ProviderError, TransientProviderError
 from followups.execution.stop_guard import stops_held
 from followups.inputs import SenderIdentity
 from followups.lifecycle import store
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
 from followups.providers import OutgoingEmail, OutgoingSms, Providers
-from followups.replies.suppression import email_suppressed, sms_opted_out
+from followups.replies.suppression import email_suppressed, sms_opted_out, sms_stop_covers_email
 from followups.settings import Settings, get_settings
-from followups.steps import SMS_MAX_CHARS, EmailStep, SmsStep
+from followups.steps import SMS_MAX_CHARS, EmailStep, SmsStep, email_thread
 from followups.templating import TemplateRenderError, build_context, render
 from followups.unsubscribe import with_unsubscribe
 from followups.users import Sender, load_sender, resolve_sender
@@ -56,9 +57,15 @@ class StepResult:
 
 
 def render_message(
-    plan: EnrollmentPlan, step: EmailStep | SmsStep, step_index: int, settings: Settings, sender: Sender | None = None
+    plan: EnrollmentPlan,
+    step: EmailStep | SmsStep,
+    step_index: int,
+    settings: Settings,
+    sender: Sender | None = None,
+    thread: EmailThread | None = None,
 ):
-    """The message for one step, from the owner's `sender` (the global settings' when None)."""
+    """The message for one step, from the owner's `sender` (the global settings' when None),
+    an email with the Message-ID and reply headers of its `thread`."""
     sender = sender or resolve_sender(SenderIdentity(), settings)
     context = build_context(plan.deal, plan.seller)
     if isinstance(step, EmailStep):
@@ -67,7 +74,7 @@ def render_message(
         email = OutgoingEmail(
             to_email=plan.seller.email,
             to_name=plan.seller.name,
-            subject=render(step.subject, context),
+            subject=_email_subject(plan, step, step_index, context, thread),
             text=render(step.text, context) if step.text else None,
             html=render(step.html, context, html=True) if step.html else None,
             reply_to=f"reply+{plan.reply_token}@{settings.reply_domain}",
@@ -75,6 +82,7 @@ def render_message(
             categories=("followups", f"sequence-{plan.sequence_id}"),
             from_email=sender.email_from,
             from_name=sender.email_from_name,
+            headers=thread.headers() if thread else {},
         )
         return with_unsubscribe(
             email, owner_id=plan.owner_id, enrollment_id=plan.enrollment_id, step_index=step_index,
@@ -92,11 +100,33 @@ def render_message(
     )
 
 
+def _email_subject(
+    plan: EnrollmentPlan, step: EmailStep, step_index: int, context: dict[str, Any], thread: EmailThread | None
+) -> str:
+    if step.subject:
+        return render(step.subject, context)
+    if thread and thread.previous_subject:
+        return reply_subject(thread.previous_subject)
+    # Nothing sent before (skipped, suppressed): a new thread under the subject it would have had.
+    # Validation makes the first EMAIL carry a subject, so there is always one.
+    earlier = next(s for s in reversed(plan.steps[:step_index]) if isinstance(s, EmailStep) and s.subject)
+    return render(earlier.subject, context)
+
+
+def email_thread_of(
+    session: Session, plan: EnrollmentPlan, step_index: int, sender: Sender, settings: Settings
+) -> EmailThread:
+    domain = settings.reply_domain.strip() or sender.email_from.rpartition("@")[2]
+    reply = email_thread(plan.steps, step_index) == "reply"
+    return thread_for(session, plan.enrollment_id, step_index, plan.reply_token, domain, reply=reply)
+
+
 def message_content(message: OutgoingEmail | OutgoingSms) -> dict[str, Any]:
     """What the sent event records. An SMS's `from` (or its messaging service) is what inbound
-    replies and opt-outs are routed and suppressed by."""
+    replies and opt-outs are routed and suppressed by; an email's Message-ID is what the next
+    reply-threaded step and inbound replies find it by."""
     if isinstance(message, OutgoingEmail):
-        return {
+        content = {
             "channel": "email",
             "from": message.from_email,
             "to": message.to_email,
@@ -105,6 +135,10 @@ def message_content(message: OutgoingEmail | OutgoingSms) -> dict[str, Any]:
             "html": message.html,
             "reply_to": message.reply_to,
         }
+        for name, key in (("Message-ID", "message_id"), ("In-Reply-To", "in_reply_to"), ("References", "references")):
+            if message.headers.get(name):
+                content[key] = message.headers[name]
+        return content
     content = {"channel": "sms", "from": message.from_number, "to": message.to, "body": message.body}
     if message.messaging_service_sid:
         content["messaging_service_sid"] = message.messaging_service_sid
@@ -116,11 +150,12 @@ def _skip_reason(
 ) -> str | None:
     if message is None:
         return f"the seller has no {'email address' if isinstance(step, EmailStep) else 'phone number'}"
-    # A STOP blocks the pair (seller phone, our number), whoever sends from that number.
+    # A STOP blocks every number of the owner it was meant for, and the number it was sent to.
     if isinstance(message, OutgoingSms) and sms_opted_out(
-        session, message.to, message.from_number, messaging_service_sid=message.messaging_service_sid
+        session, message.to, message.from_number, messaging_service_sid=message.messaging_service_sid,
+        owner_id=plan.owner_id,
     ):
-        return "the seller opted out of SMS from this number (STOP)"
+        return "the seller opted out of SMS (STOP)"
     # An unsubscribe or a bounce concerns one owner's mail: that owner's, not everyone's.
     if isinstance(message, OutgoingEmail):
         suppressed = email_suppressed(session, message.to_email, plan.owner_id)
@@ -128,6 +163,8 @@ def _skip_reason(
             return "the seller's address bounced"
         if suppressed is not None:
             return "the seller unsubscribed from email"
+        if get_settings().sms_stop_stops_email and sms_stop_covers_email(session, message.to_email, plan.owner_id):
+            return "the seller opted out by SMS (STOP), which ends email too"
     return None
 
 
@@ -208,7 +245,9 @@ def execute_send_step(
             return StepResult("outcome-unknown")
 
         try:
-            message = render_message(plan, step, step_index, settings, load_sender(session, plan.owner_id, settings))
+            sender = load_sender(session, plan.owner_id, settings)
+            thread = email_thread_of(session, plan, step_index, sender, settings) if isinstance(step, EmailStep) else None
+            message = render_message(plan, step, step_index, settings, sender, thread)
         except TemplateRenderError as exc:
             store.fail(session, plan, step_index, f"template: {exc}", **ids)
             return StepResult("failed", detail=str(exc))

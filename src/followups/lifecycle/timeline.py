@@ -107,7 +107,11 @@ def timeline(session: Session, plan: EnrollmentPlan) -> list[TimelineStep]:
             # make it later).
             planned = next_send_time(clock, step_rules(channel_of(step) or "email", plan.options, recipient, quiet))
             clock = planned.at.astimezone(UTC)
-            steps.append(TimelineStep(index, step.type, "pending", clock if open_status else None, deferred_by=planned.reason))
+            # A step the flow already held back shows why (its latest STEP_DEFERRED): from its new
+            # due time the rules alone would no longer say.
+            held = next((e for e in reversed(step_events) if e.event_type == EventType.STEP_DEFERRED), None)
+            reason = (held.content or {}).get("reason") if held is not None and open_status else None
+            steps.append(TimelineStep(index, step.type, "pending", clock if open_status else None, deferred_by=reason or planned.reason))
     return [item if item.message else replace(item, message=_message(plan, plan.steps[item.index])) for item in steps]
 
 

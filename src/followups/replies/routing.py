@@ -8,7 +8,8 @@ its own. Several owners can share a number (the global one): then the text goes 
 last texted that seller from it (the conversation the seller answers), or to all of them when
 none has yet. Nobody else ever sees it.
 
-Email replies are matched by their per-enrollment reply address; email opt-outs from the event
+Email replies are matched by their per-enrollment reply address, or by the Message-ID of ours
+they answer (`enrollments_for_message_ids`); email opt-outs from the event
 webhook stay with the owner of the message (`open_enrollments_for_email`). A reply also reaches
 the same deal's other open enrollments whose sequence stops on a reply from the seller's other
 channel (`other_channel_enrollments`).
@@ -114,6 +115,50 @@ def route_inbound_sms(
     return SmsRoute(addressed=addressed, bystanders=[e for e in others if e not in addressed])
 
 
+def owners_of_number(
+    session: Session, phone: str, to_number: str, messaging_service_sid: str | None, global_number: str | None,
+    enrollment_ids: list[int],
+) -> list[int]:
+    """The owners an SMS opt-out to `to_number` is meant for: those of the enrollments it is
+    routed to, those who texted `phone` from that number or service (even if they send from
+    another one now), and those whose own number or service it is."""
+    routed = select(Deal.owner_id).join(Enrollment, Enrollment.deal_id == Deal.id).where(Enrollment.id.in_(enrollment_ids))
+    texted = (
+        select(Deal.owner_id)
+        .select_from(FollowUpEvent)
+        .join(Enrollment, Enrollment.id == FollowUpEvent.enrollment_id)
+        .join(Deal, Deal.id == Enrollment.deal_id)
+        .where(
+            Deal.seller_phone == phone,
+            FollowUpEvent.event_type == EventType.SMS_SENT.value,
+            FollowUpEvent.content["to"].astext == phone,
+            _sent_from(to_number, messaging_service_sid, global_number),
+        )
+    )
+    # The global number is nobody's own: its owners are covered by the number's block.
+    own = select(User.id).where(_sends_from(to_number, messaging_service_sid, None))
+    return sorted(set(session.scalars(routed.union(texted, own))))
+
+
+def open_enrollments_of_owners(session: Session, owners: list[int], phone: str, *, email_too: bool) -> list[int]:
+    """The owners' open enrollments of the seller with this phone and, with `email_too`, of the
+    sellers with the same email address."""
+    of_seller = Deal.seller_phone == phone
+    if email_too:
+        emails = select(func.lower(Deal.seller_email)).where(
+            Deal.owner_id.in_(owners), Deal.seller_phone == phone, Deal.seller_email.is_not(None)
+        )
+        of_seller = or_(of_seller, func.lower(Deal.seller_email).in_(emails))
+    return list(
+        session.scalars(
+            select(Enrollment.id)
+            .join(Deal, Deal.id == Enrollment.deal_id)
+            .where(Deal.owner_id.in_(owners), of_seller, Enrollment.status.in_(_OPEN))
+            .order_by(Enrollment.id)
+        )
+    )
+
+
 def enrollments_for_phone(
     session: Session, phone: str, to_number: str, messaging_service_sid: str | None = None, global_number: str | None = None
 ) -> list[int]:
@@ -133,6 +178,33 @@ def open_enrollments_for_email(session: Session, email: str, owner_id: int) -> l
                 Enrollment.status.in_(_OPEN),
             )
             .order_by(Enrollment.id)
+        )
+    )
+
+
+def enrollments_for_message_ids(session: Session, message_ids: list[str]) -> list[int]:
+    """The enrollments that sent these Message-IDs (`email_threads.referenced_ids`). Only ids
+    recorded on this database's sent emails match: another database's, or a forged one, do not."""
+    from followups.email_threads import parse_id
+
+    named = [(value, parse_id(value)) for value in message_ids]
+    matches = [
+        and_(
+            FollowUpEvent.enrollment_id == ids[0],
+            FollowUpEvent.step_index == ids[1],
+            FollowUpEvent.content["message_id"].astext == value,
+        )
+        for value, ids in named
+        if ids is not None
+    ]
+    if not matches:
+        return []
+    return list(
+        session.scalars(
+            select(FollowUpEvent.enrollment_id)
+            .where(FollowUpEvent.event_type == EventType.EMAIL_SENT.value, or_(*matches))
+            .distinct()
+            .order_by(FollowUpEvent.enrollment_id)
         )
     )
 

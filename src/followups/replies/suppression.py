@@ -1,10 +1,16 @@
 """Opt-outs: a seller who texted STOP (or unsubscribed by email) gets no more of that channel.
 
-SMS: a STOP blocks one pair, (seller phone, our number), as the carrier does: OPTED_OUT events
-carry content `channel` "sms", `from` (the seller) and `to` (our number, plus
-`messaging_service_sid` when the number belongs to a Messaging Service). A later START or
-UNSTOP to the same number (a PROVIDER_EVENT with status `opt_in`) lifts it. Facts recorded
-before each owner had a number carry no `to`: they count for every number.
+SMS: a STOP (or another revocation, `keywords.sms_revocation`) blocks the seller's phone for
+every number and Messaging Service of the owners it is meant for (`routing.owners_of_number`),
+every sequence and purpose alike (the FCC's revoke-all rule, applied ahead of 2027-01-31). Their
+OPTED_OUT events carry content `channel` "sms", `from` (the seller), `to` (our number, plus
+`messaging_service_sid` when it belongs to a Messaging Service) and `owners`. The number itself
+stays blocked for everyone sending from it too, as the carrier blocks it (a shared number: every
+owner on it). A later START or UNSTOP (a PROVIDER_EVENT with status `opt_in`) lifts the block of
+the owners it reaches and of the number it was sent to. Facts recorded before each owner had a
+number carry no `to`: they count for every number; facts recorded before `owners` count for the
+owner of the enrollment they are on. With `sms_stop_stops_email` the owner's block also suppresses its mail to the
+addresses of that seller's deals.
 
 Email: an unsubscribe or spam report answers one owner's mail, so it suppresses the address for
 that owner only (the owner of the enrollment the OPTED_OUT event is recorded on). So does a
@@ -35,17 +41,14 @@ def _our_sender(from_number: str | None, messaging_service_sid: str | None):
     return or_(*matches)
 
 
-def sms_opted_out(session: Session, phone: str, from_number: str | None, *, messaging_service_sid: str | None = None) -> bool:
-    """Whether `phone` texted STOP to `from_number` (or to a number of the Messaging Service)
-    and has not texted START since."""
+def _blocked(session: Session, phone: str, scope) -> bool:
     # Both reads use ix_follow_up_events_sms_opt_outs (content->>'from', id): a phone has few events.
-    sender = _our_sender(from_number, messaging_service_sid)
     opted_out = _latest(
         session,
         FollowUpEvent.event_type == EventType.OPTED_OUT.value,
         FollowUpEvent.content["channel"].astext == "sms",
         FollowUpEvent.content["from"].astext == phone,
-        sender,
+        scope,
     )
     if opted_out is None:
         return False
@@ -54,9 +57,37 @@ def sms_opted_out(session: Session, phone: str, from_number: str | None, *, mess
         FollowUpEvent.event_type == EventType.PROVIDER_EVENT.value,
         FollowUpEvent.status == "opt_in",
         FollowUpEvent.content["from"].astext == phone,
-        sender,
+        scope,
     )
     return opted_in is None or opted_in < opted_out
+
+
+def _of_owner(owner_id: int):
+    # Facts recorded before `owners` existed count for the owner of the enrollment they are on.
+    owners_enrollments = select(Enrollment.id).join(Deal, Deal.id == Enrollment.deal_id).where(Deal.owner_id == owner_id)
+    return or_(FollowUpEvent.content["owners"].contains([owner_id]), FollowUpEvent.enrollment_id.in_(owners_enrollments))
+
+
+def sms_opted_out(
+    session: Session, phone: str, from_number: str | None, *, messaging_service_sid: str | None = None,
+    owner_id: int | None = None,
+) -> bool:
+    """Whether `phone` revoked SMS from `owner_id` (from any of its numbers), or texted STOP to
+    `from_number` (or to a number of the Messaging Service), and has not texted START since."""
+    if owner_id is not None and _blocked(session, phone, _of_owner(owner_id)):
+        return True
+    return _blocked(session, phone, _our_sender(from_number, messaging_service_sid))
+
+
+def sms_stop_covers_email(session: Session, email: str, owner_id: int) -> bool:
+    """Whether the seller of a deal of this owner with this address revoked the owner's SMS
+    (what `sms_stop_stops_email` extends to email)."""
+    phones = session.scalars(
+        select(Deal.seller_phone).distinct().where(
+            Deal.owner_id == owner_id, func.lower(Deal.seller_email) == email.lower(), Deal.seller_phone.is_not(None)
+        )
+    ).all()
+    return any(_blocked(session, phone, _of_owner(owner_id)) for phone in phones)
 
 
 SUPPRESSING = (EventType.OPTED_OUT.value, EventType.BOUNCED.value)
