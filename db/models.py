@@ -172,6 +172,8 @@ class Deal(Base):
     seller_email: Mapped[str | None] = mapped_column(String(320))
     seller_phone: Mapped[str | None] = mapped_column(String(32))
     seller_timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    # USPS code of the property's state: its texting law applies to the seller's SMS.
+    property_state: Mapped[str | None] = mapped_column(String(2))
     offer_amount: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
     context: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -38,8 +38,9 @@ TEST_ENV = {
     "FOLLOWUPS_TWILIO_AUTH_TOKEN": "twilio-test-token",
     "FOLLOWUPS_STEP_RETRY_BASE_SECONDS": "0.3",
     "FOLLOWUPS_STEP_RETRY_JITTER_FACTOR": "0.1",
-    # Tests send at any hour; quiet hours have their own tests.
+    # Tests send at any hour; quiet hours and state laws have their own tests.
     "FOLLOWUPS_QUIET_HOURS_ENABLED": "false",
+    "FOLLOWUPS_STATE_LAWS_ENABLED": "false",
     # Send rates that never throttle: many tests send at once from one account (the caps have
     # their own tests, which set their rates; the daily caps keep their defaults).
     "FOLLOWUPS_EMAIL_RATE_PER_SECOND": "1000",

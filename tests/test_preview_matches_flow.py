@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from followups.db.session import session_scope
+from followups.deals import upsert_deal
 from followups.errors import InvalidStateError
 from followups.execution import deferral, waiting
 from followups.lifecycle.plan import EnrollmentPlan
@@ -33,7 +34,9 @@ pytestmark = pytest.mark.usefixtures("database_url")
 ZONES = ["America/New_York", "America/Chicago", "America/Denver", "America/Phoenix", "America/Los_Angeles",
          "America/Anchorage", "Europe/London", "Europe/Berlin", "Europe/Helsinki"]
 # One zone, two zones (Adak/Anchorage), every NANP zone (toll-free), none (not a number's zone).
-PHONES = [None, "+12125550142", "+13105550142", "+19075550142", "+17015550142", "+18005550142"]
+PHONES = [None, "+12125550142", "+13105550142", "+19075550142", "+17015550142", "+18005550142", "+12145550142"]
+# State texting laws: by the property's state, besides the number's (Texas above).
+PROPERTY_STATES = [None, None, "FL", "AL", "KY"]
 # 2027 DST changes (US: Mar 14, Nov 7; EU: Mar 28, Oct 31) and US/DE holidays nearby.
 ANCHORS = [
     datetime(2027, 3, 14, 7, tzinfo=UTC), datetime(2027, 11, 7, 6, tzinfo=UTC),
@@ -104,6 +107,11 @@ def flow_clock():
     patch.setattr(deferral, "clock", clock.now)
     patch.setattr(deferral.time, "sleep", clock.sleep)
     patch.setattr(deferral, "defer", lambda *args: True)  # the deferred run is simulated below
+
+    def no_allowed_time(plan, index, reason, run):
+        raise InvalidStateError(reason)  # the flow skips the step: what the preview cannot plan
+
+    patch.setattr(deferral, "_skip", no_allowed_time)
     yield clock
     patch.undo()
     reset_settings()
@@ -140,13 +148,19 @@ def flow_times(plan: EnrollmentPlan, start: datetime, clock: Clock) -> list[tupl
     seller_zone=st.sampled_from(["UTC", *ZONES]), phone=st.sampled_from(PHONES),
     owner_zone=st.sampled_from([None, "America/Denver", "Europe/Berlin"]),
     anchor=st.sampled_from(ANCHORS), offset=st.integers(-5 * 86400, 5 * 86400),
+    property_state=st.sampled_from(PROPERTY_STATES),
 )
-def test_the_preview_equals_the_flow(owners, flow_clock, steps, options, seller_zone, phone, owner_zone, anchor, offset):
+def test_the_preview_equals_the_flow(
+    owners, flow_clock, steps, options, seller_zone, phone, owner_zone, anchor, offset, property_state
+):
     owner = owners[owner_zone]
     sequence_id = new_sequence(owner, steps, options=options)
     start = anchor + timedelta(seconds=offset)
     deal = {"external_id": "D-1", "property_address": "1 Main St", "seller_name": "Pat Lee",
-            "seller_email": "pat@example.com", "seller_phone": phone, "seller_timezone": seller_zone}
+            "seller_email": "pat@example.com", "seller_phone": phone, "seller_timezone": seller_zone,
+            "property_state": property_state}
+    with session_scope() as session:  # the flow reads the deal's property_state from its row
+        deal_id = upsert_deal(session, owner, deal)
     with session_scope(read_only=True) as session:
         try:
             preview = preview_sequence(session, owner, sequence_id, deal, start.isoformat())
@@ -154,7 +168,7 @@ def test_the_preview_equals_the_flow(owners, flow_clock, steps, options, seller_
             preview = None
     plan = EnrollmentPlan(
         enrollment_id=1, status="ACTIVE", current_step=0, next_due_at=start, prefect_flow_run_id=None,
-        sequence_id=sequence_id, sequence_version=1, steps=load_stored_steps(steps), deal_id=1, owner_id=owner,
+        sequence_id=sequence_id, sequence_version=1, steps=load_stored_steps(steps), deal_id=deal_id, owner_id=owner,
         deal_ref="D-1", deal=DealView("D-1", "1 Main St", None), seller=SellerView("Pat Lee", "pat@example.com", phone, seller_zone),
         reply_token="x", options=load_stored_options(options), owner_timezone=owner_zone,
     )

@@ -68,12 +68,13 @@ def run_demo(console: Console, timeout: float = 180) -> str:
 
 def _run(console: Console, settings: Settings, api_url: str, timeout: float) -> str:
     console.print("[bold]3/4[/] Serving the follow-up-sequence deployment (stock runner, 1 s poll)")
-    # The demo must finish at any hour, so its SMS ignores the seller's quiet hours.
+    # The demo must finish at any hour, so its SMS ignores the seller's quiet hours and state law.
     env = {
         **os.environ,
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "FOLLOWUPS_QUIET_HOURS_ENABLED": "false",
+        "FOLLOWUPS_STATE_LAWS_ENABLED": "false",
         # `python -m` (the runner, and each flow run it starts) must import the installed
         # package even when started from a checkout of this repository.
         "PYTHONSAFEPATH": "1",

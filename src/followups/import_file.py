@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 from followups.errors import FollowupsError
 
 MAX_LINE_BYTES = 256 * 1024  # a deal with the largest allowed context fits well below
-DEAL_COLUMNS = {"external_id", "property_address", "seller_name", "seller_email", "seller_phone", "seller_timezone", "offer_amount"}
+DEAL_COLUMNS = {"external_id", "property_address", "seller_name", "seller_email", "seller_phone", "seller_timezone", "property_state", "offer_amount"}
 FORMULA_START = ("=", "@", "\t", "\r")
 csv.field_size_limit(MAX_LINE_BYTES)
 

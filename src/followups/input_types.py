@@ -87,6 +87,18 @@ def _known_zone(value: str) -> str:
     return value
 
 
+def _upper(value: Any) -> Any:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+def _us_state(value: str) -> str:
+    from followups.scheduling.state_laws import STATE_NAMES
+
+    if value not in STATE_NAMES:
+        raise PydanticCustomError("us_state", "unknown US state; use its 2-letter USPS code, e.g. FL")
+    return value
+
+
 def _e164(value: str) -> str:
     value = value.strip()
     if len(value) > MAX_PHONE_INPUT or not value.isascii() or not _PHONE_CHARS.fullmatch(value):
@@ -161,6 +173,9 @@ Amount = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2, allow_i
 Phone = Annotated[str, AfterValidator(_e164), Field(json_schema_extra={"examples": ["+15035550142"]})]
 MessagingServiceSid = Annotated[
     str, AfterValidator(_messaging_service), Field(json_schema_extra={"examples": ["MG" + "0123456789abcdef" * 2]})
+]
+UsState = Annotated[
+    str, BeforeValidator(_upper), AfterValidator(_us_state), Field(json_schema_extra={"examples": ["FL"]})
 ]
 TimeZone = Annotated[str, AfterValidator(_known_zone), Field(json_schema_extra={"examples": ["America/New_York"]})]
 Email = Annotated[EmailStr, BeforeValidator(_email_length)]

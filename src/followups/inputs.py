@@ -34,6 +34,7 @@ from followups.input_types import (
     Phone,
     StepList,
     TimeZone,
+    UsState,
     bad_text,
     find_bad_text,
 )
@@ -76,6 +77,10 @@ class DealInput(_Input):
     seller_email: Email | None = None
     seller_phone: Phone | None = Field(default=None, description="E.164; stored formatted, e.g. +15035550142")
     seller_timezone: TimeZone = "UTC"
+    property_state: UsState | None = Field(
+        default=None, description="USPS code of the property's state (e.g. FL): its texting law applies, besides the one "
+        "of the phone number's area code",
+    )
     offer_amount: Amount | None = None
     context: Context = Field(
         default_factory=dict, description="Free-form values for templates (`deal.context.*`); at most 64 KB, 5 levels"

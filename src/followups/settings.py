@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     # An ACTIVE enrollment without a pending run for this long is given its first run by the sweep.
     unscheduled_grace_seconds: int = Field(default=300, ge=30)
     quiet_hours_start: int = Field(default=21, ge=0, le=23)
+    # State texting laws stricter than the TCPA (scheduling/state_laws.py): hours, Sundays,
+    # state holidays and texts per 24 h, by the property's state and the number's area code.
+    state_laws_enabled: bool = True
     quiet_hours_end: int = Field(default=8, ge=0, le=23)
 
     webhook_max_age_seconds: int = 300

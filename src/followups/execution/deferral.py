@@ -1,7 +1,8 @@
 """Holding a message step back: outside its send window, in SMS quiet hours, on a skipped
-holiday, or over a send cap. The step is never dropped: the enrollment gets a scheduled run for
-the next allowed moment (through `lifecycle.store`) and a STEP_DEFERRED event saying why and
-until when. No process waits.
+holiday, outside a state texting law's hours or over its texts-per-24-h cap, or over a send
+cap. The step is never dropped: the enrollment gets a scheduled run for the next allowed moment
+(through `lifecycle.store`) and a STEP_DEFERRED event saying why and until when. No process
+waits.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from followups.db.models import EnrollmentStatus, EventType
+from sqlalchemy import select
+
+from followups.db.models import Deal, Enrollment, EnrollmentStatus, EventType, FollowUpEvent
 from followups.db.session import session_scope
 from followups.errors import InvalidStateError
 from followups.execution.waiting import SHORT_WAIT_SECONDS
@@ -36,15 +39,63 @@ clock: Callable[[], datetime] = _utc_now
 @dataclass(frozen=True)
 class Deferral:
     until: datetime
-    reason: str  # due time | window | quiet hours | holiday | cap | no allowed time
+    reason: str  # due time | window | quiet hours | holiday | state law | cap | no allowed time
     detail: str
     skipped: bool = False  # never allowed: the step was skipped, and the sequence goes on
 
 
-def outside_rules(plan: EnrollmentPlan, channel: str, now: datetime) -> Deferral | None:
-    """Why the step may not go out at `now`, and until when; None when it may."""
-    recipient = Recipient.of(plan.seller, plan.owner_timezone)
-    planned = step_time(plan.steps, plan.current_step, now, plan.options, recipient, quiet_hours_of(get_settings()))
+_DAY = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class TextHistory:
+    """What the state texting laws need from the database for one SMS send."""
+
+    property_state: str | None
+    sent: tuple[datetime, ...]  # the owner's texts to this number in the last 24 h, oldest first
+
+
+def text_history(plan: EnrollmentPlan, channel: str, now: datetime) -> TextHistory | None:
+    """The deal's property state and the owner's SMS to the seller's number, in every sequence,
+    over the 24 h before `now`; None when no state law can apply (not an SMS, laws off)."""
+    if channel != "sms" or not plan.seller.phone or not get_settings().state_laws_enabled:
+        return None
+    with session_scope(read_only=True) as session:
+        state = session.scalar(select(Deal.property_state).where(Deal.id == plan.deal_id))
+        sent = session.scalars(
+            select(FollowUpEvent.occurred_at)
+            .join(Enrollment, Enrollment.id == FollowUpEvent.enrollment_id)
+            .join(Deal, Deal.id == Enrollment.deal_id)
+            .where(
+                Deal.owner_id == plan.owner_id, Deal.seller_phone == plan.seller.phone,
+                FollowUpEvent.event_type == EventType.SMS_SENT,
+                FollowUpEvent.occurred_at > now - _DAY, FollowUpEvent.occurred_at <= now,
+            )
+            .order_by(FollowUpEvent.occurred_at)
+        ).all()
+    return TextHistory(state, tuple(sent))
+
+
+def outside_rules(plan: EnrollmentPlan, channel: str, now: datetime, history: TextHistory | None = None) -> Deferral | None:
+    """Why the step may not go out at `now`, and until when; None when it may. With `history`,
+    the property's state law applies too, and a state's cap on texts per 24 h."""
+    settings = get_settings()
+    recipient = Recipient.of(plan.seller, plan.owner_timezone, history.property_state if history else None)
+    moment, capped = now, None
+    while True:
+        planned = step_time(
+            plan.steps, plan.current_step, moment, plan.options, recipient, quiet_hours_of(settings),
+            state_laws=settings.state_laws_enabled,
+        )
+        at = planned.send_at or moment
+        law = recipient.text_cap(at) if history else None
+        recent = [sent for sent in history.sent if sent > at - _DAY] if history and law else []
+        if law is None or law.cap is None or len(recent) < law.cap:
+            break
+        # At the cap: wait until enough of those texts are 24 h old, then for the hours again.
+        moment, capped = recent[len(recent) - law.cap] + _DAY, law
+    if capped is not None:
+        return Deferral(at, "state law", f"{capped.describe_cap()}; deferred until {at.isoformat()}")
     if planned.reason is None or planned.send_at is None:
         return None
     return Deferral(planned.send_at, planned.reason, planned.detail)
@@ -127,6 +178,7 @@ def _why(deferral: Deferral) -> str:
         "quiet hours": "the seller's quiet hours end",
         "holiday": "the holiday is over",
         "cap": "the send cap allows it",
+        "state law": "the state's texting law allows it",
     }.get(deferral.reason, deferral.reason)
 
 
@@ -136,8 +188,9 @@ def hold_if_needed(
     """Defer the message step when it may not go out now; None means: send it now. (A deferral
     is returned even when the enrollment moved on meanwhile: this run sends nothing either way.)"""
     now = clock()
+    history = text_history(plan, channel, now)
     try:
-        deferral = not_due(plan, flow_run_id, now) or outside_rules(plan, channel, now)
+        deferral = not_due(plan, flow_run_id, now) or outside_rules(plan, channel, now, history)
     except InvalidStateError as exc:
         # No moment is allowed at all (e.g. a toll-free number: every zone from Guam to Samoa,
         # and a business-hours window). Failing would only repeat; the step is not sent.
@@ -148,7 +201,7 @@ def hold_if_needed(
         # step. Wait the moment out instead.
         time.sleep(max(0.0, (deferral.until - now).total_seconds()))
         now = clock()
-        deferral = outside_rules(plan, channel, now)
+        deferral = outside_rules(plan, channel, now, history)
     if deferral is None and _reachable(plan, channel):
         deferral = over_cap(plan, channel, now, gate)
     if deferral is not None:

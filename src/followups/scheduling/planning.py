@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from followups.scheduling.send_times import SendRules, add_business_days, add_days, explain, holiday_lookup, rules_for
+from followups.scheduling.state_laws import STATE_LAWS, StateLaw, has_law, state_of_phone, strictest_cap
 from followups.scheduling.zones import recipient_zone, recipient_zones
 from followups.sequence_options import SequenceOptions
 from followups.steps import Step, WaitStep, channel_of
@@ -34,12 +35,35 @@ class Recipient:
     timezone: str | None  # the deal's seller_timezone ("UTC" counts as not given)
     phone: str | None = None
     owner_timezone: str | None = None
+    property_state: str | None = None  # the deal's property_state (USPS code)
 
     @classmethod
-    def of(cls, seller: Any, owner_timezone: str | None = None) -> Recipient:
+    def of(cls, seller: Any, owner_timezone: str | None = None, property_state: str | None = None) -> Recipient:
         """The recipient of an enrollment's messages, from its seller (a SellerView) and the
         owner's zone (the last fallback)."""
-        return cls(seller.timezone, seller.phone, owner_timezone)
+        return cls(seller.timezone, seller.phone, owner_timezone, property_state)
+
+    def states(self) -> tuple[str, ...]:
+        """The states whose texting laws apply: the property's and the phone number's (both
+        when they differ: the seller may be at either). None without a number to text."""
+        if not self.phone:
+            return ()
+        return tuple(dict.fromkeys(state for state in (self.property_state, state_of_phone(self.phone)) if state))
+
+    def laws(self, zones: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """Each state with a texting law, and the clocks it is read on: the message's candidate
+        zones; for the property's state also that state's own zones, unless the deal gave the
+        seller's zone or the number is from that state (the seller may live at the property)."""
+        placed = bool(self.timezone and self.timezone != "UTC") or state_of_phone(self.phone) == self.property_state
+        found = []
+        for state in filter(has_law, self.states()):
+            own = () if placed or state != self.property_state else _state_zones(state)
+            found.append((state, tuple(dict.fromkeys((*zones, *own)))))
+        return tuple(found)
+
+    def text_cap(self, moment: datetime) -> StateLaw | None:
+        """The state law whose cap on texts per 24 h applies, the strictest of them."""
+        return strictest_cap(self.states(), moment.date())
 
     def zone(self, channel: str) -> tuple[str, str]:
         return recipient_zone(channel, self.timezone, self.phone, self.owner_timezone)
@@ -49,14 +73,26 @@ class Recipient:
         return recipient_zones(channel, self.timezone, self.phone, self.owner_timezone)
 
 
+def _state_zones(state: str) -> tuple[str, ...]:
+    return next(law.zones for law in STATE_LAWS if law.state == state)
+
+
 def step_rules(
-    channel: str, options: SequenceOptions, recipient: Recipient, quiet_hours: tuple[int, int] | None
+    channel: str,
+    options: SequenceOptions,
+    recipient: Recipient,
+    quiet_hours: tuple[int, int] | None,
+    state_laws: bool = True,
 ) -> SendRules:
     """The rules of one message: the sequence's window and holidays in the recipient's zone (in
-    each candidate zone when unsure), and for SMS the quiet hours on top (`quiet_hours` None:
-    switched off)."""
+    each candidate zone when unsure), and for SMS the quiet hours (`quiet_hours` None: switched
+    off) and the state texting laws (`state_laws`) on top."""
     zones, _ = recipient.zones(channel)
-    return rules_for(options, zones[0], quiet_hours=quiet_hours if channel == "sms" else None, other_zones=zones[1:])
+    sms = channel == "sms"
+    return rules_for(
+        options, zones[0], quiet_hours=quiet_hours if sms else None, other_zones=zones[1:],
+        laws=recipient.laws(zones) if sms and state_laws else (),
+    )
 
 
 def wait_zone(steps: Sequence[Step], index: int, recipient: Recipient) -> str:
@@ -85,7 +121,7 @@ class PlannedStep:
     send_at: datetime | None  # messages: the first allowed moment at or after due_at
     timezone: str  # a deferred message: the zone whose rule decided
     zone_source: str
-    reason: str | None = None  # window | quiet hours | holiday (why send_at is later)
+    reason: str | None = None  # window | quiet hours | holiday | state law (why send_at is later)
     detail: str = ""
     zones: tuple[str, ...] = ()  # every candidate zone a message's send time was checked in
 
@@ -111,6 +147,7 @@ def plan_times(
     quiet_hours: tuple[int, int] | None,
     *,
     first_index: int = 0,
+    state_laws: bool = True,
 ) -> list[PlannedStep]:
     """The planned time of every step from `first_index`, the first one due at `start`.
 
@@ -120,7 +157,7 @@ def plan_times(
     planned: list[PlannedStep] = []
     moment = start
     for index in range(first_index, len(steps)):
-        planned.append(step_time(steps, index, moment, options, recipient, quiet_hours))
+        planned.append(step_time(steps, index, moment, options, recipient, quiet_hours, state_laws=state_laws))
         moment = planned[-1].send_at or planned[-1].due_at
     return planned
 
@@ -132,6 +169,8 @@ def step_time(
     options: SequenceOptions,
     recipient: Recipient,
     quiet_hours: tuple[int, int] | None,
+    *,
+    state_laws: bool = True,
 ) -> PlannedStep:
     """The times of step `index` reached at `moment`: a WAIT's end, or a message's first allowed
     send time at or after `moment` (`reason` None: it may go out at `moment`)."""
@@ -142,5 +181,5 @@ def step_time(
         zone = wait_zone(steps, index, recipient)
         return PlannedStep(index, "WAIT", wait_due(moment, step, options, zone), None, zone, "wait")
     zones, source = recipient.zones(channel)
-    result, detail = explain(moment, step_rules(channel, options, recipient, quiet_hours))
+    result, detail = explain(moment, step_rules(channel, options, recipient, quiet_hours, state_laws))
     return PlannedStep(index, channel.upper(), moment, result.at, result.zone, source, result.reason, detail, zones)

@@ -8,6 +8,10 @@ so DST changes move the UTC instant, never the local opening hour.
 When the recipient's zone is uncertain (`zones.recipient_zones`), the rules hold in every
 candidate zone at once: the send time is the first moment allowed on all their clocks, and the
 zone whose rule held it back last is the one that decided.
+
+A state's texting law (`state_laws`), when one applies to an SMS, holds the same way: its hours
+and days must allow the moment on each clock it is read on, and a deferral it decides names it
+(reason "state law").
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from followups.errors import InvalidStateError
+from followups.scheduling.state_laws import law_in_force
 from followups.sequence_options import SendWindow, SequenceOptions
 
 # A holiday calendar: the holiday's name for a date, or None.
@@ -42,6 +47,8 @@ class SendRules:
     holidays: HolidayLookup | None = None
     # More candidate zones when the recipient's is uncertain: a send must be allowed in each.
     other_zones: tuple[str, ...] = ()
+    # State texting laws on top: (USPS code, the zones its hours are read on).
+    laws: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def zones(self) -> tuple[str, ...]:
@@ -51,7 +58,7 @@ class SendRules:
 @dataclass(frozen=True)
 class SendTime:
     at: datetime  # aware, in `zone`
-    reason: str | None  # None: allowed as due; else window | quiet hours | holiday
+    reason: str | None  # None: allowed as due; else window | quiet hours | holiday | state law
     detail: str = ""
     zone: str = ""  # the zone whose rule decided (the rules' first zone when nothing held it)
 
@@ -77,11 +84,17 @@ def holiday_lookup(country: str) -> HolidayLookup:
 
 
 def rules_for(
-    options: SequenceOptions, timezone: str, *, quiet_hours: tuple[int, int] | None = None, other_zones: tuple[str, ...] = ()
+    options: SequenceOptions,
+    timezone: str,
+    *,
+    quiet_hours: tuple[int, int] | None = None,
+    other_zones: tuple[str, ...] = (),
+    laws: tuple[tuple[str, tuple[str, ...]], ...] = (),
 ) -> SendRules:
     return SendRules(
         timezone=timezone,
         other_zones=other_zones,
+        laws=laws,
         window=options.send_window,
         quiet_hours=quiet_hours,
         holidays=holiday_lookup(options.holiday_country) if options.skip_holidays else None,
@@ -137,15 +150,21 @@ def next_send_time(due: datetime, rules: SendRules) -> SendTime:
     """
     if due.tzinfo is None:
         raise ValueError("due must be timezone-aware")
-    if not rules.other_zones:
+    if not rules.other_zones and not rules.laws:
         return _next_in_zone(due, rules, rules.timezone)
-    # Each zone moves the moment to its next opening until none objects; every move goes
-    # forward, so the search ends or runs out of days.
+    # Laws first: where a law and the TCPA's quiet hours end at the same moment, the law (the
+    # stricter rule, and the one to name) decides.
+    checks: list[Callable[[datetime], SendTime]] = [
+        lambda moment, s=state, z=zone: _next_by_law(moment, s, z) for state, zones in rules.laws for zone in zones
+    ]
+    checks += [lambda moment, zone=zone: _next_in_zone(moment, rules, zone) for zone in rules.zones]
+    # Each zone (and each law on each of its clocks) moves the moment to its next opening until
+    # none objects; every move goes forward, so the search ends or runs out of days.
     moment, decided = due, None
     while True:
         moved = False
-        for zone in rules.zones:
-            result = _next_in_zone(moment, rules, zone)
+        for check in checks:
+            result = check(moment)
             if result.deferred and result.at > moment:
                 moment, decided, moved = result.at, result, True
         if not moved:
@@ -153,7 +172,9 @@ def next_send_time(due: datetime, rules: SendRules) -> SendTime:
         if moment - due > timedelta(days=MAX_SEARCH_DAYS):
             raise InvalidStateError(
                 f"no allowed send time: no hour is open in all {len(rules.zones)} candidate zones "
-                f"({rules.zones[0]} … {rules.zones[-1]}); give the deal a seller_timezone"
+                f"({rules.zones[0]} … {rules.zones[-1]})"
+                + (f" under the texting laws of {', '.join(state for state, _ in rules.laws)}" if rules.laws else "")
+                + "; give the deal a seller_timezone"
             )
     if decided is None:
         return SendTime(due.astimezone(ZoneInfo(rules.timezone)), None, zone=rules.timezone)
@@ -192,6 +213,29 @@ def _next_in_zone(due: datetime, rules: SendRules, timezone: str) -> SendTime:
     raise InvalidStateError("no allowed send time: the send window lies inside quiet hours or never opens")
 
 
+def _next_by_law(due: datetime, state: str, timezone: str) -> SendTime:
+    """The first moment at or after `due` that `state`'s texting law allows on `timezone`'s clock."""
+    zone = ZoneInfo(timezone)
+    local = due.astimezone(zone)
+    day, why = local.date(), ""
+    for _ in range(MAX_SEARCH_DAYS):
+        law = law_in_force(state, day)
+        if law is None:  # not yet in force that day
+            at = max(local, _real(_wall(day, 0, zone), zone))
+            return SendTime(at, "state law" if at > local else None, why, timezone)
+        holiday = law.holiday(day)
+        hours = None if holiday else law.hours[day.weekday()]
+        if hours is not None:
+            opening, closing = (_real(_wall(day, _minutes(moment), zone), zone) for moment in hours)
+            if local < closing:
+                if local >= opening:
+                    return SendTime(local, None, zone=timezone)
+                return SendTime(opening, "state law", why or law.describe(), timezone)
+        why = why or (f"{law.name}: no texts on state holidays ({holiday}) ({law.citation})" if holiday else law.describe())
+        day += timedelta(days=1)
+    raise InvalidStateError(f"no allowed send time under {state}'s texting law")
+
+
 def _why_not(local: datetime, rules: SendRules) -> tuple[str, str]:
     minute = local.hour * 60 + local.minute
     if rules.window is not None and not _minutes(rules.window.start) <= minute < _minutes(rules.window.end):
@@ -210,6 +254,7 @@ def explain(due: datetime, rules: SendRules) -> tuple[SendTime, str]:
         "window": "outside the send window" + (f" ({_window_text(rules.window)})" if rules.window else ""),
         "quiet hours": f"SMS quiet hours in {result.zone}",
         "holiday": "a public holiday",
+        "state law": result.detail,
     }[result.reason]
     if result.reason == "holiday":
         detail = f"a public holiday ({result.detail})"
