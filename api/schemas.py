@@ -79,6 +79,17 @@ class DeleteResult(_Response):
     result: Literal["deleted", "archived"]
 
 
+class RatesOut(_Response):
+    """Ratios from 0 to 1 (4 decimals); null when the denominator is 0."""
+
+    delivery_rate: float | None = Field(description="delivered / sent")
+    open_rate: float | None = Field(description="opened / delivered")
+    click_rate: float | None = Field(description="clicked / delivered")
+    reply_rate: float | None = Field(description="replied / sent")
+    bounce_rate: float | None = Field(description="bounced / sent")
+    unsubscribe_rate: float | None = Field(description="unsubscribed / sent")
+
+
 class SequenceStats(_Response):
     sequence_id: int
     enrolled: int = Field(description="Enrollments ever made")
@@ -94,6 +105,10 @@ class SequenceStats(_Response):
     bounced: int = Field(description="Bounced, dropped, undelivered or failed messages")
     replied: int = Field(description="Enrollments whose seller replied")
     unsubscribed: int = Field(description="Enrollments whose seller opted out")
+    clicked: int = Field(description="Emails with a link clicked at least once")
+    failed_sends: int = Field(description="Message steps that failed (not sent)")
+    outcome_unknown: int = Field(description="Message steps whose send was interrupted: perhaps sent, never resent")
+    rates: RatesOut
 
 
 # --- enrollments and offers ------------------------------------------------------------------

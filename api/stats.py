@@ -19,6 +19,7 @@ router = APIRouter(prefix="/api/sequences", tags=["sequences"])
 def get_stats(
     sequence_id: Annotated[int, Path(ge=1, le=MAX_ID, description="Sequence id")], user_id: CurrentUser
 ) -> SequenceStats:
-    """Enrolled, active, completed, sent, delivered, opened, bounced, replied and unsubscribed
-    counts of one sequence (all its versions)."""
+    """Enrolled, active, completed, sent, delivered, opened, clicked, bounced, replied,
+    unsubscribed, failed and outcome-unknown counts of one sequence (all its versions), with the
+    delivery, open, click, reply, bounce and unsubscribe rates. Per step and variant: /analytics."""
     return SequenceStats(**sequence_stats(user_id, sequence_id))

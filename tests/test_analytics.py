@@ -78,7 +78,9 @@ def test_counts_per_sequence_and_per_step(built):
     before = rows()
     report = sequence_analytics(owner, sequence).as_dict()
     assert rows() == before
-    assert report["totals"] == {
+    # The counters this test predates; clicks, failures and rates are tested below.
+    pick = lambda c: {k: c[k] for k in ("sent", "delivered", "opened", "bounced", "replied", "unsubscribed", "stopped")}  # noqa: E731
+    assert pick(report["totals"]) == {
         "sent": 6, "delivered": 3, "opened": 1, "bounced": 1, "replied": 1, "unsubscribed": 1,
         "stopped": {"deal_closed": 1, "email spamreport": 1, "offer_accepted": 1, "replied": 1, "unsubscribed": 1},
     }
@@ -86,17 +88,17 @@ def test_counts_per_sequence_and_per_step(built):
     steps = report["steps"]
     assert [s["type"] for s in steps] == ["EMAIL", "WAIT", "EMAIL", "WAIT", "SMS"]
     assert [s["step_index"] for s in steps] == [0, 1, 2, 3, 4]
-    strip = lambda s: {k: v for k, v in s.items() if k not in ("step_index", "type")}  # noqa: E731
+    strip = pick
     assert strip(steps[0]) == {**zero, "sent": 4, "delivered": 2, "opened": 1, "unsubscribed": 1,
                                "stopped": {"email spamreport": 1, "unsubscribed": 1}}
     assert strip(steps[1]) == zero and strip(steps[3]) == zero
     assert strip(steps[2]) == {**zero, "sent": 1, "bounced": 1, "replied": 1, "stopped": {"replied": 1}}
     assert strip(steps[4]) == {**zero, "sent": 1, "delivered": 1, "stopped": {"deal_closed": 1}}
-    assert report["before_first_message"] == {**zero, "stopped": {"offer_accepted": 1}}
+    assert pick(report["before_first_message"]) == {**zero, "stopped": {"offer_accepted": 1}}
     # The stats are the same totals, with the enrollments by status.
     stats = sequence_stats(owner, sequence)
     assert {k: stats[k] for k in ("sent", "delivered", "opened", "bounced", "replied", "unsubscribed")} == {
-        k: v for k, v in report["totals"].items() if k != "stopped"
+        k: v for k, v in pick(report["totals"]).items() if k != "stopped"
     }
     assert stats["enrolled"] == 5 and stats["active"] == 5 and rows() == before
 
@@ -161,3 +163,155 @@ def test_the_analytics_command_does_not_import_prefect(built):
         [sys.executable, "-c", script], env={**os.environ, "PYTHONSAFEPATH": "1"}, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and "NO PREFECT" in result.stdout, result.stderr[-2000:]
+
+
+# --- A/B variants, clicks, failures and rates ------------------------------------------------
+
+AB_SEQUENCE = [
+    {"type": "EMAIL", "variants": [{"name": "A", "subject": "Offer A", "text": "a"}, {"name": "B", "weight": 2, "subject": "Offer B", "text": "b"}]},
+    {"type": "WAIT", "seconds": 2},
+    {"type": "EMAIL", "subject": "Following up", "text": "Still interested?"},
+]
+COUNTER_NAMES = ("sent", "delivered", "opened", "clicked", "bounced", "replied", "unsubscribed", "failed", "outcome_unknown")
+
+
+def counters(counts: dict, *names: str) -> tuple[int, ...]:
+    return tuple(counts[name] for name in names or COUNTER_NAMES)
+
+
+@pytest.fixture
+def ab_built(db):
+    """Six enrollments of an A/B sequence, each message's events as the sender and webhooks write them."""
+    name = unique("ab-analyst")
+    with session_scope() as session:
+        owner = ensure_user(session, name)
+    sequence = new_sequence(owner, AB_SEQUENCE)
+    e1, e2, e3, e4, e5, e6 = (new_enrollment(owner, sequence) for _ in range(6))
+    m = {k: unique(k) for k in ("e1", "e2", "e3", "e6", "e6b")}
+
+    def sent_variant(enrollment_id: int, step: int, variant: str | None, message_id: str) -> None:
+        log(enrollment_id, E.STEP_ATTEMPT, step, status="sending", content={"variant": variant} if variant else {})
+        log(enrollment_id, E.EMAIL_SENT, step, provider_message_id=message_id, status="sent",
+            content={"variant": variant} if variant else {})
+
+    # e1 (A): delivered twice, opened three times, clicked, then a reply.
+    sent_variant(e1, 0, "A", m["e1"])
+    for event in ("delivered", "delivered", "open", "open", "open", "click", "click"):
+        callback(e1, 0, event, m["e1"])
+    log(e1, E.REPLY_RECEIVED, status="received", content={"channel": "email"})
+    # e2 (A): delivered, then bounced.
+    sent_variant(e2, 0, "A", m["e2"]); callback(e2, 0, "delivered", m["e2"]); callback(e2, 0, "bounce", m["e2"])
+    # e3 (B): delivered and opened, then a one-click unsubscribe that stopped it.
+    sent_variant(e3, 0, "B", m["e3"]); callback(e3, 0, "delivered", m["e3"]); callback(e3, 0, "open", m["e3"])
+    log(e3, E.OPTED_OUT, 0, status="received", content={"channel": "email"})
+    stopped(e3, 1, reason="unsubscribed", reason_code="unsubscribed")
+    # e4 (B): the provider refused it for good.
+    log(e4, E.STEP_ATTEMPT, 0, status="sending", content={"variant": "B"})
+    log(e4, E.STEP_FAILED, 0, status="failed", failure_reason="400", content={"variant": "B"})
+    # e5 (A): its worker died mid-send.
+    log(e5, E.STEP_ATTEMPT, 0, status="sending", content={"variant": "A"})
+    log(e5, E.STEP_OUTCOME_UNKNOWN, 0, status="unknown", content={"variant": "A"})
+    # e6 (B), then the plain step 2, delivered before its send was stored.
+    sent_variant(e6, 0, "B", m["e6"]); sent_variant(e6, 2, None, m["e6b"]); callback(None, None, "delivered", m["e6b"])
+    return owner, name, sequence
+
+
+def test_counts_and_rates_per_step_and_variant(ab_built):
+    owner, _, sequence = ab_built
+    report = sequence_analytics(owner, sequence).as_dict()
+    first, wait, last = report["steps"]
+    assert counters(first) == (4, 3, 2, 1, 1, 1, 1, 1, 1)
+    a, b = first["variants"]
+    assert (a["name"], a["weight"], b["name"], b["weight"]) == ("A", 1, "B", 2)
+    assert counters(a) == (2, 2, 1, 1, 1, 1, 0, 0, 1) and a["stopped"] == {}
+    assert counters(b) == (2, 1, 1, 0, 0, 0, 1, 1, 0) and b["stopped"] == {"unsubscribed": 1}
+    assert a["rates"] == {"delivery_rate": 1.0, "open_rate": 0.5, "click_rate": 0.5, "reply_rate": 0.5,
+                          "bounce_rate": 0.5, "unsubscribe_rate": 0.0}
+    assert b["rates"] == {"delivery_rate": 0.5, "open_rate": 1.0, "click_rate": 0.0, "reply_rate": 0.0,
+                          "bounce_rate": 0.0, "unsubscribe_rate": 0.5}
+    assert first["rates"]["delivery_rate"] == 0.75 and first["rates"]["open_rate"] == 0.6667
+    # Nothing sent: every rate is null, not 0 and not an error.
+    assert counters(wait) == (0,) * 9 and set(wait["rates"].values()) == {None} and wait["variants"] == []
+    assert counters(last) == (1, 1, 0, 0, 0, 0, 0, 0, 0) and last["variants"] == [] and last["rates"]["delivery_rate"] == 1.0
+    assert counters(report["totals"]) == (5, 4, 2, 1, 1, 1, 1, 1, 1)
+    assert report["totals"]["rates"]["reply_rate"] == 0.2 and report["totals"]["stopped"] == {"unsubscribed": 1}
+
+
+def test_a_variant_only_an_earlier_version_had_is_still_reported(db):
+    owner = new_owner()
+    sequence = new_sequence(owner, AB_SEQUENCE)
+    enrollment_id = new_enrollment(owner, sequence)
+    log(enrollment_id, E.EMAIL_SENT, 0, provider_message_id=unique("m"), status="sent", content={"variant": "Old"})
+    [a, b, old] = sequence_analytics(owner, sequence).steps[0].variants
+    assert (a.name, b.name, old.name, old.weight, old.sent, a.sent) == ("A", "B", "Old", None, 1, 0)
+
+
+def test_http_analytics_and_stats_have_variants_and_rates(client, ab_built):
+    from followups.api_tokens import create_token
+
+    _, name, sequence = ab_built
+    headers = {"Authorization": f"Bearer {create_token(name, label='ab')}"}
+    body = client.get(f"/api/sequences/{sequence}/analytics", headers=headers).json()
+    assert [v["name"] for v in body["steps"][0]["variants"]] == ["A", "B"]
+    assert body["steps"][0]["variants"][0]["rates"]["click_rate"] == 0.5 and body["totals"]["outcome_unknown"] == 1
+    assert body["steps"][1]["rates"]["open_rate"] is None
+    stats = client.get(f"/api/sequences/{sequence}/stats", headers=headers).json()
+    # The older fields keep their meaning: `failed` and `stopped` count enrollments.
+    assert (stats["enrolled"], stats["failed"], stats["stopped"], stats["sent"], stats["delivered"]) == (6, 0, 0, 5, 4)
+    assert (stats["clicked"], stats["failed_sends"], stats["outcome_unknown"]) == (1, 1, 1)
+    assert stats["rates"] == {"delivery_rate": 0.8, "open_rate": 0.5, "click_rate": 0.25, "reply_rate": 0.2,
+                              "bounce_rate": 0.2, "unsubscribe_rate": 0.2}
+
+
+def test_cli_shows_variants_and_rates(ab_built, cli):
+    _, name, sequence = ab_built
+    code, out, _ = cli("analytics", str(sequence), "--owner", name)
+    assert code == 0, out
+    lines = out.splitlines()
+    a = next(line for line in lines if "│ A " in line)
+    assert "2 (100.0%)" in a and "1 (50.0%)" in a
+    assert any("│ B " in line for line in lines) and "opened, clicked per delivered" in out
+    code, out, _ = cli("analytics", str(sequence), "--owner", name, "--json")
+    assert json.loads(out)["steps"][0]["variants"][1]["rates"]["unsubscribe_rate"] == 0.5
+
+
+# --- the Prefect artifact ---------------------------------------------------------------------
+
+
+def test_the_artifact_key_is_unique_to_the_database(db):
+    import re
+    import uuid
+
+    from followups.analytics import stats_artifact_key
+    from followups.identity import database_id, database_tag
+
+    one, two = uuid.uuid4(), uuid.uuid4()
+    assert stats_artifact_key(7, one) == f"sequence-{one.hex[:8]}-7-stats" != stats_artifact_key(7, two)
+    key = stats_artifact_key(7)
+    assert key == stats_artifact_key(7, database_id()) and database_tag().split(":")[1] in key
+    assert re.fullmatch(r"[a-z0-9-]+", key)  # what Prefect accepts as a key
+
+
+def test_publish_writes_one_table_artifact_and_the_cli_flag_calls_it(ab_built, cli, monkeypatch):
+    import prefect.artifacts
+
+    from followups.analytics import stats_artifact_key
+    from followups import prefect_server
+
+    _, name, sequence = ab_built
+    published = []
+    monkeypatch.setattr(prefect.artifacts, "create_table_artifact", lambda **kw: published.append(kw))
+    monkeypatch.setattr(prefect_server, "configured_api_url", lambda: "http://prefect.invalid/api")
+    monkeypatch.setattr(prefect_server, "api_is_healthy", lambda url: True)
+    code, out, _ = cli("analytics", str(sequence), "--owner", name, "--publish", "--json")
+    assert code == 0 and json.loads(out)["artifact_key"] == stats_artifact_key(sequence)
+    [artifact] = published
+    assert artifact["key"] == stats_artifact_key(sequence)
+    rows = {(row["step"], row["variant"]): row for row in artifact["table"]}
+    assert list(rows) == [("0 EMAIL", ""), ("0", "A"), ("0", "B"), ("2 EMAIL", ""), ("total", "")]
+    assert rows["0", "A"]["clicked"] == 1 and rows["0", "A"]["open_rate"] == "50.0%"
+    assert rows["total", ""]["sent"] == 5 and rows["total", ""]["delivery_rate"] == "80.0%"
+    # Prefect unreachable: an error, nothing published.
+    monkeypatch.setattr(prefect_server, "api_is_healthy", lambda url: False)
+    code, _, err = cli("analytics", str(sequence), "--owner", name, "--publish")
+    assert code == 1 and len(published) == 1 and err.strip()

@@ -207,7 +207,9 @@ def test_stats_counts_enrollments_and_events(client: TestClient, user: ApiUser):
     assert stats.json() == {
         "sequence_id": sequence["id"], "enrolled": 2, "active": 1, "paused": 1, "completed": 0, "stopped": 0,
         "cancelled": 0, "failed": 0, "sent": 0, "delivered": 0, "opened": 0, "bounced": 0, "replied": 0,
-        "unsubscribed": 0,
+        "unsubscribed": 0, "clicked": 0, "failed_sends": 0, "outcome_unknown": 0,
+        # Nothing sent yet: no rate rather than a 0 that would read as "none delivered".
+        "rates": dict.fromkeys(("delivery_rate", "open_rate", "click_rate", "reply_rate", "bounce_rate", "unsubscribe_rate")),
     }
     assert client.get(f"/api/sequences/{2**62}/stats", headers=user.headers).status_code == 404
 

@@ -1,4 +1,4 @@
-"""`followups deal-event DEAL accepted|rejected|closed` and `followups analytics SEQUENCE`."""
+"""`followups deal-event DEAL accepted|rejected|closed` and `followups analytics SEQUENCE [--publish]`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ from followups.cli_output import print_json
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 Owner = Annotated[str, typer.Option("--owner", envvar="FOLLOWUPS_OWNER", help="User who owns the deal or sequence")]
-COUNTERS = ("sent", "delivered", "opened", "bounced", "replied", "unsubscribed")
+COUNTERS = ("sent", "delivered", "opened", "clicked", "bounced", "replied", "unsubscribed", "failed", "outcome_unknown")
+# A counter's rate is shown in its cell, e.g. "3 (50.0%)": counter -> rate.
+RATE_OF = {"delivered": "delivery_rate", "opened": "open_rate", "clicked": "click_rate", "replied": "reply_rate",
+           "bounced": "bounce_rate", "unsubscribed": "unsubscribe_rate"}
+RATES_CAPTION = "rates: delivered, replied, bounced, unsubscribed per sent; opened, clicked per delivered"
 
 
 def _owner_id(name: str) -> int:
@@ -26,6 +30,11 @@ def _owner_id(name: str) -> int:
 
 def _stops(stopped: dict[str, int]) -> str:
     return ", ".join(f"{reason} {count}" for reason, count in stopped.items()) or "-"
+
+
+def _cell(counts, name: str) -> str:
+    rate = counts.rates.get(RATE_OF.get(name, ""))
+    return str(getattr(counts, name)) + ("" if rate is None else f" ({rate:.1%})")
 
 
 def register(app: typer.Typer, console: Console) -> None:
@@ -71,21 +80,47 @@ def register(app: typer.Typer, console: Console) -> None:
         )
 
     @app.command()
-    def analytics(sequence: int, owner: Owner = "default", as_json: JsonFlag = False) -> None:
-        """Sent, delivered, opened, bounced, replied, unsubscribed and stops by reason, per step."""
+    def analytics(
+        sequence: int,
+        owner: Owner = "default",
+        as_json: JsonFlag = False,
+        publish: Annotated[bool, typer.Option("--publish", help="Also publish it as a Prefect table artifact")] = False,
+    ) -> None:
+        """Sent, delivered, opened, clicked, bounced, replied, unsubscribed, failed, outcome-unknown,
+        their rates and stops by reason, per step and per variant of an A/B step."""
         from followups.analytics import sequence_analytics
         from followups.inputs import check_id
 
         check_id(sequence, "sequence")
-        report = sequence_analytics(_owner_id(owner), sequence)
+        owner_id = _owner_id(owner)
+        report = sequence_analytics(owner_id, sequence)
+        key = _publish(owner_id, sequence) if publish else None
         if as_json:
-            print_json(report.as_dict())
+            print_json({**report.as_dict(), **({"artifact_key": key} if key else {})})
             return
-        table = Table(title=f"Sequence {sequence}")
-        for column in ("step", "type", *COUNTERS, "stopped"):
-            table.add_column(column)
-        rows = [(str(s.step_index), s.type or "", s) for s in report.steps]
-        rows += [("before first", "", report.before_first_message), ("total", "", report.totals)]
-        for step, kind, counts in rows:
-            table.add_row(step, kind, *(str(getattr(counts, name)) for name in COUNTERS), escape(_stops(counts.stopped)))
+        table = Table(title=f"Sequence {sequence}", caption=RATES_CAPTION)
+        for column in ("step", "type", "variant", *COUNTERS, "stopped"):
+            table.add_column(column.replace("outcome_", ""))
+        rows = []
+        for s in report.steps:
+            rows.append((str(s.step_index), s.type or "", "", s))
+            rows += [("", "", v.name, v) for v in s.variants]
+        rows += [("before first", "", "", report.before_first_message), ("total", "", "", report.totals)]
+        for step, kind, variant, counts in rows:
+            table.add_row(
+                step, kind, escape(variant), *(_cell(counts, name) for name in COUNTERS), escape(_stops(counts.stopped))
+            )
         console.print(table)
+        if key:
+            console.print(f"published Prefect artifact {key}")
+
+    def _publish(owner_id: int, sequence: int) -> str:
+        from followups.analytics import publish_stats
+        from followups.cli_output import PREFECT_UNREACHABLE
+        from followups.errors import FollowupsError
+        from followups.prefect_server import api_is_healthy, configured_api_url
+
+        api_url = configured_api_url()
+        if not api_url or not api_is_healthy(api_url):
+            raise FollowupsError(PREFECT_UNREACHABLE)
+        return publish_stats(owner_id, sequence)

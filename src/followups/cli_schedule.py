@@ -22,6 +22,8 @@ def _message_text(row: dict) -> str:
         return f"(skipped: {row['skipped']})"
     if not message:
         return ""
+    if row.get("variants"):
+        return "\n".join(f"[{v['name']} {v['share']:.0%}] " + _message_text({"message": v["message"]}) for v in row["variants"])
     if "error" in message:
         return f"(cannot render: {message['error']})"
     if "subject" in message:

@@ -18,7 +18,7 @@ from followups.scheduling.planning import Recipient, plan_times, quiet_hours_of
 from followups.sequence_options import load_stored_options
 from followups.sequences import get_sequence
 from followups.settings import get_settings
-from followups.steps import EmailStep, SmsStep, channel_of, load_stored_steps
+from followups.steps import EmailStep, SmsStep, channel_of, load_stored_steps, with_variant
 from followups.templating import DealView, SellerView, TemplateRenderError, build_context, render
 
 # Far enough for any plan, near enough that date arithmetic cannot overflow.
@@ -78,8 +78,10 @@ def preview_sequence(
     quiet = quiet_hours_of(settings)
     from followups.users import get_sender_identity
 
-    recipient = Recipient(checked.seller_timezone, checked.seller_phone, get_sender_identity(session, owner_id).timezone)
-    planned = plan_times(steps, moment, options, recipient, quiet)
+    recipient = Recipient(
+        checked.seller_timezone, checked.seller_phone, get_sender_identity(session, owner_id).timezone, checked.property_state
+    )
+    planned = plan_times(steps, moment, options, recipient, quiet, state_laws=settings.state_laws_enabled)
     context = build_context(
         DealView(checked.external_id, checked.property_address, checked.offer_amount, checked.context),
         SellerView(checked.seller_name, checked.seller_email, checked.seller_phone, checked.seller_timezone),
@@ -99,11 +101,22 @@ def preview_sequence(
         if isinstance(step, EmailStep | SmsStep):
             channel = channel_of(step)
             reachable = checked.seller_email if channel == "email" else checked.seller_phone
-            row["message"] = _rendered(step, context, previous_subject) if reachable else None
+            # A step with variants shows each (an enrollment gets one of them); `message` is the first.
+            variants = [(v, _rendered(with_variant(step, v), context, previous_subject)) for v in step.variants or ()]
+            if variants:
+                total = sum(v.weight for v, _ in variants)
+                row["variants"] = [
+                    {"name": v.name, "weight": v.weight, "share": round(v.weight / total, 4), "message": message if reachable else None}
+                    for v, message in variants
+                ]
+            row["message"] = (variants[0][1] if variants else _rendered(step, context, previous_subject)) if reachable else None
             if isinstance(step, EmailStep) and row["message"] and row["message"].get("subject"):
                 previous_subject = row["message"]["subject"]
             row["skipped"] = None if reachable else f"the deal has no seller {'email' if channel == 'email' else 'phone'}"
             row["caps"] = caps.get(channel, [])
+            if channel == "sms" and settings.state_laws_enabled and (law := recipient.text_cap(item.send_at or item.due_at)):
+                # The preview has no send history: it can only say the cap may hold the text back.
+                row["state_cap"] = f"{law.describe_cap()}; may defer this text after other texts to this number"
         rows.append(row)
     return {
         "sequence_id": sequence.id,

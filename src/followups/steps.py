@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -19,10 +20,72 @@ SMS_MAX_CHARS = 1600
 SEQUENCE_VALIDATION_TIMEOUT = 2.0
 MAX_WAIT_DAYS = 365
 MAX_BUSINESS_DAYS = 260  # about a year of working days
+MIN_VARIANTS, MAX_VARIANTS = 2, 5
 
 
 class _Step(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _plain_template(cls, value: str | None, info: ValidationInfo) -> str | None:
+    if value is not None:
+        _check_template(value, info, html=False)
+    return value
+
+
+def _html_template(cls, value: str | None, info: ValidationInfo) -> str | None:
+    if value is not None:
+        _check_template(value, info, html=True)
+    return value
+
+
+def _sms_template(cls, value: str, info: ValidationInfo) -> str:
+    if value:
+        _check_template(value, info, html=False, max_chars=SMS_MAX_CHARS)
+    return value
+
+
+class _Variant(BaseModel):
+    """One version of a message step's content (an A/B test): each enrollment gets one, drawn by
+    `weight` (`draw_variant`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(
+        min_length=1, max_length=40, pattern=r"^[\w][\w .-]*$",
+        description="Unique within the step; recorded in the sent events and reported by analytics",
+    )
+    weight: int = Field(default=1, ge=1, le=1000, description="Relative share of the enrollments that get it")
+
+
+class EmailVariant(_Variant):
+    subject: str = Field(
+        default="", min_length=1, max_length=998,
+        description='Required unless the email is reply-threaded; then "Re: <previous subject>" when left out',
+    )
+    text: str | None = None
+    html: str | None = None
+
+    _plain = field_validator("subject", "text")(classmethod(_plain_template))
+    _html = field_validator("html")(classmethod(_html_template))
+
+    @model_validator(mode="after")
+    def _has_body(self) -> EmailVariant:
+        if not (self.text or self.html):
+            raise ValueError("an EMAIL variant needs a text or an html body")
+        return self
+
+
+class SmsVariant(_Variant):
+    body: str = Field(min_length=1, max_length=SMS_MAX_CHARS)
+
+    _body = field_validator("body")(classmethod(_sms_template))
+
+
+_VARIANTS_DESCRIPTION = (
+    f"{MIN_VARIANTS} to {MAX_VARIANTS} versions of the content (an A/B test) instead of the step's own; "
+    "each enrollment gets one, drawn by weight"
+)
 
 
 class EmailStep(_Step):
@@ -38,37 +101,30 @@ class EmailStep(_Step):
     # "reply": sent in the thread of the enrollment's previous email (In-Reply-To/References).
     # None: "new" for the sequence's first EMAIL, "reply" for the later ones (`email_thread`).
     thread: Literal["reply", "new"] | None = None
+    variants: list[EmailVariant] | None = Field(
+        default=None, min_length=MIN_VARIANTS, max_length=MAX_VARIANTS, description=_VARIANTS_DESCRIPTION
+    )
 
-    @field_validator("subject", "text")
-    @classmethod
-    def _plain_template(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None:
-            _check_template(value, info, html=False)
-        return value
-
-    @field_validator("html")
-    @classmethod
-    def _html_template(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None:
-            _check_template(value, info, html=True)
-        return value
+    _plain = field_validator("subject", "text")(classmethod(_plain_template))
+    _html = field_validator("html")(classmethod(_html_template))
 
     @model_validator(mode="after")
     def _has_body(self) -> EmailStep:
-        if not (self.text or self.html):
+        # A step with variants is checked by `SequenceSteps`, which can name the field.
+        if not self.variants and not (self.text or self.html):
             raise ValueError("an EMAIL step needs a text or an html body")
         return self
 
 
 class SmsStep(_Step):
     type: Literal["SMS"] = "SMS"
-    body: str = Field(min_length=1, max_length=SMS_MAX_CHARS)
+    # "" only in a step with variants; `SequenceSteps` requires it otherwise.
+    body: str = Field(default="", min_length=1, max_length=SMS_MAX_CHARS)
+    variants: list[SmsVariant] | None = Field(
+        default=None, min_length=MIN_VARIANTS, max_length=MAX_VARIANTS, description=_VARIANTS_DESCRIPTION
+    )
 
-    @field_validator("body")
-    @classmethod
-    def _template(cls, value: str, info: ValidationInfo) -> str:
-        _check_template(value, info, html=False, max_chars=SMS_MAX_CHARS)
-        return value
+    _body = field_validator("body")(classmethod(_sms_template))
 
 
 class WaitStep(_Step):
@@ -150,18 +206,72 @@ class SequenceSteps(BaseModel):
     @model_validator(mode="after")
     def _well_formed(self) -> SequenceSteps:
         for index, step in enumerate(self.steps):
+            if isinstance(step, EmailStep | SmsStep):
+                _check_variants(step, index)
             if isinstance(step, EmailStep):
                 first = not any(isinstance(s, EmailStep) for s in self.steps[:index])
                 if first and step.thread == "reply":
                     raise _StepRuleError(f"{index}.thread", "the first EMAIL has no earlier email to reply to")
-                if not step.subject and email_thread(self.steps, index) == "new":
-                    raise _StepRuleError(f"{index}.subject", "required: only a reply-threaded EMAIL can leave out its subject")
+                new_thread = email_thread(self.steps, index) == "new"
+                for where, content in _contents(step, index):
+                    if not content.subject and new_thread:
+                        raise _StepRuleError(f"{where}.subject", "required: only a reply-threaded EMAIL can leave out its subject")
             if isinstance(step, WaitStep):
                 if index == len(self.steps) - 1:
                     raise _StepRuleError(index, "a sequence cannot end with a WAIT")
                 if index > 0 and isinstance(self.steps[index - 1], WaitStep):
                     raise _StepRuleError(index, "two WAIT steps in a row; merge them into one")
         return self
+
+
+def _contents(step: EmailStep | SmsStep, index: int) -> list[tuple[str, Any]]:
+    """(path, content) of each version of a message step: its variants, or the step itself."""
+    if step.variants:
+        return [(f"{index}.variants.{j}", variant) for j, variant in enumerate(step.variants)]
+    return [(str(index), step)]
+
+
+def _check_variants(step: EmailStep | SmsStep, index: int) -> None:
+    if not step.variants:
+        if isinstance(step, SmsStep) and not step.body:
+            raise _StepRuleError(f"{index}.body", "Field required")
+        return
+    own = ("subject", "text", "html") if isinstance(step, EmailStep) else ("body",)
+    for name in own:
+        if getattr(step, name):
+            raise _StepRuleError(f"{index}.{name}", "a step with variants takes its content from each variant, not its own")
+    seen: set[str] = set()
+    for j, variant in enumerate(step.variants):
+        if variant.name.casefold() in seen:
+            raise _StepRuleError(f"{index}.variants.{j}.name", f"duplicate variant name {variant.name!r}")
+        seen.add(variant.name.casefold())
+
+
+def draw_variant(step: Any, reply_token: str, step_index: int) -> Any:
+    """The variant of a message step this enrollment gets, or None for a step without variants.
+
+    A pure function of the enrollment's reply token and the step's place: a retry, a re-run or
+    a second worker draws the same one without storing it first, and an enrollment keeps its
+    sequence version, so its variants never change under it. Steps draw independently.
+    """
+    variants = getattr(step, "variants", None)
+    if not variants:
+        return None
+    digest = hashlib.sha256(f"followups-variant:{reply_token}:{step_index}".encode()).digest()
+    point = int.from_bytes(digest[:8], "big") % sum(v.weight for v in variants)
+    for variant in variants:
+        if point < variant.weight:
+            return variant
+        point -= variant.weight
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def with_variant(step: Any, variant: Any) -> Any:
+    """The step as sent with `variant`'s content: a plain EMAIL/SMS step (the step when None)."""
+    if variant is None:
+        return step
+    content = variant.model_dump(exclude={"name", "weight"})
+    return step.model_copy(update={**content, "variants": None})
 
 
 class _StepRuleError(ValueError):
@@ -255,13 +365,27 @@ def invalid_input_from(exc: ValidationError, prefix: str = "") -> InvalidInputEr
 
 def steps_to_json(steps: list[Step]) -> list[dict[str, Any]]:
     # Fields left at a default added later are not stored (a calendar WAIT's business_days, an
-    # EMAIL's thread), so unchanged steps compare equal to those stored before them.
-    return [step.model_dump(exclude=_unset_new_fields(step) or None) for step in steps]
+    # EMAIL's thread, variants), so unchanged steps compare equal to those stored before them.
+    return [_dump(step) for step in steps]
 
 
-def _unset_new_fields(step: Step) -> set[str]:
+def _dump(model: BaseModel) -> dict[str, Any]:
+    data = model.model_dump(exclude=_unset_new_fields(model) or None)
+    if getattr(model, "variants", None):
+        data["variants"] = [_dump(variant) for variant in model.variants]
+    return data
+
+
+def _unset_new_fields(step: BaseModel) -> set[str]:
     if isinstance(step, WaitStep):
         return {"business_days"} if step.business_days is None else set()
-    if isinstance(step, EmailStep):
-        return {name for name, unset in (("thread", step.thread is None), ("subject", not step.subject)) if unset}
-    return set()
+    unset = set()
+    if isinstance(step, EmailStep | SmsStep) and not step.variants:
+        unset.add("variants")
+    if isinstance(step, EmailStep) and step.thread is None:
+        unset.add("thread")
+    # "" is how a left-out subject (and a step with variants' body) is held; stored, it would not load.
+    for name in ("subject", "body"):
+        if hasattr(step, name) and not getattr(step, name):
+            unset.add(name)
+    return unset

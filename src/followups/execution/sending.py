@@ -32,7 +32,7 @@ from followups.lifecycle.plan import EnrollmentPlan, load_plan
 from followups.providers import OutgoingEmail, OutgoingSms, Providers
 from followups.replies.suppression import email_suppressed, sms_opted_out, sms_stop_covers_email
 from followups.settings import Settings, get_settings
-from followups.steps import SMS_MAX_CHARS, EmailStep, SmsStep, email_thread
+from followups.steps import SMS_MAX_CHARS, EmailStep, SmsStep, draw_variant, email_thread, with_variant
 from followups.templating import TemplateRenderError, build_context, render
 from followups.unsubscribe import with_unsubscribe
 from followups.users import Sender, load_sender, resolve_sender
@@ -65,8 +65,10 @@ def render_message(
     thread: EmailThread | None = None,
 ):
     """The message for one step, from the owner's `sender` (the global settings' when None),
-    an email with the Message-ID and reply headers of its `thread`."""
+    an email with the Message-ID and reply headers of its `thread`; a step with variants sends
+    the enrollment's (`draw_variant`)."""
     sender = sender or resolve_sender(SenderIdentity(), settings)
+    step = with_variant(step, draw_variant(step, plan.reply_token, step_index))
     context = build_context(plan.deal, plan.seller)
     if isinstance(step, EmailStep):
         if not plan.seller.email:
@@ -109,8 +111,11 @@ def _email_subject(
         return reply_subject(thread.previous_subject)
     # Nothing sent before (skipped, suppressed): a new thread under the subject it would have had.
     # Validation makes the first EMAIL carry a subject, so there is always one.
-    earlier = next(s for s in reversed(plan.steps[:step_index]) if isinstance(s, EmailStep) and s.subject)
-    return render(earlier.subject, context)
+    earlier = (
+        with_variant(s, draw_variant(s, plan.reply_token, i)) for i, s in reversed(list(enumerate(plan.steps[:step_index])))
+        if isinstance(s, EmailStep)
+    )
+    return render(next(s for s in earlier if s.subject).subject, context)
 
 
 def email_thread_of(
@@ -227,6 +232,9 @@ def execute_send_step(
         if not isinstance(step, EmailStep | SmsStep):
             raise InvalidStateError(f"step {step_index} of enrollment {enrollment_id} is not a send step")
 
+        chosen = draw_variant(step, plan.reply_token, step_index)
+        # Every event of the attempt names the variant, so analytics can split outcomes by it.
+        tag = {"variant": chosen.name} if chosen is not None else {}
         events = step_events(session, enrollment_id, step_index)
         if any(e.event_type in SENT_EVENT_TYPES for e in events):
             store.advance(session, plan, step_index)
@@ -239,7 +247,7 @@ def execute_send_step(
                 status="unknown",
                 failure_reason="a worker stopped between the provider call and recording its result; "
                 "not sent again to avoid a duplicate",
-                content={"attempt_event_id": orphan.id},
+                content={"attempt_event_id": orphan.id, **tag},
                 **ids,
             )
             return StepResult("outcome-unknown")
@@ -249,7 +257,7 @@ def execute_send_step(
             thread = email_thread_of(session, plan, step_index, sender, settings) if isinstance(step, EmailStep) else None
             message = render_message(plan, step, step_index, settings, sender, thread)
         except TemplateRenderError as exc:
-            store.fail(session, plan, step_index, f"template: {exc}", **ids)
+            store.fail(session, plan, step_index, f"template: {exc}", content=tag, **ids)
             return StepResult("failed", detail=str(exc))
         skip_reason = _skip_reason(session, plan, step, message)
         if skip_reason:
@@ -268,7 +276,7 @@ def execute_send_step(
                 step_index=step_index,
                 status="sending",
                 attempt=attempt,
-                content={"channel": "email" if isinstance(step, EmailStep) else "sms"},
+                content={"channel": "email" if isinstance(step, EmailStep) else "sms", **tag},
                 **ids,
             )
 
@@ -276,7 +284,7 @@ def execute_send_step(
             receipt = providers.send_email(message) if isinstance(message, OutgoingEmail) else providers.send_sms(message)
         except ProviderError as exc:
             error = exc
-            outcome = {"attempt_event_id": attempt_event_id, "status_code": exc.status_code, "code": exc.code}
+            outcome = {"attempt_event_id": attempt_event_id, "status_code": exc.status_code, "code": exc.code, **tag}
             last_attempt = attempt >= max_attempts
             if isinstance(exc, OutcomeUnknownProviderError):
                 # The same as a worker dying after the call: perhaps sent, so never sent again.
@@ -311,7 +319,9 @@ def execute_send_step(
                 status="sent",
                 attempt=attempt,
                 provider_message_id=receipt.message_id,
-                content={**message_content(message), "provider": receipt.provider, "attempt_event_id": attempt_event_id},
+                content={
+                    **message_content(message), "provider": receipt.provider, "attempt_event_id": attempt_event_id, **tag,
+                },
                 **ids,
             )
             return StepResult("sent", receipt.message_id, _summary(message))
