@@ -1,4 +1,5 @@
 """POST /api/enrollments/batch: enroll up to 1,000 deals of the caller in one sequence.
+POST /api/enrollments/bulk/{action}: pause, resume or cancel many of the caller's enrollments.
 
 The request as a whole is refused only when it cannot be done at all (too many items: 413;
 another owner's or a missing sequence: 404; a disabled one: 409; a body that is not an object
@@ -19,6 +20,7 @@ from followups import control
 from followups.api.auth import CurrentUser
 from followups.api.errors import error_responses
 from followups.bulk import MAX_BATCH
+from followups.bulk_controls import MAX_DEALS
 from followups.inputs import Id
 
 router = APIRouter(tags=["enrollments"])
@@ -67,6 +69,41 @@ def enroll_batch(body: BatchRequest, user_id: CurrentUser) -> dict[str, Any]:
     for result in results:
         counts[result.status] += 1
     return {"sequence_id": body.sequence_id, "counts": counts, "items": [result.as_dict() for result in results]}
+
+
+class BulkControlRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sequence_id: Id | None = Field(None, description="Every open enrollment of this sequence")
+    deals: list[str] | None = Field(None, description=f"Every open enrollment of these deals (external ids, at most {MAX_DEALS})")
+    all: bool = Field(False, description="Every open enrollment of the caller")
+
+
+class ControlAnswerOut(BaseModel):
+    deal: str
+    enrollment_id: int | None
+    outcome: Literal["done", "unchanged", "error"]
+    status: str | None = Field(description="The enrollment's status afterwards")
+    message: str | None
+
+
+class BulkControlOut(BaseModel):
+    action: str
+    counts: dict[str, int] = Field(description="Answers per outcome")
+    answers: list[ControlAnswerOut]
+
+
+@router.post(
+    "/api/enrollments/bulk/{action}",
+    response_model=BulkControlOut,
+    responses=error_responses(401, 404, 422, 503),
+)
+def control_many(action: Literal["pause", "resume", "cancel"], body: BulkControlRequest, user_id: CurrentUser) -> dict[str, Any]:
+    """Pause, resume or cancel every open enrollment of one of the caller's sequences, of some of
+    their deals, or all of them (exactly one of `sequence_id`, `deals`, `all`). Idempotent: one
+    answer per enrollment, `unchanged` where it already was so."""
+    result = control.control_many(action, user_id, sequence_id=body.sequence_id, deals=body.deals, every=body.all)
+    return result.as_dict()
 
 
 @router.api_route("/api/enrollments/batch", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)

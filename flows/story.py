@@ -32,7 +32,9 @@ def _when(at: datetime | None) -> str:
     return f"{at:%Y-%m-%d %H:%M:%S} UTC" if at else ""
 
 
-def publish_timeline(enrollment_id: int) -> None:
+def publish_timeline(enrollment_id: int, *, in_a_run: bool = True) -> None:
+    """The enrollment's timeline table; `in_a_run=False` when no flow run is executing (the
+    artifact then belongs to no run, as Prefect's own helper would make it)."""
     with session_scope(read_only=True) as session:
         enrollment = details(session, load_plan(session, enrollment_id))
     rows: list[dict[str, Any]] = [
@@ -46,12 +48,13 @@ def publish_timeline(enrollment_id: int) -> None:
         }
         for step in enrollment.timeline
     ]
-    create_table_artifact(
-        key=artifact_key(enrollment_id),
-        table=rows,
-        description=f"Enrollment {enrollment_id} (deal {enrollment.deal_external_id}), "
-        f"{enrollment.status} at step {enrollment.current_step}",
-    )
+    description = f"Enrollment {enrollment_id} (deal {enrollment.deal_external_id}), {enrollment.status} at step {enrollment.current_step}"
+    if in_a_run:
+        create_table_artifact(key=artifact_key(enrollment_id), table=rows, description=description)
+    else:
+        from followups import prefect_runs
+
+        prefect_runs.post_table_artifact(artifact_key(enrollment_id), rows, description)
 
 
 def shown(channel: str, summary: str) -> str:

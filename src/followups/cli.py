@@ -18,6 +18,7 @@ from rich.markup import escape
 from followups.cli_output import (Address, Amount, DealFile, ExternalId, SellerEmail, SellerName, SellerPhone,
                                   deal_from_options, error_line, events_table, fail, load_file, one_line, print_json,
                                   sequence_table, status_output)
+from followups.cli_bulk_controls import register as register_bulk_controls
 from followups.cli_deploy import register as register_deploy_command
 from followups.cli_ops import register as register_operator_commands
 from followups.errors import FollowupsError
@@ -364,6 +365,7 @@ def events(
 
 register_operator_commands(app, console)
 register_deploy_command(app, console)
+register_bulk_controls(app, console)
 
 
 def main() -> None:

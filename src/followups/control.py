@@ -26,6 +26,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from followups.bulk import ItemResult, enroll_deals  # noqa: F401 - the batch API, re-exported
+from followups.bulk_controls import BulkControlResult, ControlAnswer, control_many  # noqa: F401 - re-exported
 from followups.db.models import OPEN_STATUSES, Deal, Enrollment, EnrollmentStatus, FollowUpEvent, Offer, Sequence
 from followups.db.session import session_scope
 from followups.deals import deal_id_by_external, upsert_deal

@@ -19,11 +19,14 @@ reconciliation rule leaves it alone (`undelivered`).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
@@ -34,6 +37,13 @@ from followups.db.models import RunEffect
 from followups.db.session import after_commit, session_scope
 
 log = logging.getLogger(__name__)
+
+# A session whose effects its caller delivers itself, together (`deliver_many`): a set in
+# `session.info[BATCH]` collects their enrollments.
+BATCH = "effects.batch"
+
+SHOW_THREADS = 4
+READ = object()  # carry_out reads the run itself
 
 # Longer than any one delivery (a read and a state change, each bounded by the client's timeout),
 # so that two dispatchers never deliver one enrollment's effects at once.
@@ -64,7 +74,10 @@ def record(session: Session, enrollment_id: int, kind: Kind, flow_run_id: uuid.U
         .values(enrollment_id=enrollment_id, seq=1, **values)
         .on_conflict_do_update(index_elements=[RunEffect.enrollment_id], set_={"seq": RunEffect.seq + 1, **values})
     )
-    if not session.info.get(("effects", enrollment_id)):
+    batch = session.info.get(BATCH)
+    if batch is not None:  # the caller delivers them all at once (`deliver_many`)
+        batch.add(enrollment_id)
+    elif not session.info.get(("effects", enrollment_id)):
         session.info[("effects", enrollment_id)] = True
         after_commit(session, lambda: deliver(enrollment_id))
 
@@ -116,9 +129,11 @@ def _release(effect: Effect, error: str | None) -> bool:
         )
 
 
-def carry_out(effect: Effect) -> None:
-    """Make the run what the effect says, if it is not already (idempotent)."""
-    run = prefect_runs.read_run(effect.flow_run_id)
+def carry_out(effect: Effect, run: Any = READ) -> None:
+    """Make the run what the effect says, if it is not already (idempotent). `run`: the run as
+    just read, when the caller read it."""
+    if run is READ:
+        run = prefect_runs.read_run(effect.flow_run_id)
     if effect.kind is Kind.SUSPEND:
         if prefect_runs.is_live(run) and (not prefect_runs.is_suspended(run) or prefect_runs.resumes_in_place(run)):
             prefect_runs.suspend_run(run)
@@ -156,13 +171,83 @@ def deliver(enrollment_id: int) -> bool:
     return True
 
 
+def _claim_many(enrollment_ids: list[int]) -> list[Effect]:
+    with session_scope() as session:
+        rows = session.execute(
+            update(RunEffect)
+            .where(
+                RunEffect.enrollment_id.in_(enrollment_ids),
+                RunEffect.delivered_seq < RunEffect.seq,
+                or_(RunEffect.claimed_until.is_(None), RunEffect.claimed_until < func.now()),
+            )
+            .values(claimed_until=func.now() + timedelta(seconds=CLAIM_SECONDS), attempts=RunEffect.attempts + 1)
+            .returning(RunEffect.enrollment_id, RunEffect.seq, RunEffect.kind, RunEffect.flow_run_id, RunEffect.due_at)
+        ).all()
+    return [Effect(row.enrollment_id, row.seq, Kind(row.kind), row.flow_run_id, row.due_at) for row in rows]
+
+
+def deliver_many(enrollment_ids: list[int]) -> None:
+    """`deliver` for many enrollments with a few requests: one read of their runs, and one
+    state change per 50 runs for suspends of runs that wait and for cancels; the rest (a
+    running run to suspend, a resume with what is left of its wait) one at a time. Whatever
+    fails stays for the sweep, as with `deliver`."""
+    from prefect.states import Cancelled, Scheduled, Suspended
+
+    claimed = _claim_many(sorted(set(enrollment_ids)))
+    if not claimed:
+        return
+    runs = prefect_runs.read_runs([effect.flow_run_id for effect in claimed])
+    # Effects that one state carries out for many runs at once; the rest one at a time.
+    groups: dict[Any, list[Effect]] = {}
+    one_by_one: list[Effect] = []
+    now = datetime.now(UTC)
+    for effect in claimed:
+        run = runs.get(effect.flow_run_id)
+        if effect.kind is Kind.SUSPEND and prefect_runs.state_type(run) in ("SCHEDULED", "PENDING"):
+            groups.setdefault(Kind.SUSPEND, []).append(effect)
+        elif effect.kind is Kind.CANCEL and prefect_runs.is_live(run):
+            groups.setdefault(Kind.CANCEL, []).append(effect)
+        elif (effect.kind is Kind.RESUME and prefect_runs.is_suspended(run) and not prefect_runs.resumes_in_place(run)
+              and effect.due_at is not None and effect.due_at > now):
+            groups.setdefault(effect.due_at, []).append(effect)  # as `resume_run` does, per due time
+        else:
+            one_by_one.append(effect)
+    errors: dict[int, str] = {}
+    for key, group in groups.items():
+        if key is Kind.SUSPEND:
+            state = Suspended(pause_key=f"followups-{uuid.uuid4().hex[:8]}")
+        elif key is Kind.CANCEL:
+            state = Cancelled(message="follow-up sequence cancelled")
+        else:
+            state = Scheduled(scheduled_time=key, name="Resuming")
+        try:
+            accepted = prefect_runs.set_states([effect.flow_run_id for effect in group], state)
+        except Exception as exc:  # noqa: BLE001 - tried one at a time below
+            log.warning("bulk state change of %s runs failed: %s", len(group), exc)
+            accepted = set()
+        one_by_one += [effect for effect in group if effect.flow_run_id not in accepted]
+    for effect in one_by_one:
+        try:
+            carry_out(effect, runs.get(effect.flow_run_id))
+        except Exception as exc:  # noqa: BLE001 - unreachable or refusing: redelivered by the sweep
+            errors[effect.enrollment_id] = f"{type(exc).__name__}: {exc}"
+    for effect in claimed:
+        if _release(effect, errors.get(effect.enrollment_id)):
+            deliver(effect.enrollment_id)  # a newer effect was written meanwhile
+    shown = [effect.enrollment_id for effect in claimed if effect.enrollment_id not in errors]
+    # Each timeline is a few reads and a request, mostly waiting: a few at a time.
+    with ThreadPoolExecutor(max_workers=SHOW_THREADS, thread_name_prefix="followups-timelines") as pool:
+        context = contextvars.copy_context()  # this caller's Prefect settings
+        list(pool.map(lambda enrollment_id: context.copy().run(_show_in_prefect, enrollment_id), shown))
+
+
 def _show_in_prefect(enrollment_id: int) -> None:
     """The enrollment's timeline artifact in the Prefect UI, brought up to date: a pause, resume
     or cancel made outside a run would leave it saying what the last run saw."""
     from followups.flows.story import publish_timeline
 
     try:
-        publish_timeline(enrollment_id)
+        publish_timeline(enrollment_id, in_a_run=False)
     except Exception as exc:  # noqa: BLE001 - a picture for the operator; the change stands
         log.warning("could not update the timeline artifact of enrollment %s: %s", enrollment_id, exc)
 
