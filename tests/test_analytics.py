@@ -293,14 +293,14 @@ def test_the_artifact_key_is_unique_to_the_database(db):
 
 
 def test_publish_writes_one_table_artifact_and_the_cli_flag_calls_it(ab_built, cli, monkeypatch):
-    import prefect.artifacts
-
     from followups.analytics import stats_artifact_key
-    from followups import prefect_server
+    from followups import prefect_runs, prefect_server
 
     _, name, sequence = ab_built
     published = []
-    monkeypatch.setattr(prefect.artifacts, "create_table_artifact", lambda **kw: published.append(kw))
+    monkeypatch.setattr(
+        prefect_runs, "post_table_artifact", lambda key, rows, description: published.append({"key": key, "table": rows})
+    )
     monkeypatch.setattr(prefect_server, "configured_api_url", lambda: "http://prefect.invalid/api")
     monkeypatch.setattr(prefect_server, "api_is_healthy", lambda url: True)
     code, out, _ = cli("analytics", str(sequence), "--owner", name, "--publish", "--json")

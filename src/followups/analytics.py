@@ -325,14 +325,14 @@ def stats_table(report: SequenceAnalytics) -> list[dict[str, Any]]:
 
 def publish_stats(owner_id: int, sequence_id: int) -> str:
     """Publish the sequence's analytics as a Prefect table artifact (a new version of its key);
-    returns the key. The only part of analytics that needs Prefect: imported here."""
-    from prefect.artifacts import create_table_artifact
+    returns the key. Made outside any run, with the product's client (`prefect_runs`)."""
+    from followups import prefect_runs
 
     report = sequence_analytics(owner_id, sequence_id)
     key = stats_artifact_key(sequence_id)
-    create_table_artifact(
-        key=key, table=stats_table(report),
-        description=f"Sequence {sequence_id}: messages per step and variant, with delivery, open, click, reply, "
+    prefect_runs.post_table_artifact(
+        key, stats_table(report),
+        f"Sequence {sequence_id}: messages per step and variant, with delivery, open, click, reply, "
         "bounce and unsubscribe rates (from the followups event log)",
     )
     return key
