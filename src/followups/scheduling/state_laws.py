@@ -78,39 +78,51 @@ EASTERN, CENTRAL, MOUNTAIN, PACIFIC = "America/New_York", "America/Chicago", "Am
 STATE_LAWS: tuple[StateLaw, ...] = (
     StateLaw(
         "FL", "Florida", 1, date(2021, 7, 1), _week("08:00", "20:00"),
-        # The brief's "(6)(b)" for the hours: the 2021 text puts the hours in (6)(a), the cap in (6)(b).
+        # The brief's "(6)(b)" for the hours: the 2021 text puts the hours in (6)(a), the cap in (6)(b)
+        # (SB 1120 of 2021; both checked against the statute's text).
         "Fla. Stat. §501.616(6)(a)", (EASTERN, CENTRAL),
         cap=3, cap_citation="Fla. Stat. §501.616(6)(b), on the same subject",
     ),
     StateLaw(
         "OK", "Oklahoma", 1, date(2022, 11, 1), _week("08:00", "20:00"),
-        "15 Okla. Stat. §775C.4, section to confirm", (CENTRAL,),
-        cap=3, cap_citation="15 Okla. Stat. §775C.4, section to confirm; on the same subject",
+        # Hours and cap confirmed against HB 3168 (2022) summaries; the section holding them is not yet
+        # read (§775C.2 is the definitions, §775C.5 the exemptions).
+        "15 Okla. Stat. §775C.4 (Telephone Solicitation Act of 2022), section to confirm", (CENTRAL,),
+        cap=3, cap_citation="15 Okla. Stat. §775C.4 (Telephone Solicitation Act of 2022), section to confirm; on the same subject",
     ),
     StateLaw(
         "MD", "Maryland", 1, date(2024, 1, 1), _week("08:00", "20:00"),
-        "Md. Code Com. Law §14-4502, Stop the Spam Calls Act, section to confirm", (EASTERN,),
-        cap=3, cap_citation="Md. Code Com. Law §14-4502, section to confirm; on the same subject",
+        # §14-4502 is the Act's prohibitions section (§14-4501 the definitions); the subsection with the
+        # hours and the cap is not yet read.
+        "Md. Code Com. Law §14-4502 (Stop the Spam Calls Act), subsection to confirm", (EASTERN,),
+        cap=3, cap_citation="Md. Code Com. Law §14-4502, subsection to confirm; on the same subject",
     ),
     StateLaw(
         "WA", "Washington", 1, LONG_STANDING, _week("08:00", "20:00"),
-        "RCW 19.158.040(2); RCW 80.36.390 to confirm", (PACIFIC,),
+        # 19.158.040(2) read verbatim; a summary of ESHB 1497 (2021) says it put the same hours in RCW 80.36.390.
+        "RCW 19.158.040(2); RCW 80.36.390 (as amended 2021), subsection to confirm", (PACIFIC,),
     ),
     StateLaw(
         "TX", "Texas", 1, date(2025, 9, 1), _week("09:00", "21:00", sunday=("12:00", "21:00")),
-        "Tex. Bus. & Com. Code §301.051 as SB 140 extends it to texts, section to confirm", (CENTRAL, MOUNTAIN),
+        # Hours from SB 140 summaries; SB 140 itself adds "telephone call" (texts included) to ch. 302's
+        # definitions. That §301.051 holds the hours and reaches texts is not yet read in its text.
+        "Tex. Bus. & Com. Code §301.051, section to confirm; texts covered by SB 140 (2025), ch. 302", (CENTRAL, MOUNTAIN),
     ),
     StateLaw(
         "AL", "Alabama", 1, LONG_STANDING, _week("08:00", "20:00", sunday=None),
-        "Alabama telephone solicitation rules, section to confirm", (CENTRAL,), no_holidays=True,
+        # Alabama PSC rule, read verbatim; it is written for automated solicitation calls.
+        "Ala. Admin. Code r. 770-X-5-.17(1)(b)", (CENTRAL,), no_holidays=True,
     ),
     StateLaw(
         "LA", "Louisiana", 1, LONG_STANDING, _week("08:00", "20:00", sunday=None),
+        # Read verbatim: ADAD or live-operator sales calls, 8-to-8 Mon-Sat, none on Sundays or state holidays.
         "La. R.S. 45:811(2)-(3)", (CENTRAL,), no_holidays=True,
     ),
     StateLaw(
         "KY", "Kentucky", 1, LONG_STANDING, _week("10:00", "21:00"),
-        "KRS 367.46955(15), to confirm", (EASTERN, CENTRAL),
+        # 10-to-9 confirmed by a published summary; §367.46955 is the prohibited-practices section, but
+        # the subsection is not yet read ((15) in the first draft; other public tables say (16)).
+        "KRS 367.46955, subsection to confirm", (EASTERN, CENTRAL),
     ),
 )
 
