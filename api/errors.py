@@ -1,7 +1,8 @@
 """Mapping errors to HTTP answers. No request is allowed to end in a 500.
 
 - NotFoundError → 404 (also for another user's objects: never 403, never their data)
-- InvalidStateError → 409, InvalidInputError and request validation → 422 with the field path
+- InvalidStateError → 409 (AlreadyEnrolledError with the field naming the deal, and the existing
+  enrollment's id and status), InvalidInputError and request validation → 422 with the field path
 - BusyError (no database connection free in time) → 503 with Retry-After
 - an unreachable database or Prefect API → 503; anything else unexpected → 503 as well, logged
   with its traceback (a last resort: every error the product raises on purpose is mapped above)
@@ -17,13 +18,13 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from followups.errors import BusyError, FollowupsError, InvalidInputError, InvalidStateError, NotFoundError
+from followups.errors import AlreadyEnrolledError, BusyError, FollowupsError, InvalidInputError, InvalidStateError, NotFoundError
 
 log = logging.getLogger("followups.api")
 
@@ -33,6 +34,13 @@ BODY_PARSE_ERROR = "There was an error parsing the body"
 
 class ErrorBody(BaseModel):
     detail: str
+
+
+class ConflictBody(BaseModel):
+    detail: str
+    field: str | None = Field(None, description="The input the conflict is about (a deal already enrolled: deal.external_id)")
+    enrollment_id: int | None = Field(None, description="A deal already enrolled: its enrollment in the sequence")
+    enrollment_status: str | None = Field(None, description="...and that enrollment's status")
 
 
 class FieldError(BaseModel):
@@ -53,7 +61,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         401: ("Missing, unknown or revoked bearer token", ErrorBody),
         403: ("Missing or invalid webhook signature", ErrorBody),
         404: ("No such object for this user", ErrorBody),
-        409: ("The object's state does not allow this", ErrorBody),
+        409: ("The object's state does not allow this", ConflictBody),
         413: ("Request body over the size limit", ErrorBody),
         422: ("Invalid input; `errors[].field` names the offending field", ValidationErrorBody),
         503: ("The database or the Prefect API is unreachable", ErrorBody),
@@ -104,6 +112,9 @@ async def _not_found(request: Request, exc: NotFoundError) -> JSONResponse:
 
 
 async def _invalid_state(request: Request, exc: InvalidStateError) -> JSONResponse:
+    if isinstance(exc, AlreadyEnrolledError):
+        return _json(409, {"detail": str(exc), "field": exc.field, "enrollment_id": exc.enrollment_id,
+                           "enrollment_status": exc.enrollment_status})
     return _json(409, {"detail": str(exc)})
 
 

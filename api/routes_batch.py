@@ -4,9 +4,10 @@ POST /api/enrollments/bulk/{action}: pause, resume or cancel many of the caller'
 The request as a whole is refused only when it cannot be done at all (too many items: 413;
 another owner's or a missing sequence: 404; a disabled one: 409; a body that is not an object
 with a list: 422). Otherwise it answers 207 with one entry per item, in order: `ok` (enrolled,
-its first run scheduled), `exists` (the deal already has an enrollment in that sequence, so a
-retried request enrolls nothing twice) or `error` (the field inside the item, and why; nothing
-of that item was stored).
+its first run scheduled), `exists` (the deal already has an enrollment in that sequence, open
+or finished, so a retried request enrolls nothing twice; `"again": true` enrolls anew a deal
+whose enrollments have all finished) or `error` (the field inside the item, and why; nothing of
+that item was stored).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from followups.api.auth import CurrentUser
 from followups.api.errors import error_responses
 from followups.bulk import MAX_BATCH
 from followups.bulk_controls import MAX_DEALS
-from followups.inputs import Id
+from followups.inputs import AGAIN_HELP, Id
 
 router = APIRouter(tags=["enrollments"])
 
@@ -35,6 +36,7 @@ class BatchRequest(BaseModel):
     start_at: AwareDatetime | None = Field(
         None, description="When the sequences start (ISO 8601 with its UTC offset, up to a year ahead); default: now",
     )
+    again: bool = Field(False, description=AGAIN_HELP)
 
 
 class BatchItemOut(BaseModel):
@@ -45,6 +47,10 @@ class BatchItemOut(BaseModel):
     flow_run_id: str | None
     field: str | None = Field(description="For errors: the dotted path inside the item, e.g. seller_phone")
     message: str
+    enrollment_status: str | None = Field(None, description="ok: ACTIVE; exists: the status of the enrollment the deal has")
+    previous_enrollment_id: int | None = Field(
+        None, description="ok with `again`: the finished enrollment of the deal that this new one follows",
+    )
 
 
 class BatchOut(BaseModel):
@@ -61,10 +67,11 @@ class BatchOut(BaseModel):
 )
 def enroll_batch(body: BatchRequest, user_id: CurrentUser) -> dict[str, Any]:
     """Enroll many deals in one of the caller's sequences and start each one; one answer per item.
-    Idempotent on each deal's `external_id`."""
+    Idempotent on each deal's `external_id`: a deal ever enrolled in the sequence answers `exists`
+    unless `"again": true` and its enrollments have all finished."""
     if len(body.items) > MAX_BATCH:
         raise HTTPException(status_code=413, detail=f"at most {MAX_BATCH} items per batch, got {len(body.items)}")
-    results = control.enroll_deals(user_id, body.items, body.sequence_id, start_at=body.start_at)
+    results = control.enroll_deals(user_id, body.items, body.sequence_id, start_at=body.start_at, again=body.again)
     counts = {"ok": 0, "exists": 0, "error": 0}
     for result in results:
         counts[result.status] += 1

@@ -27,9 +27,11 @@ CONTROL_ERRORS = error_responses(401, 404, 409, 422, 503)
 )
 def enroll(body: EnrollBody, user_id: CurrentUser) -> dict[str, Any]:
     """Enroll a deal's seller in one of the caller's sequences and start it, now or at `start_at`.
-    The deal is created or refreshed by its `external_id`. 409 when the sequence is disabled or
-    the deal already runs it."""
-    ref = control.enroll_deal(user_id, body.deal, body.sequence_id, start_at=body.start_at)
+    The deal is created or refreshed by its `external_id`. 409 when the sequence is disabled, or
+    when the deal was ever enrolled in it (`field` deal.external_id, with its `enrollment_id` and
+    `enrollment_status`): `"again": true` enrolls it anew once its enrollments have all finished;
+    an open one is never duplicated."""
+    ref = control.enroll_deal(user_id, body.deal, body.sequence_id, start_at=body.start_at, again=body.again)
     return control.get_enrollment(ref.id, owner_id=user_id).as_dict()
 
 
@@ -101,9 +103,11 @@ def deal_events(
 )
 def offer_sent(body: OfferRequest, user_id: CurrentUser, response: Response) -> dict[str, Any]:
     """An offer went out: enroll the deal's seller in the given (or the caller's default)
-    sequence. Idempotent on `offer_id`: a repeat answers 200 with the first result."""
+    sequence. Idempotent on `offer_id`: a repeat answers 200 with the first result. A deal ever
+    enrolled in the sequence is not enrolled again (`enrolled: false`, the `reason` names its
+    enrollment and status) unless `"again": true` and its enrollments have all finished."""
     result = control.record_offer_sent(
-        user_id, body.offer_id, body.deal, sequence_id=body.sequence_id, amount=body.amount
+        user_id, body.offer_id, body.deal, sequence_id=body.sequence_id, amount=body.amount, again=body.again
     )
     if not result.created:
         response.status_code = 200

@@ -32,8 +32,8 @@ class PreviewOut(BaseModel):
     start: str
     options: dict[str, Any]
     steps: list[dict[str, Any]] = Field(
-        description="Per step: due_at, send_at (window, quiet hours, holidays applied), deferred_by, detail, "
-        "the rendered message and the caps its send counts against"
+        description="Per step: due_at, send_at (window, quiet hours, holidays and the step's own send time `at` "
+        "applied), at, deferred_by, detail, the rendered message and the caps its send counts against"
     )
 
 

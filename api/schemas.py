@@ -175,7 +175,7 @@ class OfferOut(_Response):
     deal_external_id: str
     enrollment_id: int | None
     created: bool = Field(description="False when this offer had been recorded before")
-    enrolled: bool = Field(description="False when the deal already runs that sequence or the offer was known")
+    enrolled: bool = Field(description="False when the deal was already enrolled in that sequence (see `reason`) or the offer was known")
     reason: str
 
 

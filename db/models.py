@@ -13,6 +13,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     Numeric,
     String,
@@ -89,9 +90,12 @@ class User(Base):
     messaging_service_sid: Mapped[str | None] = mapped_column(String(64))
     # The owner's zone: a message's zone when the deal and the phone number give none.
     timezone: Mapped[str | None] = mapped_column(String(64))
-    # Daily sends allowed from this owner's identity (NULL: settings); see followups.limits.
+    # Sends allowed from this owner's identity per rolling 24 h and hour (NULL: settings; 0:
+    # none); see followups.limits.
     email_daily_cap: Mapped[int | None] = mapped_column(Integer)
     sms_daily_cap: Mapped[int | None] = mapped_column(Integer)
+    email_hourly_cap: Mapped[int | None] = mapped_column(Integer)
+    sms_hourly_cap: Mapped[int | None] = mapped_column(Integer)
 
 
 class OfferInbox(Base):
@@ -207,6 +211,9 @@ class Enrollment(Base):
     current_step: Mapped[int] = mapped_column(Integer, default=0)
     next_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     prefect_flow_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # Goes up each time the enrollment gets a new pending run, which carries it: a run with
+    # another epoch is stale. NULL prefect_flow_run_id with epoch > 0: the run is being created.
+    epoch: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     reply_token: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
@@ -256,3 +263,18 @@ class RunEffect(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class SendSlot(Base):
+    """A send's place in its sending identity's rolling caps (`followups.limits`): taken when the
+    send may go, or promised for the moment a slot frees. One per enrollment and step; it counts
+    while the step is pending or once it was sent (or perhaps sent), so a send that does not go
+    out gives its slot back without a write."""
+
+    __tablename__ = "send_slots"
+    __table_args__ = (Index("ix_send_slots_identity_taken_at", "identity", "taken_at"),)
+
+    enrollment_id: Mapped[int] = mapped_column(ForeignKey("enrollments.id", ondelete="CASCADE"), primary_key=True)
+    step_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    identity: Mapped[str] = mapped_column(String(320))
+    taken_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

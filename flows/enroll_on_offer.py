@@ -17,6 +17,9 @@ def enroll_on_offer(offer: dict[str, Any] | str) -> dict[str, Any]:
         get_run_logger().info("offer %s belongs to another followups database; skipped", data.get("offer_id"))
         return {"skipped": "another database"}
     data = resolve_offer(data)
-    result = record_offer_sent(data["owner_id"], data["offer_id"], data["deal"], sequence_id=data.get("sequence_id"))
+    # Once per offer id, however often the event is delivered; `again` as the offer asks.
+    result = record_offer_sent(
+        data["owner_id"], data["offer_id"], data["deal"], sequence_id=data.get("sequence_id"), again=data.get("again", False)
+    )
     get_run_logger().info("offer %s: %s", result.offer_id, result.reason or f"enrollment {result.enrollment_id}")
     return result.as_dict()

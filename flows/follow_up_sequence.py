@@ -45,12 +45,15 @@ def _left(due: datetime | None) -> str:
 
 
 @flow(name="follow-up-sequence", log_prints=True, persist_result=False)
-def follow_up_sequence(enrollment_id: int) -> State:
+def follow_up_sequence(enrollment_id: int, epoch: int | None = None) -> State:
     """Run one enrolled follow-up sequence from its current step until it ends or waits.
 
     Args:
         enrollment_id: The enrollment to run: the id `followups enroll` / `followups status`
             print, and the `enrollment:<id>` tag on its runs.
+        epoch: Set by the product on the runs it creates: which of the enrollment's pending
+            runs this is. A run of an older epoch does nothing. Leave it out when starting a
+            run by hand.
     """
     flow_run_id = _current_flow_run_id()
     try:
@@ -90,7 +93,8 @@ def _run(enrollment_id: int, flow_run_id: uuid.UUID | None) -> State:
             suspend_flow_run(key=prefect_runs.self_pause_key(plan.current_step))
             continue
         if check.next is Next.SUPERSEDED:
-            why = f"enrollment {enrollment_id} goes on in run {plan.prefect_flow_run_id}; this run does nothing"
+            where = f"run {plan.prefect_flow_run_id}" if plan.prefect_flow_run_id else f"its next run (epoch {plan.epoch}, being created)"
+            why = f"enrollment {enrollment_id} goes on in {where}; this run does nothing"
             logger.info("Superseded: %s", why)
             return story.superseded(why)
         if check.next is Next.STOP:

@@ -9,7 +9,7 @@ allows them: a subject or first line and the provider's id are enough to follow 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import get_run_logger
@@ -29,7 +29,8 @@ def artifact_key(enrollment_id: int) -> str:
 
 
 def _when(at: datetime | None) -> str:
-    return f"{at:%Y-%m-%d %H:%M:%S} UTC" if at else ""
+    # A deferral's time comes in the recipient's zone: shown as it is, the "UTC" would be wrong.
+    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC" if at else ""
 
 
 def publish_timeline(enrollment_id: int, *, in_a_run: bool = True) -> None:

@@ -102,6 +102,13 @@ def stock_session_executor() -> bool:
     return os.environ.get("FOLLOWUPS_TEST_EXECUTOR", "fast") == "stock"
 
 
+def pending_run(enrollment_id: int, timeout: float = 60):
+    """The id of the enrollment's pending run, once written: a WAIT commits first and creates
+    its next run just after, so for a moment the row names none."""
+    return wait_for(lambda: enrollment_row(enrollment_id).prefect_flow_run_id, timeout=timeout,
+                    what=f"enrollment {enrollment_id}'s next run id")
+
+
 def reach_wait(wait_seconds: float):
     """A new enrollment (EMAIL, WAIT, SMS) whose first email went out and whose wait has
     started: (deal, enrollment id, the wait's due time). Needs a runner serving the flow."""
@@ -118,6 +125,7 @@ def reach_wait(wait_seconds: float):
     deal = deal_input()
     enrollment = enroll_deal(owner, deal, new_sequence(owner, steps))
     wait_for(lambda: "WAIT_STARTED" in event_types(enrollment.id), timeout=60, what="the wait to start")
+    pending_run(enrollment.id)
     started = [e for e in events_of(enrollment.id) if e.event_type == "WAIT_STARTED"][0]
     return deal, enrollment.id, datetime.fromisoformat(started.content["due_at"])
 

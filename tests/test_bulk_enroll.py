@@ -92,7 +92,7 @@ def test_mixed_batch_answers_each_item_and_stores_nothing_of_bad_ones(deployment
         assert row.prefect_flow_run_id == result.flow_run_id
         [run] = runs[result.enrollment_id]
         assert run.id == result.flow_run_id and run.state.type.value == "SCHEDULED"
-        assert run.parameters == {"enrollment_id": result.enrollment_id}
+        assert run.parameters == {"enrollment_id": result.enrollment_id, "epoch": 1}
         assert {"followups", database_tag(), f"deal:{item['external_id']}", f"enrollment:{result.enrollment_id}"} <= set(run.tags)
 
 

@@ -1,6 +1,7 @@
-"""Send caps: Prefect global concurrency limits per provider account (per second) and per sending
-identity (per UTC day). A capped step is deferred to a scheduled run (STEP_DEFERRED, reason
-cap), never dropped and never sent over the cap, with the count kept in the Prefect server."""
+"""Send caps: a rolling 24 h and an hourly window per sending identity, counted in PostgreSQL,
+and a rate per provider account, a Prefect global concurrency limit. A capped step is deferred
+to a scheduled run for the moment a slot frees (STEP_DEFERRED, reason cap), never dropped and
+never sent over the cap, whatever the number of workers."""
 
 from __future__ import annotations
 
@@ -8,91 +9,151 @@ import contextvars
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, date, datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
+
+from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from followups.scheduling.caps import (
-    NEXT_DAY_SPREAD_SECONDS,
-    MemoryCapGate,
-    daily_cap_spec,
-    day_of_limit,
+    DAY_SECONDS,
+    HOUR_SECONDS,
+    fits,
     limit_name,
-    next_day_start,
+    place,
+    rate_deferral,
     rate_limit_spec,
+    window_cap_spec,
 )
+
+T0 = datetime(2026, 6, 10, 9, tzinfo=UTC)
+DAY, HOUR = timedelta(days=1), timedelta(hours=1)
 
 
 # -- the rule, without a server ---------------------------------------------------------------
 
 
-def test_a_daily_cap_of_5_with_12_due_sends_5_today_and_7_from_tomorrows_start():
-    gate = MemoryCapGate()
-    cap = daily_cap_spec("daily-x", "a@example.com", 5)
-    now = datetime(2026, 6, 10, 9, tzinfo=UTC)
-    decisions = [gate.acquire([cap], now + timedelta(minutes=i), spread_key=i) for i in range(12)]
-    assert [d.granted for d in decisions] == [True] * 5 + [False] * 7
-    refused = [d for d in decisions if not d.granted]
-    tomorrow = datetime(2026, 6, 11, tzinfo=UTC)
-    assert all(tomorrow <= d.until < tomorrow + timedelta(seconds=NEXT_DAY_SPREAD_SECONDS) for d in refused)
-    assert len({d.until for d in refused}) == 7  # spread: not all at one instant
-    assert all(d.blocking == cap and "5/day" in d.detail for d in refused)
-    # Later the same day (23:59:59) is still the same day: nothing refills.
-    assert not gate.acquire([cap], datetime(2026, 6, 10, 23, 59, 59, tzinfo=UTC)).granted
-    # Tomorrow: 5 of the 7 go, 2 wait for the day after.
-    second = [gate.acquire([cap], d.until) for d in refused]
-    assert [d.granted for d in second] == [True] * 5 + [False] * 2
-    assert all(d.until >= datetime(2026, 6, 12, tzinfo=UTC) for d in second if not d.granted)
+def _ask_all(asks, windows, handed_back=frozenset()):
+    """Each ask placed in turn; the ones in `handed_back` give their slot back at once (a step
+    that failed or was skipped)."""
+    placed = []
+    for index, moment in enumerate(asks):
+        at = place(placed, moment, windows)
+        if index not in handed_back:
+            placed.append(at)
+    return placed
 
 
-def test_the_day_is_a_utc_day():
-    cap = daily_cap_spec("d", "a", 1)
-    evening = datetime(2026, 6, 10, 23, 30, tzinfo=timezone(timedelta(hours=-5)))  # 04:30 UTC the 11th
-    assert cap.slot_name(evening) == "d~2026-06-11"
-    assert next_day_start(evening) == datetime(2026, 6, 12, tzinfo=UTC)
-    assert day_of_limit("followups-3f2a9c1e-email-daily-a@b.c~2026-06-11") == ("followups-3f2a9c1e-email-daily-a@b.c", date(2026, 6, 11))
-    assert day_of_limit("followups-3f2a9c1e-email-rate-sendgrid") is None
+def test_a_cap_of_5_per_24_h_with_12_asks_sends_5_now_and_promises_the_rest_the_moments_slots_free():
+    cap = window_cap_spec("email:a@example.com", "a@example.com", 5, DAY_SECONDS)
+    asks = [T0 + timedelta(minutes=i) for i in range(12)]
+    placed = []
+    for moment in asks:
+        placed.append(place(placed, moment, [cap]))
+    assert placed[:5] == asks[:5]
+    # Each of the next five goes when one of the first five leaves the window: 24 h after it.
+    assert placed[5:10] == [moment + DAY for moment in asks[:5]]
+    assert placed[10:] == [moment + 2 * DAY for moment in asks[:2]]
+    assert cap.describe() == "5 per 24 h for a@example.com"
+
+
+def test_a_send_at_the_same_instant_as_a_full_window_goes_when_the_window_has_moved_past_it():
+    cap = window_cap_spec("k", "a", 2, DAY_SECONDS)
+    placed = _ask_all([T0] * 5, [cap])
+    # The window is (t - 24 h, t]: the two at T0 are out of it at exactly T0 + 24 h.
+    assert placed == [T0, T0, T0 + DAY, T0 + DAY, T0 + 2 * DAY]
+
+
+def test_a_promised_moment_is_kept_while_it_is_ahead_and_a_send_that_fits_now_is_not_held_back():
+    daily = window_cap_spec("k", "a", 3, DAY_SECONDS)
+    assert place([T0, T0], T0 + HOUR, [daily], promised=T0 + DAY) == T0 + DAY
+    assert place([T0, T0], T0 + DAY, [daily], promised=T0 + DAY) == T0 + DAY
+    assert place([T0], T0 + HOUR, [daily]) == T0 + HOUR
+
+
+def test_an_hourly_cap_inside_a_daily_one():
+    daily = window_cap_spec("k", "a", 5, DAY_SECONDS)
+    hourly = window_cap_spec("k", "a", 2, HOUR_SECONDS)
+    placed = _ask_all([T0] * 6, [daily, hourly])
+    assert placed == [T0, T0, T0 + HOUR, T0 + HOUR, T0 + 2 * HOUR, T0 + DAY]
+    assert hourly.describe() == "2 per hour for a"
+
+
+def test_nothing_to_count_goes_now():
+    assert place([], T0, []) == T0
+    assert place([], T0, [window_cap_spec("k", "a", 1, DAY_SECONDS)]) == T0
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(
+    daily=st.integers(1, 6),
+    hourly=st.one_of(st.none(), st.integers(1, 3)),
+    gaps=st.lists(st.integers(0, 6 * 3600), min_size=1, max_size=40),
+    handed_back=st.sets(st.integers(0, 39), max_size=10),
+)
+def test_no_window_ever_holds_more_than_its_cap_and_nothing_goes_before_it_asked(daily, hourly, gaps, handed_back):
+    windows = [window_cap_spec("k", "a", daily, DAY_SECONDS)]
+    if hourly:
+        windows.append(window_cap_spec("k", "a", hourly, HOUR_SECONDS))
+    asks, moment = [], T0
+    for gap in gaps:
+        moment += timedelta(seconds=gap)
+        asks.append(moment)
+    placed, kept = [], []
+    for index, ask in enumerate(asks):
+        at = place(kept, ask, windows)
+        assert at >= ask
+        placed.append(at)
+        if index not in handed_back:
+            kept.append(at)
+    kept.sort()
+    for cap in windows:
+        span = timedelta(seconds=cap.window_seconds)
+        for end in kept:
+            assert sum(1 for moment in kept if end - span < moment <= end) <= cap.limit
+    # First come, first served: an ask that had to wait never goes before an earlier waiting one.
+    waited = [at for index, (at, ask) in enumerate(zip(placed, asks, strict=True)) if at > ask and index not in handed_back]
+    assert waited == sorted(waited)
+
+
+def test_fits_looks_at_windows_that_end_after_the_send_too():
+    cap = window_cap_spec("k", "a", 2, DAY_SECONDS)
+    # One sent an hour ago and one promised in two hours: a send now would make three in the
+    # window ending at the promised one.
+    assert not fits([T0 - HOUR, T0 + 2 * HOUR], T0, [cap])
+    assert fits([T0 - HOUR, T0 + 2 * HOUR], T0 - 2 * DAY, [cap])
 
 
 def test_a_rate_limit_refuses_only_for_a_moment():
-    gate = MemoryCapGate()
     rate = rate_limit_spec("rate-x", "sendgrid", 2)
-    now = datetime(2026, 6, 10, 9, tzinfo=UTC)
-    assert gate.acquire([rate], now).granted and gate.acquire([rate], now).granted
-    refused = gate.acquire([rate], now)
-    assert not refused.granted and refused.until <= now + timedelta(seconds=2)
-    assert gate.acquire([rate], now + timedelta(seconds=0.5)).granted
-
-
-def test_all_or_nothing_across_limits():
-    gate = MemoryCapGate()
-    now = datetime(2026, 6, 10, 9, tzinfo=UTC)
-    daily, rate = daily_cap_spec("d", "a", 1), rate_limit_spec("r", "acct", 10)
-    assert gate.acquire([rate, daily], now).granted
-    assert not gate.acquire([rate, daily], now).granted
-    assert gate.slots["r"] == 1  # the refused send took no rate slot
+    refused = rate_deferral(rate, 2.0, T0)
+    assert not refused.granted and T0 < refused.until <= T0 + timedelta(seconds=2)
+    assert rate.describe() == "2/s for sendgrid"
 
 
 def test_limit_names_are_unique_to_the_database_and_safe():
-    name = limit_name("3f2a9c1e", "daily", "email", "Pat/Lee%@Example.com")
-    assert name == "followups-3f2a9c1e-email-daily-pat_lee_@example.com"
+    name = limit_name("3f2a9c1e", "rate", "email", "Pat/Lee%@Example.com")
+    assert name == "followups-3f2a9c1e-email-rate-pat_lee_@example.com"
     assert not any(char in name for char in "/%&<>")
 
 
-def test_limit_names_differ_between_databases_and_identities():
-    from followups.limits import step_limits
+def test_the_windows_count_per_identity_and_the_rates_per_database():
+    from followups.limits import OwnerCaps, step_limits
     from followups.settings import Settings
     from followups.users import Sender
 
-    settings = Settings(email_daily_cap=5)
+    settings = Settings(email_daily_cap=5, email_hourly_cap=2)
 
-    def daily_name(db_id: uuid.UUID, address: str) -> str:
-        sender = Sender(address, None, None, None)
-        caps = step_limits("email", sender, settings, db_id)
-        return next(cap for cap in caps if cap.kind == "daily").day_name(date(2026, 6, 10))
+    def limits(db_id: uuid.UUID, address: str, caps=OwnerCaps()):
+        return step_limits("email", Sender(address, None, None, None), settings, db_id, caps=caps)
 
     one, two = uuid.UUID(int=1 << 100), uuid.UUID(int=2 << 100)
-    names = {daily_name(db, address) for db in (one, two) for address in ("a@example.com", "b@example.com")}
-    assert len(names) == 4
-    assert all(name.endswith("~2026-06-10") for name in names)
+    rates = {cap.name for db in (one, two) for cap in limits(db, "a@example.com") if cap.kind == "rate"}
+    assert len(rates) == 2
+    keys = {cap.name for address in ("a@example.com", "B@example.com") for cap in limits(one, address) if cap.kind == "window"}
+    assert keys == {"email:a@example.com", "email:b@example.com"}
+    found = {(cap.window_seconds, cap.limit) for cap in limits(one, "a@example.com") if cap.kind == "window"}
+    assert found == {(DAY_SECONDS, 5), (HOUR_SECONDS, 2)}
+    mine = {(cap.window_seconds, cap.limit) for cap in limits(one, "a@example.com", OwnerCaps(daily=9, hourly=0)) if cap.kind == "window"}
+    assert mine == {(DAY_SECONDS, 9)}  # 0: no hourly cap for this owner
 
 
 # -- against a real Prefect server --------------------------------------------------------------
@@ -110,7 +171,7 @@ def _in_this_context(fn):
 
 def _identity_owner(daily: int) -> tuple[int, str]:
     from followups.db.session import session_scope
-    from followups.limits import set_daily_caps
+    from followups.limits import set_caps
     from followups.users import set_sender_identity
     from support import new_owner, unique
 
@@ -118,20 +179,20 @@ def _identity_owner(daily: int) -> tuple[int, str]:
     address = f"{unique('sender')}@example.com"
     with session_scope() as session:
         set_sender_identity(session, owner, {"email_from": address})
-        set_daily_caps(session, owner, email=daily, sms=None)
+        set_caps(session, owner, email_daily_cap=daily)
     return owner, address
 
 
 def _limits_of(owner: int, channel: str = "email"):
     from followups.db.session import session_scope
     from followups.identity import database_id
-    from followups.limits import owner_daily_cap, step_limits
+    from followups.limits import owner_caps, step_limits
     from followups.settings import get_settings
     from followups.users import load_sender
 
     with session_scope() as session:
         sender = load_sender(session, owner, get_settings())
-        return step_limits(channel, sender, get_settings(), database_id(), daily_cap=owner_daily_cap(session, owner, channel))
+        return step_limits(channel, sender, get_settings(), database_id(), caps=owner_caps(session, owner, channel))
 
 
 def _cancel_pending(enrollment_ids) -> None:
@@ -148,45 +209,32 @@ def _cancel_pending(enrollment_ids) -> None:
                 client.set_flow_run_state(run_id, Cancelled(), force=True)
 
 
-def test_limits_apply_is_idempotent(prefect_api, cli):
+def test_limits_apply_writes_the_rates_and_deletes_old_per_day_limits(prefect_api, cli):
     import json
 
     from prefect.client.orchestration import get_client
-
-    owner, address = _identity_owner(daily=7)
-    code, out, err = cli("limits", "apply", "--json")
-    assert code == 0, err
-    first = {item["name"]: item for item in json.loads(out)}
-    today = datetime.now(UTC).date()
-    days = sorted(name for name in first if address.lower() in name)
-    base = days[0].split("~")[0]
-    # Today's and tomorrow's limit: 7 slots that never decay.
-    assert days == [f"{base}~{today.isoformat()}", f"{base}~{(today + timedelta(days=1)).isoformat()}"]
-    assert all(first[name]["limit"] == 7 and first[name]["slot_decay_per_second"] == 0 for name in days)
-    assert any(name.endswith("email-rate-sendgrid") for name in first)
-    code, out, err = cli("limits", "apply", "--json")
-    assert code == 0 and all(action == "unchanged" for name, action in
-                             ((i["name"], i["action"]) for i in json.loads(out)) if name in days)
-    code, out, err = cli("limits", "set", "no-such-user-here", "--email-daily", "3")
-    assert code == 1 and err.count("\n") == 1
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
-    from followups.db.session import session_scope
-    from followups.limits import set_daily_caps
+    from followups.identity import database_id
 
-    with session_scope() as session:
-        set_daily_caps(session, owner, email=9, sms=None)
-    old = f"{base}~{(today - timedelta(days=2)).isoformat()}"
+    _identity_owner(daily=7)
+    old = f"followups-{database_id().hex[:8]}-email-daily-someone@example.com~2026-01-01"
     with get_client(sync_client=True) as client:
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=old, limit=7))
     code, out, err = cli("limits", "apply", "--json")
-    actions = {item["name"]: item["action"] for item in json.loads(out)}
-    assert actions[days[0]] == actions[days[1]] == "updated" and actions[old] == "deleted"
+    assert code == 0, err
+    first = {item["name"]: item for item in json.loads(out)}
+    assert first[old]["action"] == "deleted"
+    rates = [name for name in first if name != old]
+    assert rates and all("-rate-" in name for name in rates)
+    assert any(name.endswith("email-rate-sendgrid") for name in rates)
+    code, out, err = cli("limits", "apply", "--json")
+    assert code == 0 and {item["action"] for item in json.loads(out)} == {"unchanged"}
     with get_client(sync_client=True) as client:
-        stored = client.read_global_concurrency_limit_by_name(days[0])
-        assert stored.limit == 9 and stored.active
         names = {item.name for item in client.read_global_concurrency_limits(limit=200)}
     assert old not in names
+    code, out, err = cli("limits", "set", "no-such-user-here", "--email-daily", "3")
+    assert code == 1 and err.count("\n") == 1
 
 
 def _run_flows(enrollments, day_clock, monkeypatch) -> list[str]:
@@ -216,14 +264,14 @@ def _run_flows(enrollments, day_clock, monkeypatch) -> list[str]:
         return list(pool.map(_in_this_context(run), enrollments))
 
 
-def _deferred_until(enrollment_id: int) -> datetime:
+def _deferred_until(enrollment_id: int, reason: str = "cap") -> datetime:
     from prefect.client.orchestration import get_client
 
     from support import enrollment_row, events_of
 
     event = events_of(enrollment_id)[-1]
-    assert event.event_type == "STEP_DEFERRED" and event.content["reason"] == "cap"
-    assert "5/day" in event.content["detail"]
+    assert event.event_type == "STEP_DEFERRED" and event.content["reason"] == reason
+    assert reason != "cap" or "5 per 24 h" in event.content["detail"]
     until = datetime.fromisoformat(event.content["until"])
     row = enrollment_row(enrollment_id)
     assert row.status == "ACTIVE" and row.current_step == 0 and row.next_due_at == until
@@ -233,55 +281,97 @@ def _deferred_until(enrollment_id: int) -> datetime:
     return until
 
 
-def test_a_daily_cap_of_5_with_12_due_sends_5_today_and_7_tomorrow_across_two_workers(prefect_api, fake_providers, monkeypatch):
-    """Two workers, a cap of 5 a day, 12 due emails: 5 sent today, 7 deferred to tomorrow's start;
-    tomorrow 5 of them go and 2 wait for the day after. None lost, never over the cap."""
-    from prefect.client.orchestration import get_client
-
+def test_a_cap_of_5_per_24_h_with_12_due_sends_5_now_and_the_rest_as_slots_free_across_two_workers(prefect_api, fake_providers, monkeypatch):
+    """Two workers, a cap of 5 per 24 h, 12 emails due at once: 5 sent, 5 promised the moment the
+    first five leave the window (24 h later), 2 the moment after that. Each goes then; none lost,
+    never over the cap."""
     from followups.deployments.definitions import sequence_deployment
     from followups.settings import reset_settings
     from support import event_types, new_enrollment, new_sequence
 
     sequence_deployment().apply()
     owner, _ = _identity_owner(daily=5)
-    limits = _limits_of(owner)
-    daily = next(cap for cap in limits if cap.kind == "daily")
     # Weeks ahead: the deferred runs are scheduled in the future, where no runner picks them up.
-    today = datetime.now(UTC).date() + timedelta(days=40)
-    day1, day2, day3 = (datetime.combine(today + timedelta(days=n), time(0), tzinfo=UTC) for n in range(3))
-    spread = timedelta(seconds=NEXT_DAY_SPREAD_SECONDS)
-    # No `limits apply`: each day's limit is made by that day's first sends (two workers racing).
+    start = datetime.combine(datetime.now(UTC).date() + timedelta(days=40), time(10), tzinfo=UTC)
     sequence_id = new_sequence(owner, [{"type": "EMAIL", "subject": "s", "text": "t"}])
     enrollments = [new_enrollment(owner, sequence_id) for _ in range(12)]
     monkeypatch.setenv("FOLLOWUPS_CAP_WAIT_SECONDS", "5")
     reset_settings()
     try:
-        outcomes = _run_flows(enrollments, day1 + timedelta(hours=10), monkeypatch)
+        outcomes = _run_flows(enrollments, start, monkeypatch)
         assert sorted(outcomes) == ["COMPLETED"] * 5 + ["WAITING"] * 7
         sent = [e for e in enrollments if "EMAIL_SENT" in event_types(e)]
         waiting = [e for e in enrollments if e not in sent]
-        assert len(sent) == 5 and len(waiting) == 7
-        untils = [_deferred_until(e) for e in waiting]
-        assert all(day2 <= until < day2 + spread for until in untils)
-        with get_client(sync_client=True) as client:
-            counted = client.read_global_concurrency_limit_by_name(daily.day_name(day1.date()))
-        assert counted.limit == 5 and counted.active_slots == 5
+        untils = {e: _deferred_until(e) for e in waiting}
+        assert sorted(untils.values()) == [start + DAY] * 5 + [start + 2 * DAY] * 2
 
-        # Tomorrow, after the spread: a fresh day's limit.
-        outcomes = _run_flows(waiting, day2 + spread, monkeypatch)
-        assert sorted(outcomes) == ["COMPLETED"] * 5 + ["WAITING"] * 2
-        sent_tomorrow = [e for e in waiting if "EMAIL_SENT" in event_types(e)]
-        still = [e for e in waiting if e not in sent_tomorrow]
-        assert len(sent_tomorrow) == 5 and len(still) == 2
-        assert all(day3 <= _deferred_until(e) < day3 + spread for e in still)
-        assert all(event_types(e).count("EMAIL_SENT") == 1 for e in sent + sent_tomorrow)
-        with get_client(sync_client=True) as client:
-            counted = client.read_global_concurrency_limit_by_name(daily.day_name(day2.date()))
-        assert counted.limit == 5 and counted.active_slots == 5
+        # A day later, the five promised then go; the other two, started early, keep their place.
+        outcomes = _run_flows(waiting, start + DAY, monkeypatch)
+        sent_then = [e for e in waiting if "EMAIL_SENT" in event_types(e)]
+        assert sorted(sent_then) == sorted(e for e in waiting if untils[e] == start + DAY)
+        later = [e for e in waiting if e not in sent_then]
+        assert all(_deferred_until(e, "due time") == start + 2 * DAY for e in later)
+        assert sorted(_run_flows(later, start + 2 * DAY, monkeypatch)) == ["COMPLETED"] * 2
+        assert all(event_types(e).count("EMAIL_SENT") == 1 for e in enrollments)
     finally:
         monkeypatch.undo()
         reset_settings()
         _cancel_pending(enrollments)
+
+
+def _slot_asks(owner: int, count: int, cap: int, moment: datetime, threads: int = 2):
+    """`count` sends of one identity asking for a slot at `moment`, from `threads` workers."""
+    from followups.limits import _take_window_slot
+    from support import new_enrollment, new_sequence
+
+    sequence_id = new_sequence(owner, [{"type": "EMAIL", "subject": "s", "text": "t"}])
+    enrollments = [new_enrollment(owner, sequence_id) for _ in range(count)]
+    key = f"email:{uuid.uuid4().hex}@example.com"
+    windows = [window_cap_spec(key, key, cap, DAY_SECONDS)]
+    barrier = threading.Barrier(threads)
+
+    def ask(enrollment_id: int) -> datetime:
+        if enrollment_id in enrollments[:threads]:
+            barrier.wait()
+        return _take_window_slot(windows, moment, enrollment_id, 0)[0]
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return enrollments, dict(zip(enrollments, pool.map(_in_this_context(ask), enrollments), strict=True)), windows
+
+
+def test_two_workers_racing_for_the_last_slots_never_both_get_one(database_url):
+    from support import new_owner
+
+    moment = T0 + timedelta(days=3000)
+    _, placed, _ = _slot_asks(new_owner(), 12, 5, moment, threads=4)
+    assert sorted(placed.values()) == [moment] * 5 + [moment + DAY] * 5 + [moment + 2 * DAY] * 2
+
+
+def test_a_slot_whose_send_does_not_go_out_is_given_back_without_a_write(database_url):
+    """A slot counts while its step is pending and once it was sent; a failed step's, or a
+    cancelled enrollment's promised one, counts for nothing, so the next send has its place."""
+    from followups.db.models import EnrollmentStatus
+    from followups.db.session import session_scope
+    from followups.lifecycle import load_plan, store
+    from followups.lifecycle.transitions import Actor
+    from followups.limits import _take_window_slot
+    from support import new_enrollment, new_owner, new_sequence
+
+    moment = T0 + timedelta(days=3100)
+    owner = new_owner()
+    enrollments, placed, windows = _slot_asks(owner, 3, 2, moment)
+    assert sorted(placed.values()) == [moment, moment, moment + DAY]
+    granted = [e for e in enrollments if placed[e] == moment]
+    promised = next(e for e in enrollments if placed[e] == moment + DAY)
+    sequence_id = new_sequence(owner, [{"type": "EMAIL", "subject": "s", "text": "t"}])
+    with session_scope() as session:
+        store.fail(session, load_plan(session, granted[0], lock=True), 0, "provider refused")
+    # The failed send's slot is back: a new send goes now.
+    assert _take_window_slot(windows, moment + timedelta(minutes=1), new_enrollment(owner, sequence_id), 0)[0] == moment + timedelta(minutes=1)
+    with session_scope() as session:
+        store.move(session, load_plan(session, promised, lock=True), EnrollmentStatus.CANCELLED, actor=Actor.API)
+    # The cancelled enrollment's promised place goes to the next send that has to wait.
+    assert _take_window_slot(windows, moment + timedelta(minutes=2), new_enrollment(owner, sequence_id), 0)[0] == moment + DAY
 
 
 def test_a_rate_limit_of_2_per_second_spreads_10_sends_over_4_seconds(prefect_api, fake_providers, monkeypatch):
@@ -331,38 +421,6 @@ def test_a_rate_limit_of_2_per_second_spreads_10_sends_over_4_seconds(prefect_ap
         assert span(index - 4, index) >= 1.5 - tolerance
 
 
-def test_two_workers_making_the_same_days_limit_share_one(prefect_api, monkeypatch):
-    from prefect.client.orchestration import get_client
-
-    from followups import limits as limits_module
-    from support import unique
-
-    cap = daily_cap_spec(f"followups-test-{unique('day')}", "x@example.com", 3)
-    day = date(2031, 1, 2)
-    barrier = threading.Barrier(2)
-
-    def make(_: int) -> list[str]:
-        monkeypatch.setattr(limits_module, "_known", {})  # each "worker" starts with no cache
-        barrier.wait()
-        with get_client(sync_client=True) as client:
-            return limits_module._ensure_day_limits(client, [cap], day)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        made = list(pool.map(_in_this_context(make), range(2)))
-    assert made == [[cap.day_name(day)]] * 2
-    # A worker that did not see it made (a fresh process, as each flow run of the stock runner)
-    # uses it without a create: the server would log the duplicate as an ERROR with a traceback.
-    monkeypatch.setattr(limits_module, "_known", {})
-    with get_client(sync_client=True) as client:
-        def create(limit):
-            raise AssertionError(f"created {limit.name} again")
-
-        monkeypatch.setattr(client, "create_global_concurrency_limit", create)
-        assert limits_module._ensure_day_limits(client, [cap], day) == [cap.day_name(day)]
-        stored = client.read_global_concurrency_limit_by_name(cap.day_name(day))
-    assert stored.limit == 3 and stored.slot_decay_per_second == 0
-
-
 def test_limits_set_changes_only_what_it_is_given(database_url, cli, monkeypatch):
     from followups.db.session import session_scope
     from followups.users import ensure_user
@@ -372,13 +430,44 @@ def test_limits_set_changes_only_what_it_is_given(database_url, cli, monkeypatch
     with session_scope() as session:
         ensure_user(session, name)
     assert cli("limits", "set", name, "--email-daily", "5", "--sms-daily", "0")[0] == 0
-    code, out, err = cli("limits", "set", name, "--email-daily", "7")
+    code, out, err = cli("limits", "set", name, "--email-daily", "7", "--email-hourly", "2")
     assert code == 0, err
-    assert out.strip() == f"{name}: email 7/day, sms no cap"  # the SMS cap was left alone
+    # The SMS cap was left alone.
+    assert out.strip() == f"{name}: email 7/24 h, 2/hour; sms no cap, no cap (the setting)"
     code, out, _ = cli("limits", "set", name, "--reset")
-    assert out.strip() == f"{name}: email 1000/day (the setting), sms 500/day (the setting)"
-    code, out, err = cli("limits", "set", name, "--email-daily", "-1")
-    assert code == 1 and err.strip() == "error: email_daily_cap: must be an integer between 0 and 10000000"
+    assert out.strip() == (
+        f"{name}: email 1000/24 h (the setting), no cap (the setting); sms 500/24 h (the setting), no cap (the setting)"
+    )
+    code, out, err = cli("limits", "set", name, "--email-hourly", "-1")
+    assert code == 1 and err.strip() == "error: email_hourly_cap: must be an integer between 0 and 10000000"
+
+
+def test_limits_show_counts_each_window(database_url, cli):
+    import json
+
+    from followups.db.session import session_scope
+    from followups.limits import _take_window_slot, owner_caps, step_limits
+    from followups.settings import get_settings
+    from followups.identity import database_id
+    from followups.users import load_sender
+    from support import new_enrollment, new_sequence
+
+    owner, address = _identity_owner(daily=2)
+    sequence_id = new_sequence(owner, [{"type": "EMAIL", "subject": "s", "text": "t"}])
+    with session_scope() as session:
+        sender = load_sender(session, owner, get_settings())
+        windows = [cap for cap in step_limits("email", sender, get_settings(), database_id(), caps=owner_caps(session, owner, "email"))
+                   if cap.kind == "window"]
+    now = datetime.now(UTC)
+    for _ in range(3):
+        _take_window_slot(windows, now, new_enrollment(owner, sequence_id), 0)
+    code, out, err = cli("limits", "show", "--json")
+    assert code == 0, err
+    mine = [row for row in json.loads(out)["windows"] if row["identity"] == address]
+    assert len(mine) == 1 and mine[0]["limit"] == 2 and mine[0]["used"] == 2 and mine[0]["promised"] == 1
+    assert datetime.fromisoformat(mine[0]["next_free"]) > now + timedelta(hours=23)
+    code, out, err = cli("limits", "show")
+    assert code == 0 and address in out and "2 per 24 h" in out
 
 
 def test_limits_apply_without_a_prefect_api_is_one_line(database_url, cli, monkeypatch):
@@ -388,26 +477,30 @@ def test_limits_apply_without_a_prefect_api_is_one_line(database_url, cli, monke
     assert code == 1 and out == "" and len(err.strip().splitlines()) == 1 and "PREFECT_API_URL" in err
 
 
-def test_day_slots_taken_for_sends_that_do_not_go_out_are_handed_back_under_contention(prefect_api):
-    from prefect.client.orchestration import get_client
+def test_window_slots_of_sends_that_get_no_rate_slot_are_handed_back_under_contention(prefect_api):
+    from followups.db.session import session_scope
+    from followups.limits import _counted_slots, take_slot
+    from support import new_enrollment, new_owner, new_sequence, unique
 
-    from followups.limits import PrefectCapGate
-    from support import unique
-
-    daily = daily_cap_spec(f"followups-test-{unique('day')}", "x@example.com", 5)
+    owner = new_owner()
+    sequence_id = new_sequence(owner, [{"type": "EMAIL", "subject": "s", "text": "t"}])
+    enrollments = [new_enrollment(owner, sequence_id) for _ in range(9)]
+    key = f"email:{unique('x')}@example.com"
+    daily = window_cap_spec(key, key, 6, DAY_SECONDS)
     rate = rate_limit_spec(f"followups-test-{unique('rate')}", "acct", 0.01)  # 1 slot, back in 100 s
-    day = datetime(2031, 1, 3, 12, tzinfo=UTC)
-    gate = PrefectCapGate(wait_seconds=0.5, strict=False)
+    moment = datetime.now(UTC)
     barrier = threading.Barrier(6)
 
-    def send(_: int) -> bool:
+    def send(enrollment_id: int) -> bool:
         barrier.wait()
-        return gate.acquire([daily, rate], day).granted
+        return take_slot([daily, rate], moment, enrollment_id=enrollment_id, step_index=0, wait_seconds=0.5, strict=False).granted
 
     with ThreadPoolExecutor(max_workers=6) as pool:
-        allowed = list(pool.map(_in_this_context(send), range(6)))
+        allowed = list(pool.map(_in_this_context(send), enrollments[:6]))
     assert allowed.count(True) == 1  # the rate limit lets one through; five time out
-    assert [gate.acquire([daily, rate], day).granted for _ in range(3)] == [False] * 3
-    with get_client(sync_client=True) as client:
-        used = client.read_global_concurrency_limit_by_name(daily.day_name(day.date())).active_slots
-    assert used == 1  # only the send that went out holds a day slot
+    assert [send_alone for send_alone in (
+        take_slot([daily, rate], moment, enrollment_id=e, step_index=0, wait_seconds=0.1, strict=False).granted for e in enrollments[6:]
+    )] == [False] * 3
+    with session_scope() as session:
+        counted = session.execute(_counted_slots(session, key, moment - DAY)).all()
+    assert len(counted) == 1  # only the send that went out holds a window slot

@@ -199,9 +199,10 @@ def test_import_progress_counts_rows_enrolled(db, cli, tmp_path, monkeypatch):
     monkeypatch.setattr(rich.progress.Progress, "update", lambda self, task, **kw: (updates.append(kw), real_update(self, task, **kw))[1])
     seen: list[list[dict]] = []
 
-    def enroll_batch(owner_id, rows, sequence_id, *, start_at=None):
+    def enroll_batch(owner_id, rows, sequence_id, *, start_at=None, again=False):
         seen.append(list(updates))
-        return SimpleNamespace(results=[SimpleNamespace(status="ok", field=None, message="") for _ in rows])
+        return SimpleNamespace(results=[SimpleNamespace(status="ok", field=None, message="", enrollment_status="ACTIVE",
+                                                        previous_enrollment_id=None) for _ in rows])
 
     monkeypatch.setattr(bulk, "enroll_batch", enroll_batch)
     code, out, err = cli("import", str(path), "--sequence", str(sequence), "--owner", name)

@@ -22,7 +22,7 @@ from followups.control import (
 )
 from followups.errors import InvalidInputError, InvalidStateError, NotFoundError
 from followups.offer_events import emit_offer_sent
-from support import deal_input, enrollment_row, event_types, events_of, new_owner, new_sequence, wait_for
+from support import deal_input, enrollment_row, event_types, events_of, new_owner, new_sequence, pending_run, wait_for
 
 
 def email_wait_email(wait_seconds: float) -> list[dict]:
@@ -43,6 +43,7 @@ def _start_and_reach_wait(wait_seconds: float):
     deal = deal_input()
     enrollment = enroll_deal(owner, deal, new_sequence(owner, email_wait_email(wait_seconds)))
     wait_for(lambda: "WAIT_STARTED" in event_types(enrollment.id), timeout=60, what="the wait to start")
+    pending_run(enrollment.id)
     wait_started = [e for e in events_of(enrollment.id) if e.event_type == "WAIT_STARTED"][0]
     due = datetime.fromisoformat(wait_started.content["due_at"])
     return owner, deal, enrollment.id, due
@@ -209,3 +210,42 @@ def test_a_deal_offer_sent_event_enrolls_through_the_trigger(sequence_runner, fa
     assert len(mine) == 2
     assert all(str(deal.seller_email) not in str(r.parameters) and deal.seller_phone not in str(r.parameters) for r in mine)
     cancel_enrollment(enrollment_ids.pop())
+
+
+def test_a_repeated_offer_event_on_a_finished_deal_enrolls_anew_once_and_only_with_again(sequence_runner, fake_providers):
+    """Through the real trigger: a deal whose enrollment finished is enrolled again only by an
+    offer that asks for it (`again`), and that offer's event delivered twice enrolls it once."""
+    from sqlalchemy import select
+
+    from followups.db.models import Offer
+    from followups.db.session import session_scope
+
+    def recorded(offer_id: str):
+        with session_scope() as session:
+            return session.scalars(select(Offer).where(Offer.owner_id == owner, Offer.external_id == offer_id)).first()
+
+    def offer_runs_done(offer_id: str) -> int:
+        from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["enroll-on-offer"])), limit=200)
+        return sum(1 for r in runs if r.parameters.get("offer", {}).get("offer_id") == offer_id
+                   and r.parameters["offer"].get("owner_id") == owner and r.state and r.state.is_completed())
+
+    owner = new_owner()
+    new_sequence(owner, email_wait_email(30), is_default=True)
+    deal = deal_input()
+    first = record_offer_sent(owner, "offer-1", deal)
+    cancel_enrollment(first.enrollment_id)
+
+    emit_offer_sent(owner, "offer-2", deal)  # without again: recorded, not enrolled
+    wait_for(lambda: recorded("offer-2") is not None, timeout=60, what="offer-2 to be recorded")
+    assert recorded("offer-2").enrollment_id == first.enrollment_id
+    emit_offer_sent(owner, "offer-3", deal, again=True)
+    emit_offer_sent(owner, "offer-3", deal, again=True)  # the same offer's event, delivered twice
+    wait_for(lambda: offer_runs_done("offer-3") == 2, timeout=60, what="both deliveries' enroll-on-offer runs")
+    enrollment_ids = sorted({e["enrollment_id"] for e in list_events(deal_external_id=deal.external_id, owner_id=owner)})
+    assert len(enrollment_ids) == 2 and enrollment_ids[0] == first.enrollment_id
+    assert recorded("offer-3").enrollment_id == enrollment_ids[1]
+    assert enrollment_row(enrollment_ids[1]).status == "ACTIVE"
+    cancel_enrollment(enrollment_ids[1])

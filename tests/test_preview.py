@@ -38,7 +38,7 @@ def check_plan(plan: dict) -> None:
     # Thursday is Thanksgiving: Friday 09:00.
     assert email["send_at"] == "2026-11-27T09:00:00-05:00" and email["deferred_by"] == "window"
     assert email["message"]["subject"] == "Offer on 12 Elm St" and email["message"]["text"] == "Hi Pat"
-    assert any(cap["kind"] == "daily" for cap in email["caps"])
+    assert any(cap["kind"] == "window" and cap["window_seconds"] == 86400 and "per 24 h" in cap["describe"] for cap in email["caps"])
     assert wait["due_at"] == "2026-12-01T09:00:00-05:00"  # Fri + 2 business days = Tue
     assert sms["send_at"] == "2026-12-01T09:00:00-05:00" and sms["message"]["body"] == "Hi Pat, any thoughts?"
 

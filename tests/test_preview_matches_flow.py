@@ -1,9 +1,10 @@
-"""The preview promises what the flow does: for random sequences, zones, send windows and
-holidays, started around the 2027 US and EU DST changes and around holidays, every WAIT's end
-and every message's due and send time of `preview_sequence` equals, to the second, what the
-flow's own step-timing code decides (`execution.waiting.wait_end` for a WAIT, started with the
-database's now(); `execution.deferral.hold_if_needed` for a message, re-run at each deferral's
-time as the deferred run would be), under a controlled clock.
+"""The preview promises what the flow does: for random sequences (some message steps with their
+own send time `at`), zones, send windows and holidays, started around the 2027 US and EU DST
+changes and around holidays, every WAIT's end and every message's due and send time of
+`preview_sequence` equals, to the second, what the flow's own step-timing code decides
+(`execution.waiting.wait_end` for a WAIT, started with the database's now();
+`execution.deferral.hold_if_needed` for a message, re-run at each deferral's time as the
+deferred run would be), under a controlled clock.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from followups.db.session import session_scope
 from followups.deals import upsert_deal
-from followups.errors import InvalidStateError
+from followups.errors import InvalidInputError, InvalidStateError
 from followups.execution import deferral, waiting
 from followups.lifecycle.plan import EnrollmentPlan
 from followups.preview import preview_sequence
@@ -27,7 +28,7 @@ from followups.settings import reset_settings
 from followups.steps import channel_of, load_stored_steps
 from followups.templating import DealView, SellerView
 from followups.users import set_sender_identity
-from support import new_owner, new_sequence
+from support import env_settings, new_owner, new_sequence
 
 pytestmark = pytest.mark.usefixtures("database_url")
 
@@ -46,6 +47,8 @@ ANCHORS = [
 ]
 
 messages = st.sampled_from([{"type": "EMAIL", "subject": "s", "text": "t"}, {"type": "SMS", "body": "b"}])
+# Send times (`at`) all day round: the hours the US and EU DST changes skip or repeat included.
+AT_TIMES = [f"{hour:02d}:{minute:02d}" for hour in range(24) for minute in (0, 1, 30, 59)]
 calendar_waits = st.builds(
     lambda d, h, m, s: {"type": "WAIT", "days": d, "hours": h, "minutes": m, "seconds": s},
     st.integers(0, 6), st.sampled_from([0, 0, 1, 5, 23]), st.sampled_from([0, 0, 30]), st.sampled_from([0, 0, 17]),
@@ -54,10 +57,21 @@ waits = st.one_of(calendar_waits, st.builds(lambda n: {"type": "WAIT", "business
 
 
 @st.composite
-def sequences(draw) -> list[dict[str, Any]]:
-    steps = [draw(messages)]
+def sequences(draw, window: dict[str, Any] | None = None, quiet: bool = False) -> list[dict[str, Any]]:
+    # A send time the window or (SMS) the quiet hours (21:00-08:00, the default) never allow is
+    # refused when the sequence is saved: only the others.
+    allowed = [at for at in AT_TIMES if window is None or window["start"] <= at < window["end"]]
+    texts = [at for at in allowed if not quiet or "08:00" <= at < "21:00"]
+
+    @st.composite
+    def timed(draw) -> dict[str, Any]:
+        message = draw(messages)
+        at = draw(st.one_of(st.none(), st.none(), st.sampled_from((texts if message["type"] == "SMS" else allowed) or [None])))
+        return {**message, "at": at} if at else message
+
+    steps = [draw(timed())]
     for _ in range(draw(st.integers(0, 3))):
-        steps += [draw(waits), draw(messages)]
+        steps += [draw(waits), draw(timed())]
     return steps
 
 
@@ -72,6 +86,13 @@ def option_sets(draw) -> dict[str, Any]:
             "end": f"{draw(st.integers(start + 1, 23)):02d}:00",
         }
     return options
+
+
+@st.composite
+def plans(draw) -> tuple[list[dict[str, Any]], dict[str, Any], bool]:
+    """Steps, options, and whether the SMS quiet hours and state texting laws are on."""
+    options, compliance = draw(option_sets()), draw(st.booleans())
+    return draw(sequences(options.get("send_window"), compliance)), options, compliance
 
 
 class Clock:
@@ -144,43 +165,49 @@ def flow_times(plan: EnrollmentPlan, start: datetime, clock: Clock) -> list[tupl
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    steps=sequences(), options=option_sets(),
+    sequence=plans(),
     seller_zone=st.sampled_from(["UTC", *ZONES]), phone=st.sampled_from(PHONES),
     owner_zone=st.sampled_from([None, "America/Denver", "Europe/Berlin"]),
     anchor=st.sampled_from(ANCHORS), offset=st.integers(-5 * 86400, 5 * 86400),
     property_state=st.sampled_from(PROPERTY_STATES),
 )
-def test_the_preview_equals_the_flow(
-    owners, flow_clock, steps, options, seller_zone, phone, owner_zone, anchor, offset, property_state
-):
+def test_the_preview_equals_the_flow(owners, flow_clock, sequence, seller_zone, phone, owner_zone, anchor, offset, property_state):
+    steps, options, compliance = sequence
     owner = owners[owner_zone]
-    sequence_id = new_sequence(owner, steps, options=options)
-    start = anchor + timedelta(seconds=offset)
-    deal = {"external_id": "D-1", "property_address": "1 Main St", "seller_name": "Pat Lee",
-            "seller_email": "pat@example.com", "seller_phone": phone, "seller_timezone": seller_zone,
-            "property_state": property_state}
-    with session_scope() as session:  # the flow reads the deal's property_state from its row
-        deal_id = upsert_deal(session, owner, deal)
-    with session_scope(read_only=True) as session:
+    # The suite turns the SMS quiet hours and state texting laws off; here they are on in half.
+    on = str(compliance).lower()
+    with env_settings({"FOLLOWUPS_QUIET_HOURS_ENABLED": on, "FOLLOWUPS_STATE_LAWS_ENABLED": on}):
         try:
-            preview = preview_sequence(session, owner, sequence_id, deal, start.isoformat())
-        except InvalidStateError:
-            preview = None
-    plan = EnrollmentPlan(
-        enrollment_id=1, status="ACTIVE", current_step=0, next_due_at=start, prefect_flow_run_id=None,
-        sequence_id=sequence_id, sequence_version=1, steps=load_stored_steps(steps), deal_id=deal_id, owner_id=owner,
-        deal_ref="D-1", deal=DealView("D-1", "1 Main St", None), seller=SellerView("Pat Lee", "pat@example.com", phone, seller_zone),
-        reply_token="x", options=load_stored_options(options), owner_timezone=owner_zone,
-    )
-    if preview is None:  # no allowed moment at all (a window inside quiet hours): the flow agrees
-        with pytest.raises(InvalidStateError):
-            flow_times(plan, start, flow_clock)
-        return
-    planned = [
-        (row["type"], datetime.fromisoformat(row["due_at"]), datetime.fromisoformat(row["send_at"]) if row["send_at"] else None)
-        for row in preview["steps"]
-    ]
-    assert planned == flow_times(plan, start, flow_clock)
+            sequence_id = new_sequence(owner, steps, options=options)
+        except InvalidInputError as exc:  # a window inside SMS quiet hours: refused when saved
+            assert exc.field == "options.send_window"
+            reject()
+        start = anchor + timedelta(seconds=offset)
+        deal = {"external_id": "D-1", "property_address": "1 Main St", "seller_name": "Pat Lee",
+                "seller_email": "pat@example.com", "seller_phone": phone, "seller_timezone": seller_zone,
+                "property_state": property_state}
+        with session_scope() as session:  # the flow reads the deal's property_state from its row
+            deal_id = upsert_deal(session, owner, deal)
+        with session_scope(read_only=True) as session:
+            try:
+                preview = preview_sequence(session, owner, sequence_id, deal, start.isoformat())
+            except InvalidStateError:
+                preview = None
+        plan = EnrollmentPlan(
+            enrollment_id=1, status="ACTIVE", current_step=0, next_due_at=start, prefect_flow_run_id=None,
+            sequence_id=sequence_id, sequence_version=1, steps=load_stored_steps(steps), deal_id=deal_id, owner_id=owner,
+            deal_ref="D-1", deal=DealView("D-1", "1 Main St", None), seller=SellerView("Pat Lee", "pat@example.com", phone, seller_zone),
+            reply_token="x", options=load_stored_options(options), owner_timezone=owner_zone,
+        )
+        if preview is None:  # no allowed moment at all (a window inside quiet hours): the flow agrees
+            with pytest.raises(InvalidStateError):
+                flow_times(plan, start, flow_clock)
+            return
+        planned = [
+            (row["type"], datetime.fromisoformat(row["due_at"]), datetime.fromisoformat(row["send_at"]) if row["send_at"] else None)
+            for row in preview["steps"]
+        ]
+        assert planned == flow_times(plan, start, flow_clock)
 
 
 def test_a_calendar_wait_ends_at_the_same_local_time_across_dst(owners, flow_clock):

@@ -55,8 +55,9 @@ def _enrollment_with_a_run(**deal) -> tuple[int, uuid.UUID]:
     enrollment_id = new_enrollment(owner, new_sequence(owner, STEPS), **deal)
     with session_scope() as session:
         plan = load_plan(session, enrollment_id, lock=True)
-        plan = store.reschedule(session, plan, due=None, actor=Actor.API)
-    return enrollment_id, plan.prefect_flow_run_id
+        store.reschedule(session, plan, due=None, actor=Actor.API)
+    # The run is created once the change commits.
+    return enrollment_id, enrollment_row(enrollment_id).prefect_flow_run_id
 
 
 def _set(run_id, state, force: bool = True):
@@ -305,7 +306,7 @@ def test_a_run_resumed_in_prefect_before_it_handed_over_pauses_nothing(unserved)
     with session_scope() as session:  # the run hands over to its WAIT's run, its event the latest
         plan = load_plan(session, enrollment_id, lock=True)
         store.reschedule(session, plan, due=datetime.now(UTC) + timedelta(hours=2), actor=Actor.FLOW,
-                         event_type=EventType.WAIT_STARTED, flow_run_id=run_id, key="wait")
+                         event_type=EventType.WAIT_STARTED, flow_run_id=run_id)
     _set(run_id, Suspended(timeout_seconds=600, pause_key="ui-again"), force=False)
     _set(run_id, Running(), force=True)  # ... and that run was resumed and started again
     assert sync_enrollment_state(str(run_id)) == "ACTIVE"

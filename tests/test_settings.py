@@ -29,5 +29,10 @@ def test_environment_overrides_and_secrets_stay_hidden(monkeypatch):
     assert "very-secret" not in shown and "tw-secret" not in shown
 
 
-def test_the_flow_takes_only_an_enrollment_id():
-    assert list(inspect.signature(follow_up_sequence.fn).parameters) == ["enrollment_id"]
+def test_the_flow_takes_only_an_enrollment_id_and_its_epoch():
+    """Everything else is read from the enrollment's row; the epoch is optional, so a run made by
+    hand (`prefect deployment run`) with only the id is still accepted (it takes over when the
+    pending run has ended or vanished)."""
+    parameters = inspect.signature(follow_up_sequence.fn).parameters
+    assert list(parameters) == ["enrollment_id", "epoch"]
+    assert parameters["epoch"].default is None

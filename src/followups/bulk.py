@@ -2,13 +2,18 @@
 
 One answer per item: `ok` (enrolled now, with its enrollment and first run), `exists` (the deal
 already has an enrollment in that sequence, open or finished: idempotent on the deal's external
-id) or `error` (the field and why; nothing of that item is written). Each chunk of up to 100
-items costs two short transactions and one Prefect call:
+id) or `error` (the field and why; nothing of that item is written). That is the product's one
+re-enrollment rule (`lifecycle.enroll_rule`): a deal that was ever enrolled in the
+sequence is not enrolled again. With `again=True`, a deal whose earlier enrollments have all
+finished is enrolled anew (`ok`, naming the enrollment it follows in `previous_enrollment_id`);
+an open one still answers `exists`, so a rerun of the same batch with `again` enrolls nothing
+twice while those enrollments run. Each chunk of up to 100 items costs two short transactions
+and one Prefect call:
 
 1. every item is validated by the same `DealInput` as a single enrollment;
 2. one transaction takes an advisory lock per (owner, sequence, deal), in sorted order, so two
    imports of the same file wait for each other instead of both enrolling (and never deadlock);
-   it answers `exists` for deals already enrolled, upserts the other deals and inserts their
+   it answers `exists` for deals already enrolled (with `again`: open), upserts the other deals and inserts their
    enrollments and ENROLLED events in one statement each, and commits;
 3. the first runs are created with Prefect's bulk endpoint, one idempotency key per enrollment,
    due now or at the batch's `start_at` (also stored as the enrollment's due time, so that a
@@ -39,11 +44,11 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from followups import prefect_runs
-from followups.db.models import Deal, Enrollment, EnrollmentStatus
+from followups.db.models import OPEN_STATUSES, Deal, Enrollment, EnrollmentStatus
 from followups.db.session import session_scope
 from followups.errors import InvalidInputError
 from followups.inputs import DealInput, check_id, check_start_at, require_owner, validate
-from followups.lifecycle import store
+from followups.lifecycle import enroll_rule, store
 from followups.sequences import latest_version_id
 
 log = logging.getLogger(__name__)
@@ -65,6 +70,8 @@ class ItemResult:
     flow_run_id: uuid.UUID | None = None
     field: str | None = None  # for errors: the dotted path inside the item
     message: str = ""
+    enrollment_status: str | None = None  # ok: ACTIVE; exists: the status of the enrollment there
+    previous_enrollment_id: int | None = None  # ok with again: the finished enrollment this one follows
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -81,17 +88,23 @@ class BatchOutcome:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def enroll_deals(owner_id: int, items: Sequence[Any], sequence_id: int, *, start_at: Any = None) -> list[ItemResult]:
+def enroll_deals(
+    owner_id: int, items: Sequence[Any], sequence_id: int, *, start_at: Any = None, again: bool = False
+) -> list[ItemResult]:
     """Enroll many deals in `sequence_id` and start each one's sequence; one answer per item.
 
     `start_at` (an aware datetime or ISO 8601 text; None: now) is when the sequences start: their
     first runs are scheduled for then, and nothing runs before.
 
+    A deal that was ever enrolled in the sequence answers `exists` (with that enrollment's id and
+    `enrollment_status`); `again=True` enrolls it anew when its earlier enrollments have all
+    finished (an open one still answers `exists`).
+
     Bad items never stop good ones. Raises only for the request as a whole: NotFoundError (no
     such owner, or no such sequence for this owner), InvalidStateError (disabled sequence),
     InvalidInputError (more than MAX_BATCH items, or not a list; a bad `start_at`).
     """
-    return enroll_batch(owner_id, items, sequence_id, max_items=MAX_BATCH, start_at=start_at).results
+    return enroll_batch(owner_id, items, sequence_id, max_items=MAX_BATCH, start_at=start_at, again=again).results
 
 
 def enroll_batch(
@@ -102,11 +115,14 @@ def enroll_batch(
     max_items: int | None = None,
     progress: Callable[[int], None] | None = None,
     start_at: Any = None,
+    again: bool = False,
 ) -> BatchOutcome:
     """`enroll_deals` with timings and no size limit unless given; `progress(n)` after each chunk."""
     owner_id = check_id(owner_id, "owner_id")
     sequence_id = check_id(sequence_id, "sequence_id")
     starts = check_start_at(start_at)
+    if not isinstance(again, bool):
+        raise InvalidInputError("must be true or false", field="again")
     if not isinstance(items, list | tuple):
         raise InvalidInputError("must be a list of deals", field="items")
     if max_items is not None and len(items) > max_items:
@@ -117,7 +133,7 @@ def enroll_batch(
     numbered = list(enumerate(items))
     chunks = [numbered[start : start + CHUNK] for start in range(0, len(numbered), CHUNK)]
     # Each chunk runs in a copy of the caller's context: Prefect's settings (the API URL) live there.
-    futures = [_workers().submit(contextvars.copy_context().run, _chunk, owner_id, sequence_id, chunk, starts) for chunk in chunks]
+    futures = [_workers().submit(contextvars.copy_context().run, _chunk, owner_id, sequence_id, chunk, starts, again) for chunk in chunks]
     for future in futures:
         results, db_seconds, prefect_seconds = future.result()
         outcome.results.extend(results)
@@ -191,21 +207,22 @@ def _validated(chunk: list[tuple[int, Any]]) -> tuple[dict[int, ItemResult], dic
 
 
 def _chunk(
-    owner_id: int, sequence_id: int, chunk: list[tuple[int, Any]], start: datetime | None
+    owner_id: int, sequence_id: int, chunk: list[tuple[int, Any]], start: datetime | None, again: bool = False
 ) -> tuple[list[ItemResult], float, float]:
     bad, valid, repeats = _validated(chunk)
     answers: dict[int, ItemResult] = dict(bad)
     started = time.perf_counter()
-    # deal ref -> (index, enrollment id, needs its first run)
-    enrolled: dict[str, tuple[int, int, bool]] = {}
+    # deal ref -> (index, enrollment id, its status, needs its first run)
+    enrolled: dict[str, tuple[int, int, str, bool]] = {}
     created: set[str] = set()
+    previous: dict[str, tuple[int, str]] = {}
     if valid:
         with session_scope() as session:
-            enrolled, created = _store(session, owner_id, sequence_id, valid, start)
+            enrolled, created, previous = _store(session, owner_id, sequence_id, valid, start, again)
     db_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    to_schedule = [(enrollment_id, ref) for ref, (_, enrollment_id, needs_run) in enrolled.items() if needs_run]
+    to_schedule = [(enrollment_id, ref) for ref, (_, enrollment_id, _, needs_run) in enrolled.items() if needs_run]
     runs: dict[int, uuid.UUID | str] = {}
     if to_schedule:
         try:
@@ -222,33 +239,46 @@ def _chunk(
             store.set_first_runs(session, scheduled, due=start)
     db_seconds += time.perf_counter() - started
 
-    for ref, (index, enrollment_id, needs_run) in enrolled.items():
+    for ref, (index, enrollment_id, enrollment_status, needs_run) in enrolled.items():
         run = runs.get(enrollment_id)
         status = "ok" if ref in created else "exists"
+        before = previous.get(ref) if status == "ok" else None
         if isinstance(run, str):
             answers[index] = ItemResult(
                 index, "error", ref, enrollment_id, field="prefect",
                 message=f"enrolled, but its first run could not be scheduled ({run}); import it again to schedule it",
             )
+        elif before is not None:
+            answers[index] = ItemResult(
+                index, status, ref, enrollment_id, run, message=f"enrolled anew (enrollment {before[0]} was {before[1]})",
+                enrollment_status=enrollment_status, previous_enrollment_id=before[0],
+            )
         else:
-            answers[index] = ItemResult(index, status, ref, enrollment_id, run, message="first run scheduled" if (needs_run and status == "exists") else "")
+            if status == "exists" and EnrollmentStatus(enrollment_status) not in OPEN_STATUSES:
+                message = f"already enrolled (enrollment {enrollment_id}, {enrollment_status}); again=true enrolls it anew"
+            else:
+                message = "first run scheduled" if (needs_run and status == "exists") else ""
+            answers[index] = ItemResult(index, status, ref, enrollment_id, run, message=message, enrollment_status=enrollment_status)
     for index, ref in repeats:
         first = answers[valid[ref][0]]
         if first.status == "error":
             answers[index] = ItemResult(index, "error", ref, first.enrollment_id, field=first.field, message=first.message)
         else:
-            answers[index] = ItemResult(index, "exists", ref, first.enrollment_id, first.flow_run_id, message="repeated in this batch")
+            answers[index] = ItemResult(index, "exists", ref, first.enrollment_id, first.flow_run_id, message="repeated in this batch",
+                                        enrollment_status=first.enrollment_status)
     return [answers[index] for index, _ in chunk], db_seconds, prefect_seconds
 
 
 def _store(
-    session: Session, owner_id: int, sequence_id: int, valid: dict[str, tuple[int, DealInput]], start: datetime | None
-) -> tuple[dict[str, tuple[int, int, bool]], set[str]]:
-    """Step 2 above. Returns {deal ref: (index, enrollment id, needs its first run)} and the refs
-    enrolled now."""
+    session: Session, owner_id: int, sequence_id: int, valid: dict[str, tuple[int, DealInput]], start: datetime | None,
+    again: bool = False,
+) -> tuple[dict[str, tuple[int, int, str, bool]], set[str], dict[str, tuple[int, str]]]:
+    """Step 2 above. Returns {deal ref: (index, enrollment id, its status, needs its first run)},
+    the refs enrolled now, and {ref: (id, status)} of the finished enrollment each deal enrolled
+    anew (with `again`) follows."""
     check_request(session, owner_id, sequence_id)
     version_id, version = latest_version_id(session, sequence_id)
-    keys = sorted(f"enroll:{owner_id}:{sequence_id}:{ref}" for ref in valid)
+    keys = sorted(enroll_rule.enroll_lock_key(owner_id, sequence_id, ref) for ref in valid)
     # Sorted, so two imports of overlapping files take the locks in the same order.
     session.execute(
         text(
@@ -257,10 +287,18 @@ def _store(
         ),
         {"keys": keys},
     )
-    enrolled = {ref: (valid[ref][0], eid, needs) for ref, (eid, needs) in _existing(session, owner_id, sequence_id, list(valid)).items()}
+    # The rule of `lifecycle.enroll_rule.check_enrollable`, for many deals in one query: a deal ever
+    # enrolled is there, unless `again` and its enrollment (the open one, else the newest) has finished.
+    enrolled: dict[str, tuple[int, int, str, bool]] = {}
+    previous: dict[str, tuple[int, str]] = {}
+    for ref, (eid, status, needs) in _existing(session, owner_id, sequence_id, list(valid)).items():
+        if again and EnrollmentStatus(status) not in OPEN_STATUSES:
+            previous[ref] = (eid, status)
+        else:
+            enrolled[ref] = (valid[ref][0], eid, status, needs)
     fresh = {ref: item for ref, item in valid.items() if ref not in enrolled}
     if not fresh:
-        return enrolled, set()
+        return enrolled, set(), previous
     rows = [{"owner_id": owner_id, **deal.model_dump()} for _, deal in fresh.values()]
     statement = insert(Deal).values(rows)
     statement = statement.on_conflict_do_update(
@@ -273,31 +311,34 @@ def _store(
         [
             {"deal_id": deal_ids[ref], "sequence_id": sequence_id, "sequence_version_id": version_id,
              "content": {"sequence_id": sequence_id, "sequence_version": version, "deal": ref, "source": "batch",
-                         **({"start_at": start.isoformat()} if start else {})}}
+                         **({"start_at": start.isoformat()} if start else {}),
+                         **({"again": True, "previous_enrollment_id": previous[ref][0]} if ref in previous else {})}}
             for ref in fresh
         ],
         due=start,
     )
     created = {ref for ref in fresh if deal_ids[ref] in made}
     for ref in created:
-        enrolled[ref] = (fresh[ref][0], made[deal_ids[ref]], True)
+        enrolled[ref] = (fresh[ref][0], made[deal_ids[ref]], EnrollmentStatus.ACTIVE.value, True)
     missed = [ref for ref in fresh if ref not in created]
     if missed:  # an open enrollment made meanwhile by a single enroll (not under our locks)
-        for ref, (eid, needs) in _existing(session, owner_id, sequence_id, missed).items():
-            enrolled[ref] = (fresh[ref][0], eid, needs)
-    return enrolled, created
+        for ref, (eid, status, needs) in _existing(session, owner_id, sequence_id, missed).items():
+            enrolled[ref] = (fresh[ref][0], eid, status, needs)
+    return enrolled, created, previous
 
 
-def _existing(session: Session, owner_id: int, sequence_id: int, refs: list[str]) -> dict[str, tuple[int, bool]]:
-    """{deal ref: (its newest enrollment in the sequence, whether it still needs its first run)}."""
+def _existing(session: Session, owner_id: int, sequence_id: int, refs: list[str]) -> dict[str, tuple[int, str, bool]]:
+    """{deal ref: (its enrollment in the sequence: the open one, else the newest; its status;
+    whether it still needs its first run)}."""
+    open_first = Enrollment.status.in_(sorted(s.value for s in OPEN_STATUSES)).desc()
     rows = session.execute(
         select(Deal.external_id, Enrollment.id, Enrollment.status, Enrollment.current_step, Enrollment.prefect_flow_run_id)
         .join(Enrollment, Enrollment.deal_id == Deal.id)
         .where(Deal.owner_id == owner_id, Deal.external_id.in_(refs), Enrollment.sequence_id == sequence_id)
-        .order_by(Deal.external_id, Enrollment.id.desc())
+        .order_by(Deal.external_id, open_first, Enrollment.id.desc())
         .distinct(Deal.external_id)
     ).all()
     return {
-        ref: (eid, status == EnrollmentStatus.ACTIVE.value and step == 0 and run_id is None)
+        ref: (eid, status, status == EnrollmentStatus.ACTIVE.value and step == 0 and run_id is None)
         for ref, eid, status, step, run_id in rows
     }

@@ -15,9 +15,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from followups.cli_output import (Address, Amount, DealFile, ExternalId, SellerEmail, SellerName, SellerPhone,
-                                  deal_from_options, error_line, events_table, fail, load_file, one_line, print_json,
-                                  sequence_table, status_output)
+from followups.cli_output import (PREFECT_UNREACHABLE, Address, AgainFlag, Amount, DealFile, ExternalId, SellerEmail,
+                                  SellerName, SellerPhone, deal_from_options, error_line, events_table, fail, load_file,
+                                  one_line, print_json, sequence_table, status_output)
 from followups.cli_bulk_controls import register as register_bulk_controls
 from followups.cli_deploy import register as register_deploy_command
 from followups.cli_ops import register as register_operator_commands
@@ -239,16 +239,17 @@ def enroll(
     seller_phone: SellerPhone = None,
     amount: Amount = None,
     start_at: Annotated[Optional[str], typer.Option("--start-at", help="When it starts: ISO 8601 with its UTC offset (default: now)")] = None,
+    again: AgainFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Enroll a deal's seller in a sequence and start it (now, or at --start-at)."""
+    """Enroll a deal's seller in a sequence and start it (now, or at --start-at; once per deal: see --again)."""
     from followups.control import enroll_deal
     from followups.inputs import check_start_at
 
     _check_id(sequence, "sequence")
     start = check_start_at(start_at, "--start-at")  # the error names the option the user typed
     fields = deal_from_options(deal_file, deal, address, seller_name, seller_email, seller_phone, amount)
-    ref = enroll_deal(_owner_id(owner), fields, sequence, start_at=start)
+    ref = enroll_deal(_owner_id(owner), fields, sequence, start_at=start, again=again)
     if as_json:
         print_json({"enrollment_id": ref.id, "deal": ref.deal_external_id, "flow_run_id": str(ref.flow_run_id),
                     "start_at": start.isoformat() if start else None})
@@ -270,33 +271,33 @@ def offer_sent(
     seller_email: SellerEmail = None,
     seller_phone: SellerPhone = None,
     amount: Amount = None,
+    again: AgainFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Record that an offer was sent: enrolls the seller (once per offer)."""
+    """Record that an offer was sent: enrolls the seller (once per offer, and once per deal: see --again)."""
     fields = deal_from_options(deal_file, deal, address, seller_name, seller_email, seller_phone, amount)
     if sequence is not None:
         _check_id(sequence, "sequence")
     owner_id = _owner_id(owner)
     if via_event:
-        from followups.cli_output import PREFECT_UNREACHABLE
         from followups.inputs import OfferInput, validate
         from followups.offer_events import emit_offer_sent
         from followups.prefect_server import api_is_healthy, configured_api_url
 
         # Nothing answers an event: what is emitted must be valid, and Prefect only logs (and
         # drops) an event it cannot deliver, so its API is checked first.
-        offer = validate(OfferInput, {"offer_id": offer_id, "deal": fields, "sequence_id": sequence})
+        offer = validate(OfferInput, {"offer_id": offer_id, "deal": fields, "sequence_id": sequence, "again": again})
         api_url = configured_api_url()
         if not api_url or not api_is_healthy(api_url):
             raise FollowupsError(PREFECT_UNREACHABLE)
-        event = emit_offer_sent(owner_id, offer.offer_id, offer.deal, offer.sequence_id)
+        event = emit_offer_sent(owner_id, offer.offer_id, offer.deal, offer.sequence_id, again=offer.again)
         print_json({"event_id": str(event.id) if event else None}) if as_json else console.print(
             f"emitted deal.offer.sent for offer {offer.offer_id}"
         )
         return
     from followups.control import record_offer_sent
 
-    result = record_offer_sent(owner_id, offer_id, fields, sequence_id=sequence)
+    result = record_offer_sent(owner_id, offer_id, fields, sequence_id=sequence, again=again)
     if as_json:
         print_json(result.as_dict())
     elif result.enrolled:

@@ -2,7 +2,9 @@
 `followups list`: an owner's enrollments, a page at a time.
 
 Idempotent on each deal's external id, so it is resumable: run it again after an interruption
-and only what is missing is enrolled (and any first run that was not scheduled yet). Bad rows are
+and only what is missing is enrolled (and any first run that was not scheduled yet). A deal that
+was ever enrolled in the sequence counts as already there; `--again` enrolls anew those whose
+enrollments have all finished (an open one is still there). Bad rows are
 reported with their line number and never stop the others. Exit 1 only when the file cannot be
 read at all or something fatal happened (no such owner or sequence, Prefect refusing the runs).
 """
@@ -43,10 +45,12 @@ def register(app: typer.Typer, console: Console) -> None:
         sequence: Annotated[int, typer.Option("--sequence", help="Sequence id")],
         owner: Annotated[str, typer.Option("--owner", envvar="FOLLOWUPS_OWNER", help="User who owns the sequence and deals")] = "default",
         start_at: Annotated[str | None, typer.Option("--start-at", help="When the sequences start: ISO 8601 with its UTC offset, e.g. 2026-12-01T09:00:00-05:00 (default: now)")] = None,
+        again: Annotated[bool, typer.Option("--again", help="Enroll anew the deals enrolled in this sequence before whose enrollments have all finished (default: they count as already there)")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
     ) -> None:
         """Enroll every deal of FILE in a sequence and start each one (now, or at --start-at);
-        resumable and idempotent."""
+        resumable and idempotent. A deal ever enrolled in the sequence is already there, unless
+        --again and its enrollments have all finished."""
         from followups.bulk import ANALYZE_AFTER, check_request, enroll_batch, refresh_statistics
         from followups.db.session import session_scope
         from followups.errors import FollowupsError
@@ -61,19 +65,23 @@ def register(app: typer.Typer, console: Console) -> None:
             check_request(session, owner_id, sequence)  # before reading: a wrong sequence is fatal
         reader = Reader(file)
         counts = {"ok": 0, "exists": 0, "error": 0}
+        anew = 0  # enrolled again after finished enrollments (--again)
+        finished_there = 0  # already there with only finished enrollments (what --again would enroll)
         bad: list[tuple[int, str, str]] = []  # (line, field, message)
         unscheduled = 0
         rows_read = 0
 
         def flush(pending: list) -> None:
-            nonlocal unscheduled
+            nonlocal unscheduled, anew, finished_there
             if not pending:
                 return
             # A start that has come while importing is now (the core refuses a past one).
             when = start if start and start > datetime.now(UTC) else None
-            outcome = enroll_batch(owner_id, [row.data for row in pending], sequence, start_at=when)
+            outcome = enroll_batch(owner_id, [row.data for row in pending], sequence, start_at=when, again=again)
             for row, result in zip(pending, outcome.results, strict=True):
                 counts[result.status] += 1
+                anew += result.status == "ok" and result.previous_enrollment_id is not None
+                finished_there += result.status == "exists" and result.enrollment_status not in (None, "ACTIVE", "PAUSED")
                 if result.status == "error":
                     unscheduled += result.field == "prefect"
                     bad.append((row.line, result.field or "", result.message))
@@ -108,11 +116,17 @@ def register(app: typer.Typer, console: Console) -> None:
         if as_json:
             print_json({
                 "file": str(file), "format": reader.kind, "rows": rows_read, "enrolled": counts["ok"],
-                "already_there": counts["exists"], "start_at": start.isoformat() if start else None, "bad_rows": [{"line": line, "field": f or None, "message": m} for line, f, m in bad],
+                "already_there": counts["exists"], "again": again, "enrolled_anew": anew,
+                "already_there_finished": finished_there,
+                "start_at": start.isoformat() if start else None, "bad_rows": [{"line": line, "field": f or None, "message": m} for line, f, m in bad],
             })
         else:
+            enrolled = f"{counts['ok']} enrolled" + (f" ({anew} of them anew, after finished enrollments)" if anew else "")
+            there = f"{counts['exists']} already there" + (
+                f" ({finished_there} of them finished: --again enrolls those anew)" if finished_there and not again else ""
+            )
             console.print(
-                f"{rows_read} row(s) read ({reader.kind}): {counts['ok']} enrolled, {counts['exists']} already there, "
+                f"{rows_read} row(s) read ({reader.kind}): {enrolled}, {there}, "
                 f"{counts['error']} bad" + (f"; their sequences start at {start.isoformat()}" if start and counts["ok"] else "")
             )
             for line, field_name, message in bad[:SHOWN_ERRORS]:

@@ -64,4 +64,7 @@ def register(app: typer.Typer, console: Console) -> None:
         if report.undelivered:
             done = f"; {report.redelivered} delivered now" if not dry_run else ""
             console.print(f"{len(report.undelivered)} suspend/resume/cancel effect(s) had not reached Prefect{done}")
+        if report.undelivered_runs:
+            done = f"; {report.created_runs} created now" if not dry_run else ""
+            console.print(f"{len(report.undelivered_runs)} next run(s) had not been created in Prefect{done}")
         console.print(f"checked {report.checked} open enrollment(s); repaired {dict(report.repaired) or 'none'}")

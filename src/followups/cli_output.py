@@ -69,6 +69,9 @@ SellerName = Annotated[Optional[str], typer.Option("--seller-name")]
 SellerEmail = Annotated[Optional[str], typer.Option("--seller-email")]
 SellerPhone = Annotated[Optional[str], typer.Option("--seller-phone", help="E.164, e.g. +15035550142")]
 Amount = Annotated[Optional[str], typer.Option("--amount", help="Offer amount")]
+AgainFlag = Annotated[bool, typer.Option("--again", help=(
+    "Enroll the deal anew if it was enrolled in this sequence before and those enrollments have all finished "
+    "(without it, a deal ever enrolled in the sequence is not enrolled again; an open enrollment never is)"))]
 
 
 def deal_from_options(

@@ -1,4 +1,4 @@
-"""Sending schedule commands: `followups preview` and `followups limits apply|set`."""
+"""Sending schedule commands: `followups preview` and `followups limits show|apply|set`."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _message_text(row: dict) -> str:
 
 
 def register(app: typer.Typer, console: Console) -> None:
-    limits_app = typer.Typer(help="Send caps (Prefect global concurrency limits).", no_args_is_help=True)
+    limits_app = typer.Typer(help="Send caps: rolling 24 h and hourly windows per sending identity, rates per account.", no_args_is_help=True)
     app.add_typer(limits_app, name="limits")
 
     @app.command()
@@ -43,8 +43,8 @@ def register(app: typer.Typer, console: Console) -> None:
         owner: Owner = "default",
         as_json: JsonFlag = False,
     ) -> None:
-        """Every step's planned time (send window, quiet hours, holidays, business days) and the
-        rendered messages, for a deal that is not enrolled. Writes nothing."""
+        """Every step's planned time (send window, quiet hours, holidays, business days, the steps'
+        own send times) and the rendered messages, for a deal that is not enrolled. Writes nothing."""
         from followups.db.session import session_scope
         from followups.inputs import check_id
         from followups.preview import parse_start, preview_sequence
@@ -65,16 +65,50 @@ def register(app: typer.Typer, console: Console) -> None:
             when = row["send_at"] or row["due_at"]
             caps = ", ".join(cap["describe"] for cap in row.get("caps", []))
             table.add_row(
-                str(row["index"]), row["type"], escape(f"{when} ({row['timezone']})"), escape(row["detail"] or ""),
+                str(row["index"]), row["type"] + (f" at {row['at']}" if row.get("at") else ""),
+                escape(f"{when} ({row['timezone']})"), escape(row["detail"] or ""),
                 escape(caps), escape(_message_text(row)),
             )
         console.print(table)
 
+    @limits_app.command("show")
+    def limits_show(as_json: JsonFlag = False) -> None:
+        """Each sending identity's rolling 24 h and hourly caps: sends counted in the window ending
+        now, sends promised a later slot, and when a send asking now would go. Writes nothing."""
+        from datetime import UTC, datetime
+
+        from followups.db.session import session_scope
+        from followups.identity import database_id
+        from followups.limits import configured_limits, window_usage
+        from followups.settings import get_settings
+
+        with session_scope(read_only=True) as session:
+            limits = configured_limits(session, get_settings(), database_id())
+            usage = window_usage(session, limits, datetime.now(UTC))
+        rates = [cap for cap in limits if cap.kind == "rate"]
+        if as_json:
+            print_json({
+                "windows": [item.as_dict() for item in usage],
+                "rates": [{"name": cap.name, "account": cap.identity, "per_second": cap.decay_per_second} for cap in rates],
+            })
+            return
+        table = Table(title="send caps (rolling windows, counted in PostgreSQL)")
+        for column in ("identity", "cap", "used", "promised", "next free slot (UTC)"):
+            table.add_column(column)
+        for item in usage:
+            table.add_row(
+                escape(item.cap.identity), escape(item.cap.describe().rsplit(" for ", 1)[0]), str(item.used), str(item.promised),
+                item.next_free.isoformat(timespec="seconds") if item.next_free else "now",
+            )
+        console.print(table)
+        for cap in rates:
+            console.print(f"rate: {cap.describe()} (Prefect limit {cap.name})", markup=False)
+
     @limits_app.command("apply")
     def limits_apply(as_json: JsonFlag = False) -> None:
-        """Create or update the Prefect limits behind the send caps, from the settings and each
-        owner's sending identity: rates, and today's and tomorrow's (UTC) daily caps; deletes
-        this database's days before yesterday. Safe to run again: equal limits are left alone."""
+        """Create or update the Prefect rate limits behind the per-second caps, from the settings
+        (and delete this database's old per-day limits). Safe to run again: equal limits are left
+        alone. The 24 h and hourly caps need no setup: they are counted in PostgreSQL."""
         from followups.cli_output import PREFECT_UNREACHABLE
         from followups.db.session import session_scope
         from followups.errors import FollowupsError
@@ -92,7 +126,7 @@ def register(app: typer.Typer, console: Console) -> None:
         if as_json:
             print_json([item.as_dict() for item in applied])
             return
-        table = Table(title="send caps in Prefect")
+        table = Table(title="send rate limits in Prefect")
         for column in ("limit", "slots", "decay/s", "action"):
             table.add_column(column)
         for item in applied:
@@ -102,28 +136,32 @@ def register(app: typer.Typer, console: Console) -> None:
     @limits_app.command("set")
     def limits_set(
         user: str,
-        email_daily: Annotated[Optional[int], typer.Option("--email-daily", help="Emails a day from this owner's address")] = None,
-        sms_daily: Annotated[Optional[int], typer.Option("--sms-daily", help="SMS a day from this owner's number")] = None,
-        reset: Annotated[bool, typer.Option("--reset", help="Back to the settings' caps for both")] = False,
+        email_daily: Annotated[Optional[int], typer.Option("--email-daily", help="Emails per rolling 24 h from this owner's address")] = None,
+        email_hourly: Annotated[Optional[int], typer.Option("--email-hourly", help="Emails per rolling hour from this owner's address")] = None,
+        sms_daily: Annotated[Optional[int], typer.Option("--sms-daily", help="SMS per rolling 24 h from this owner's number")] = None,
+        sms_hourly: Annotated[Optional[int], typer.Option("--sms-hourly", help="SMS per rolling hour from this owner's number")] = None,
+        reset: Annotated[bool, typer.Option("--reset", help="Back to the settings' caps for all four")] = False,
     ) -> None:
-        """Set an owner's own daily caps (0: no cap; a cap left out is unchanged); then `limits apply`."""
+        """Set an owner's own caps (0: no cap; a cap left out is unchanged). They hold from the next send."""
         from followups.db.session import session_scope
-        from followups.limits import set_daily_caps
+        from followups.limits import CAP_FIELDS, set_caps
         from followups.settings import get_settings
         from followups.users import user_id_by_name
 
-        email = None if reset else (... if email_daily is None else email_daily)
-        sms = None if reset else (... if sms_daily is None else sms_daily)
+        given = dict(zip(CAP_FIELDS, (email_daily, email_hourly, sms_daily, sms_hourly), strict=True))
+        changes = dict.fromkeys(CAP_FIELDS) if reset else {field: value for field, value in given.items() if value is not None}
         with session_scope() as session:
-            caps = set_daily_caps(session, user_id_by_name(session, user), email=email, sms=sms)
+            caps = set_caps(session, user_id_by_name(session, user), **changes)
         settings = get_settings()
 
-        def shown(value: int | None, default: int) -> str:
+        def shown(field: str, per: str) -> str:
+            value = caps[field]
             if value is None:
-                return f"{default or 'no cap'}{'/day' if default else ''} (the setting)"
-            return f"{value}/day" if value else "no cap"
+                default = getattr(settings, field)
+                return f"{f'{default}/{per}' if default else 'no cap'} (the setting)"
+            return f"{value}/{per}" if value else "no cap"
 
         console.print(
-            f"{user}: email {shown(caps['email_daily_cap'], settings.email_daily_cap)}, "
-            f"sms {shown(caps['sms_daily_cap'], settings.sms_daily_cap)}", markup=False,
+            f"{user}: email {shown('email_daily_cap', '24 h')}, {shown('email_hourly_cap', 'hour')}; "
+            f"sms {shown('sms_daily_cap', '24 h')}, {shown('sms_hourly_cap', 'hour')}", markup=False,
         )

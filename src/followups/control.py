@@ -27,13 +27,13 @@ from sqlalchemy.orm import Session
 
 from followups.bulk import ItemResult, enroll_deals  # noqa: F401 - the batch API, re-exported
 from followups.bulk_controls import BulkControlResult, ControlAnswer, control_many  # noqa: F401 - re-exported
-from followups.db.models import OPEN_STATUSES, Deal, Enrollment, EnrollmentStatus, FollowUpEvent, Offer, Sequence
+from followups.db.models import Deal, Enrollment, EnrollmentStatus, FollowUpEvent, Offer, Sequence
 from followups.db.session import session_scope
 from followups.deals import deal_id_by_external, upsert_deal
 from followups import prefect_runs
-from followups.errors import BusyError, InvalidInputError, InvalidStateError, NotFoundError
+from followups.errors import AlreadyEnrolledError, BusyError, InvalidInputError, InvalidStateError, NotFoundError
 from followups.inputs import DealInput, EnrollRequest, OfferInput, check_external_id, check_id, check_start_at, require_owner, validate
-from followups.lifecycle import effects, store
+from followups.lifecycle import effects, enroll_rule, store
 from followups.lifecycle.listing import EnrollmentPage, EnrollmentSummary, list_enrollments  # noqa: F401 - re-exported
 from followups.lifecycle.plan import load_plan
 from followups.lifecycle.reconcile import in_prefect, reconcile
@@ -75,7 +75,7 @@ class OfferResult:
     deal_external_id: str
     enrollment_id: int | None
     created: bool  # False when this offer had been recorded before
-    enrolled: bool  # False when the deal already runs that sequence (or the offer was known)
+    enrolled: bool  # False when the deal was already enrolled in that sequence (or the offer was known)
     reason: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -96,9 +96,20 @@ def _enabled_sequence(session: Session, owner_id: int, sequence_id: int) -> Sequ
     return sequence
 
 
-def create_enrollment(session: Session, owner_id: int, deal: DealInput, sequence_id: int) -> Enrollment:
-    """Upsert the deal, pin the sequence's current version and write ENROLLED (no Prefect yet)."""
+def create_enrollment(
+    session: Session, owner_id: int, deal: DealInput, sequence_id: int, *, again: bool = False
+) -> Enrollment:
+    """Upsert the deal, pin the sequence's current version and write ENROLLED (no Prefect yet).
+
+    The re-enrollment rule (`lifecycle.enroll_rule`) is applied under the advisory
+    lock of (owner, sequence, deal) that the bulk import takes too, and before the deal's fields
+    are touched: a deal that was ever enrolled in the sequence raises AlreadyEnrolledError
+    unless `again`, and one with an open enrollment always does."""
     _enabled_sequence(session, owner_id, sequence_id)
+    enroll_rule.enroll_lock(session, owner_id, sequence_id, deal.external_id)
+    known = deal_id_by_external(session, owner_id, deal.external_id)
+    if known is not None:
+        enroll_rule.check_enrollable(session, known, sequence_id, again=again, deal_ref=deal.external_id)
     deal_id = upsert_deal(session, owner_id, deal)
     version_id, version = latest_version_id(session, sequence_id)
     return store.create(
@@ -107,24 +118,30 @@ def create_enrollment(session: Session, owner_id: int, deal: DealInput, sequence
         sequence_id=sequence_id,
         sequence_version_id=version_id,
         content={"sequence_id": sequence_id, "sequence_version": version, "deal": deal.external_id},
+        again=again,
     )
 
 
 def enroll_deal(
-    owner_id: int, deal: DealInput | dict[str, Any], sequence_id: int, *, start_at: Any = None
+    owner_id: int, deal: DealInput | dict[str, Any], sequence_id: int, *, start_at: Any = None, again: bool = False
 ) -> EnrollmentRef:
     """Enroll the deal's seller in `sequence_id` and start the sequence on Prefect, now or at
     `start_at` (an aware datetime or ISO 8601 text with its offset, up to a year ahead).
 
+    A deal that was ever enrolled in this sequence is not enrolled again: AlreadyEnrolledError
+    (an InvalidStateError) names its enrollment and status. `again=True` enrolls it anew when
+    its earlier enrollments have all finished (COMPLETED, CANCELLED, STOPPED or FAILED); an open
+    (ACTIVE or PAUSED) one is never duplicated, `again` or not.
+
     Raises NotFoundError (no such owner, or no such sequence for this owner), InvalidStateError
-    (disabled sequence, or the deal already runs it) or InvalidInputError (bad deal fields, or a
-    `start_at` in the past, without an offset or too far ahead).
+    (disabled sequence; AlreadyEnrolledError as above) or InvalidInputError (bad deal fields, or
+    a `start_at` in the past, without an offset or too far ahead).
     """
-    request = validate(EnrollRequest, {"deal": deal, "sequence_id": sequence_id})
+    request = validate(EnrollRequest, {"deal": deal, "sequence_id": sequence_id, "again": again})
     start = check_start_at(start_at)
     with session_scope() as session:
         require_owner(session, owner_id)
-        enrollment = create_enrollment(session, owner_id, request.deal, request.sequence_id)
+        enrollment = create_enrollment(session, owner_id, request.deal, request.sequence_id, again=request.again)
         # The run is created before the commit: if Prefect is unreachable nothing is stored;
         # if the commit failed instead, the orphan run finds no enrollment and ends at once.
         flow_run_id = store.start(session, enrollment, due=start)
@@ -277,13 +294,19 @@ def record_offer_sent(
     *,
     sequence_id: int | None = None,
     amount: Decimal | str | float | None = None,
+    again: bool = False,
 ) -> OfferResult:
     """An offer went out: enroll the deal's seller in the chosen (or default) sequence.
 
-    Idempotent on `offer_id`: the same offer recorded twice enrolls once. A deal that already
-    runs that sequence (ACTIVE or PAUSED) is not enrolled again.
+    Idempotent on `offer_id`: the same offer recorded twice (a retried request, a duplicated
+    event) enrolls once, `again` or not. The re-enrollment rule is `enroll_deal`'s: a deal that
+    was ever enrolled in that sequence is not enrolled again (the offer is recorded against its
+    enrollment, and `reason` names it and its status), unless `again=True` and its earlier
+    enrollments have all finished; an open one is never duplicated.
     """
-    offer = validate(OfferInput, {"offer_id": offer_id, "deal": deal, "sequence_id": sequence_id, "amount": amount})
+    offer = validate(
+        OfferInput, {"offer_id": offer_id, "deal": deal, "sequence_id": sequence_id, "amount": amount, "again": again}
+    )
     with session_scope() as session:
         require_owner(session, owner_id)
         # Serialise concurrent deliveries of the same offer (e.g. an event and an API call).
@@ -293,21 +316,14 @@ def record_offer_sent(
             ref = session.scalar(select(Deal.external_id).where(Deal.id == known.deal_id))
             return OfferResult(offer.offer_id, ref or offer.deal.external_id, known.enrollment_id, False, False, "offer already recorded")
         chosen = offer.sequence_id if offer.sequence_id is not None else _default_sequence_id(session, owner_id)
-        existing_deal = deal_id_by_external(session, owner_id, offer.deal.external_id)
-        open_enrollment = None
-        if existing_deal is not None:
-            open_enrollment = session.scalar(
-                select(Enrollment.id).where(
-                    Enrollment.deal_id == existing_deal,
-                    Enrollment.sequence_id == chosen,
-                    Enrollment.status.in_(sorted(OPEN_STATUSES)),
-                )
-            )
-        if open_enrollment is not None:
-            _record_offer(session, owner_id, offer, existing_deal, open_enrollment)
-            return OfferResult(offer.offer_id, offer.deal.external_id, open_enrollment, True, False, "deal already runs this sequence")
-        enrollment = create_enrollment(session, owner_id, offer.deal, chosen)
+        try:
+            # A savepoint: a deal that is not enrolled keeps its fields as they were.
+            with session.begin_nested():
+                enrollment = create_enrollment(session, owner_id, offer.deal, chosen, again=offer.again)
+        except AlreadyEnrolledError as exc:
+            existing_deal = deal_id_by_external(session, owner_id, offer.deal.external_id)
+            _record_offer(session, owner_id, offer, existing_deal, exc.enrollment_id)
+            return OfferResult(offer.offer_id, offer.deal.external_id, exc.enrollment_id, True, False, str(exc))
         _record_offer(session, owner_id, offer, enrollment.deal_id, enrollment.id)
         store.start(session, enrollment)
         return OfferResult(offer.offer_id, offer.deal.external_id, enrollment.id, True, True)
-

@@ -100,7 +100,7 @@ def _stranded() -> list[Check]:
 
     report = sweep(repair=False)
     fix = "followups reconcile (the reconcile-enrollments deployment does it on a schedule)"
-    checks = [_undelivered(report.undelivered, fix)]
+    checks = [_undelivered(report.undelivered, fix), _unmade_runs(report.undelivered_runs, fix)]
     if not report.found:
         return checks + [Check("enrollments", True, f"{report.checked} open enrollment(s) agree with their Prefect runs")]
     examples = "; ".join(f"{e}: {why}" for e, _, why in report.found[:5])
@@ -116,6 +116,15 @@ def _undelivered(undelivered: list[tuple[int, datetime, str | None]], fix: str) 
         f"enrollment {e} since {at:%Y-%m-%d %H:%M:%S} UTC" + (f" ({error[:80]})" if error else "") for e, at, error in undelivered[:5]
     )
     return Check("run effects", False, f"{len(undelivered)} not yet carried out in Prefect: {examples}", fix)
+
+
+def _unmade_runs(enrollment_ids: list[int], fix: str) -> Check:
+    """Next runs committed (a wait's, a deferral's, a repair's) but not created in Prefect."""
+    bound = get_settings().effect_overdue_seconds
+    if not enrollment_ids:
+        return Check("pending runs", True, f"every next run committed more than {bound} s ago exists in Prefect")
+    examples = ", ".join(str(e) for e in enrollment_ids[:10])
+    return Check("pending runs", False, f"{len(enrollment_ids)} enrollment(s) wait for a run Prefect has not created yet: {examples}", fix)
 
 
 def diagnose() -> list[Check]:

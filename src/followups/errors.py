@@ -20,6 +20,31 @@ class InvalidStateError(FollowupsError):
     """The object exists but its state does not allow the operation."""
 
 
+class AlreadyEnrolledError(InvalidStateError):
+    """The deal has, or had, an enrollment in the sequence, so it is not enrolled again.
+
+    The rule, the same for every way in: a deal that was ever enrolled in a sequence is not
+    enrolled in it again, unless `again` asks for it; and an open (ACTIVE or PAUSED) enrollment
+    is never duplicated, `again` or not. `enrollment_id` and `enrollment_status` name the existing
+    enrollment (the open one if there is one, else the newest); `field` is the input that names
+    the deal (HTTP answers 409 with it)."""
+
+    def __init__(self, deal: object, sequence_id: int, enrollment_id: int, status: str, *, field: str = "deal.external_id"):
+        self.deal = deal
+        self.sequence_id = sequence_id
+        self.enrollment_id = enrollment_id
+        self.enrollment_status = status
+        self.field = field
+        self.open = status in ("ACTIVE", "PAUSED")
+        if self.open:
+            message = (f"deal {deal} is already enrolled in sequence {sequence_id} (enrollment {enrollment_id}, {status}); "
+                       "an open enrollment is never duplicated")
+        else:
+            message = (f"deal {deal} was already enrolled in sequence {sequence_id} (enrollment {enrollment_id}, {status}); "
+                       "pass again=true (CLI: --again) to enroll it anew")
+        super().__init__(message)
+
+
 class InvalidInputError(FollowupsError):
     """Input that fails validation; `field` names the offending field (dotted path)."""
 

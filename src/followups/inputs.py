@@ -126,9 +126,17 @@ class SequencePatch(_Input):
         return None if self.steps is None else steps_to_json(self.steps)
 
 
+AGAIN_HELP = (
+    "Enroll the deal anew when it was enrolled in this sequence before and every earlier enrollment has finished "
+    "(COMPLETED, CANCELLED, STOPPED or FAILED). Without it, a deal that was ever enrolled in the sequence is not "
+    "enrolled again; an open (ACTIVE or PAUSED) enrollment is never duplicated either way"
+)
+
+
 class EnrollRequest(_Input):
     sequence_id: Id
     deal: DealInput
+    again: bool = Field(default=False, description=AGAIN_HELP)
 
 
 class OfferInput(_Input):
@@ -139,6 +147,7 @@ class OfferInput(_Input):
     deal: DealInput
     sequence_id: Id | None = Field(default=None, description="Defaults to the caller's default sequence")
     amount: Amount | None = None
+    again: bool = Field(default=False, description=AGAIN_HELP)
 
     @model_validator(mode="after")
     def _amount_on_deal(self) -> OfferInput:

@@ -1,19 +1,16 @@
-"""Send caps in Prefect: the global concurrency limits behind them, `followups limits apply`,
-and the gate the flow takes a slot from before each send (rules: `followups.scheduling.caps`).
+"""Send caps: the per-second rate limits in Prefect (`followups limits apply`), the rolling 24 h
+and hourly windows in PostgreSQL, and `take_slot`, which the flow calls before each send (the
+rule: `followups.scheduling.caps`).
 
-Limit names carry this database's identity, so two databases on one Prefect server never share
-a count. Per second: one limit per provider account (the SendGrid key, the Twilio account).
-Per day: one limit per sending identity (from address; SMS number or Messaging Service) and UTC
-day, e.g. `followups-3f2a9c1e-email-daily-a@b.c~2026-06-10`; an owner's own cap
-(users.email_daily_cap / sms_daily_cap) overrides the setting, and where owners share an
-identity `limits apply` writes the smallest cap.
+Rates are Prefect global concurrency limits whose names carry this database's identity, so two
+databases on one Prefect server never share a count: one per provider account (the SendGrid key,
+the Twilio account).
 
-A day's limit has no slot decay and its slots are taken with Prefect's plain increment (no
-lease, never released), so nothing returns a slot before the day is over: a lease would be
-revoked when it expires, and a rate limit's decay would refill the day. `limits apply` writes
-today's and tomorrow's limits and deletes days before yesterday; a worker creates a missing
-day's limit itself (create, or take the one another worker just made), so a new day never
-waits for an operator.
+Windows count per sending identity (from address; SMS number or Messaging Service): a row of
+`send_slots` per send, in this database. Taking one is a short transaction that holds the
+identity's advisory lock, so two workers never both take the last slot, and no Prefect call is
+made inside it. An owner's own caps (users.*_daily_cap, *_hourly_cap) override the settings;
+owners sharing an identity share its count, each held to its own cap.
 """
 
 from __future__ import annotations
@@ -24,26 +21,29 @@ import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from types import EllipsisType
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from followups.db.models import User
+from followups.db.models import Enrollment, EnrollmentStatus, EventType, FollowUpEvent, SendSlot, User
+from followups.db.session import session_scope
 from followups.errors import FollowupsError, InvalidInputError
 from followups.inputs import SenderIdentity, check_id, require_owner
 from followups.scheduling.caps import (
+    DAY_SECONDS,
+    HOUR_SECONDS,
     CapDecision,
     CapLimit,
-    LimitState,
-    cap_day,
-    daily_cap_spec,
-    day_of_limit,
-    deferral_for,
     limit_name,
+    place,
+    rate_deferral,
     rate_limit_spec,
+    slot_key,
+    window_cap_spec,
+    window_deferral,
 )
 from followups.settings import Settings
 from followups.users import Sender, resolve_sender
@@ -69,74 +69,86 @@ def sms_identity(sender: Sender) -> str | None:
     return sender.messaging_service_sid or sender.sms_from
 
 
-def step_limits(
-    channel: str, sender: Sender, settings: Settings, db_id: uuid.UUID, *, daily_cap: int | None = None
-) -> list[CapLimit]:
-    """The limits one send on `channel` from `sender` counts against (the configured values:
-    what `limits apply` writes and what a preview shows)."""
-    prefix = _prefix(db_id)
+@dataclass(frozen=True)
+class OwnerCaps:
+    """An owner's own caps for one channel (None: the setting applies)."""
+
+    daily: int | None = None
+    hourly: int | None = None
+
+
+CAP_FIELDS = ("email_daily_cap", "email_hourly_cap", "sms_daily_cap", "sms_hourly_cap")
+
+
+def step_limits(channel: str, sender: Sender, settings: Settings, db_id: uuid.UUID, *, caps: OwnerCaps = OwnerCaps()) -> list[CapLimit]:
+    """The limits one send on `channel` from `sender` counts against: the account's rate, and the
+    identity's rolling 24 h and hourly windows."""
     if channel == "email":
         account, identity = email_account(settings), sender.email_from
-        rate, per_day = settings.email_rate_per_second, settings.email_daily_cap
+        rate, per_day, per_hour = settings.email_rate_per_second, settings.email_daily_cap, settings.email_hourly_cap
     else:
         account, identity = sms_account(settings), sms_identity(sender) or "default"
-        rate, per_day = settings.sms_rate_per_second, settings.sms_daily_cap
-    per_day = per_day if daily_cap is None else daily_cap
+        rate, per_day, per_hour = settings.sms_rate_per_second, settings.sms_daily_cap, settings.sms_hourly_cap
+    per_day = per_day if caps.daily is None else caps.daily
+    per_hour = per_hour if caps.hourly is None else caps.hourly
+    key = slot_key(channel, identity)
     found = [
-        rate_limit_spec(limit_name(prefix, "rate", channel, account), account, rate),
-        daily_cap_spec(limit_name(prefix, "daily", channel, identity), identity, per_day),
+        rate_limit_spec(limit_name(_prefix(db_id), "rate", channel, account), account, rate),
+        window_cap_spec(key, identity, per_day, DAY_SECONDS),
+        window_cap_spec(key, identity, per_hour, HOUR_SECONDS),
     ]
     return [cap for cap in found if cap is not None]
 
 
-def owner_daily_cap(session: Session, owner_id: int, channel: str) -> int | None:
-    column = User.email_daily_cap if channel == "email" else User.sms_daily_cap
-    return session.scalar(select(column).where(User.id == owner_id))
+def owner_caps(session: Session, owner_id: int, channel: str) -> OwnerCaps:
+    daily, hourly = (User.email_daily_cap, User.email_hourly_cap) if channel == "email" else (User.sms_daily_cap, User.sms_hourly_cap)
+    row = session.execute(select(daily, hourly).where(User.id == owner_id)).first()
+    return OwnerCaps(*row) if row else OwnerCaps()
 
 
-def set_daily_caps(
-    session: Session, owner_id: int, *, email: int | None | EllipsisType = ..., sms: int | None | EllipsisType = ...
-) -> dict[str, int | None]:
-    """Set an owner's own daily caps: a number (0: no cap), None (the setting applies again) or
-    left out (unchanged). Returns both as they now are."""
+def set_caps(session: Session, owner_id: int, **caps: int | None) -> dict[str, int | None]:
+    """Set an owner's own caps, by field name (`CAP_FIELDS`): a number (0: no cap) or None (the
+    setting applies again); a field left out is unchanged. Returns all four as they now are."""
     owner_id = check_id(owner_id, "owner_id")
-    changes = {field: value for field, value in (("email_daily_cap", email), ("sms_daily_cap", sms)) if value is not ...}
-    for field, value in changes.items():
+    for field, value in caps.items():
+        if field not in CAP_FIELDS:
+            raise InvalidInputError(f"is not a cap (one of {', '.join(CAP_FIELDS)})", field=field)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_DAILY_CAP):
             raise InvalidInputError(f"must be an integer between 0 and {MAX_DAILY_CAP}", field=field)
     require_owner(session, owner_id)
-    if changes:
-        session.execute(update(User).where(User.id == owner_id).values(**changes))
-    row = session.execute(select(User.email_daily_cap, User.sms_daily_cap).where(User.id == owner_id)).one()
-    return {"email_daily_cap": row.email_daily_cap, "sms_daily_cap": row.sms_daily_cap}
+    if caps:
+        session.execute(update(User).where(User.id == owner_id).values(**caps))
+    row = session.execute(select(*(getattr(User, field) for field in CAP_FIELDS)).where(User.id == owner_id)).one()
+    return dict(zip(CAP_FIELDS, row, strict=True))
 
 
-def configured_limits(session: Session, settings: Settings, db_id: uuid.UUID) -> list[CapLimit]:
-    """Every limit this database needs: the global identities and each owner's."""
+def _senders(session: Session, settings: Settings) -> list[tuple[Sender, dict[str, OwnerCaps]]]:
+    """The global sender and each owner's, with the owner's own caps by channel."""
     rows = session.execute(
-        select(User.email_from, User.email_from_name, User.sms_from, User.messaging_service_sid,
-               User.email_daily_cap, User.sms_daily_cap)
+        select(User.email_from, User.email_from_name, User.sms_from, User.messaging_service_sid, *(getattr(User, f) for f in CAP_FIELDS))
     ).all()
-    wanted: dict[str, CapLimit] = {}
-
-    def add(caps: list[CapLimit]) -> None:
-        for cap in caps:
-            known = wanted.get(cap.name)
-            # Owners sharing an identity: the smallest daily cap is the one nobody exceeds.
-            if known is None or cap.limit < known.limit:
-                wanted[cap.name] = cap
-
-    for channel in ("email", "sms"):
-        add(step_limits(channel, resolve_sender(SenderIdentity(), settings), settings, db_id))
+    found = [(resolve_sender(SenderIdentity(), settings), {"email": OwnerCaps(), "sms": OwnerCaps()})]
     for row in rows:
         identity = SenderIdentity.model_construct(
             email_from=row.email_from, email_from_name=row.email_from_name,
             sms_from=row.sms_from, messaging_service_sid=row.messaging_service_sid,
         )
-        sender = resolve_sender(identity, settings)
-        add(step_limits("email", sender, settings, db_id, daily_cap=row.email_daily_cap))
-        add(step_limits("sms", sender, settings, db_id, daily_cap=row.sms_daily_cap))
-    return sorted(wanted.values(), key=lambda cap: cap.name)
+        caps = {"email": OwnerCaps(row.email_daily_cap, row.email_hourly_cap), "sms": OwnerCaps(row.sms_daily_cap, row.sms_hourly_cap)}
+        found.append((resolve_sender(identity, settings), caps))
+    return found
+
+
+def configured_limits(session: Session, settings: Settings, db_id: uuid.UUID) -> list[CapLimit]:
+    """Every limit this database needs, the smallest where owners share an identity: the rates
+    `limits apply` writes to Prefect, and the windows `limits show` reports."""
+    wanted: dict[tuple[str, int], CapLimit] = {}
+    for sender, caps in _senders(session, settings):
+        for channel in ("email", "sms"):
+            for cap in step_limits(channel, sender, settings, db_id, caps=caps[channel]):
+                known = wanted.get((cap.name, cap.window_seconds))
+                if known is None or cap.limit < known.limit:
+                    wanted[(cap.name, cap.window_seconds)] = cap
+    return sorted(wanted.values(), key=lambda cap: (cap.kind, cap.name, -cap.window_seconds))
 
 
 @dataclass(frozen=True)
@@ -173,47 +185,32 @@ def _written(client: Any, name: str, limit: int, decay: float) -> str:
     return "updated"
 
 
-def _stale(client: Any, db_id: uuid.UUID, today: date) -> list[Any]:
-    """This database's day limits older than yesterday (yesterday stays for workers whose clock
-    lags), and its daily limits from before caps were counted per day."""
+def _legacy(client: Any, db_id: uuid.UUID) -> list[Any]:
+    """This database's Prefect limits for daily caps, from before the windows were counted in
+    PostgreSQL: nothing takes their slots any more."""
     prefix = f"followups-{_prefix(db_id)}-"
     found, offset = [], 0
     while True:
         page = client.read_global_concurrency_limits(limit=200, offset=offset)
-        for item in page:
-            if not item.name.startswith(prefix):
-                continue
-            dated = day_of_limit(item.name)
-            if dated is not None and dated[1] < today - timedelta(days=1):
-                found.append(item)
-            elif dated is None and "-daily-" in item.name and item.slot_decay_per_second > 0:
-                found.append(item)
+        found += [item for item in page if item.name.startswith(prefix) and "-daily-" in item.name]
         if len(page) < 200:
             return found
         offset += len(page)
 
 
-def apply_limits(
-    limits: Sequence[CapLimit], *, db_id: uuid.UUID | None = None, now: datetime | None = None
-) -> list[AppliedLimit]:
-    """Create or update each limit in Prefect (idempotent: an equal limit is left alone). A daily
-    cap is written for today and tomorrow; with `db_id`, this database's old days are deleted."""
+def apply_limits(limits: Sequence[CapLimit], *, db_id: uuid.UUID | None = None) -> list[AppliedLimit]:
+    """Create or update each rate limit in Prefect (idempotent: an equal limit is left alone);
+    with `db_id`, delete this database's old daily-cap limits."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    today = cap_day(now or datetime.now(UTC))
     applied = []
     with get_client(sync_client=True) as client:
         for cap in limits:
-            if cap.kind == "daily":
-                for day in (today, today + timedelta(days=1)):
-                    name = cap.day_name(day)
-                    applied.append(AppliedLimit(name, cap.limit, 0.0, _written(client, name, cap.limit, 0.0)))
-                    _remember(day, name)
-            else:
+            if cap.kind == "rate":
                 action = _written(client, cap.name, cap.limit, cap.decay_per_second)
                 applied.append(AppliedLimit(cap.name, cap.limit, cap.decay_per_second, action))
-        for old in _stale(client, db_id, today) if db_id is not None else []:
+        for old in _legacy(client, db_id) if db_id is not None else []:
             try:
                 client.delete_global_concurrency_limit_by_name(old.name)
             except ObjectNotFound:  # another `limits apply` deleted it
@@ -222,27 +219,10 @@ def apply_limits(
     return applied
 
 
-# Day limits known to exist in this process, by day: one create per identity and day at most.
-_known: dict[date, set[str]] = {}
-_known_lock = threading.Lock()
-
-
-def _remember(day: date, name: str) -> None:
-    with _known_lock:
-        for old in [known for known in _known if known < day - timedelta(days=1)]:
-            del _known[old]
-        _known.setdefault(day, set()).add(name)
-
-
-def _forget(day: date, names: Sequence[str]) -> None:
-    with _known_lock:
-        _known.get(day, set()).difference_update(names)
-
-
 def _create_if_missing(client: Any, name: str, limit: int, decay: float) -> None:
     """Limit `name`, made from these values unless it exists. Read first: the Prefect server
     answers a duplicate create with 409 but also logs it as an ERROR with a traceback, and with
-    a process per flow run (the stock runner) most sends find their day's limit made already. A
+    a process per flow run (the stock runner) most sends find their limit made already. A
     create that still conflicts lost a race with another worker, whose limit is the same one."""
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -256,22 +236,8 @@ def _create_if_missing(client: Any, name: str, limit: int, decay: float) -> None
         )
 
 
-def _ensure_day_limits(client: Any, caps: Sequence[CapLimit], day: date) -> list[str]:
-    """The day's limit of each daily cap, created if missing (by whichever worker gets there
-    first; the others use it: the same name, so the same count)."""
-    names = []
-    for cap in caps:
-        name = cap.day_name(day)
-        with _known_lock:
-            known = name in _known.get(day, set())
-        if not known:
-            _create_if_missing(client, name, cap.limit, 0.0)
-            _remember(day, name)
-        names.append(name)
-    return names
-
-
 _known_rates: set[str] = set()
+_known_lock = threading.Lock()
 
 
 def _ensure_rate_limits(caps: Sequence[CapLimit]) -> None:
@@ -288,99 +254,125 @@ def _ensure_rate_limits(caps: Sequence[CapLimit]) -> None:
                 _known_rates.add(cap.name)
 
 
-class PrefectCapGate:
-    """Takes a slot of the day's limit of each daily cap (at once, all or nothing; refused means
-    the day is used up), then a slot of each rate limit, waiting at most `wait_seconds`. Holds
-    across any number of workers: the counts live in the Prefect server."""
+# -- the rolling windows, in PostgreSQL -------------------------------------------------------
 
-    def __init__(self, wait_seconds: float, strict: bool):
-        self.wait_seconds = wait_seconds
-        self.strict = strict
+_COUNTED = (EventType.EMAIL_SENT.value, EventType.SMS_SENT.value, EventType.STEP_OUTCOME_UNKNOWN.value)
 
-    def acquire(self, limits: Sequence[CapLimit], now: datetime, spread_key: int = 0) -> CapDecision:
-        from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
-        from prefect.concurrency.sync import rate_limit
 
-        daily = [cap for cap in limits if cap.kind == "daily"]
-        rates = [cap for cap in limits if cap.kind == "rate"]
-        day = cap_day(now)
-        taken = self._take_day_slots(daily, day) if daily else []
-        if taken is None:
-            return deferral_for([LimitState(cap, cap.limit) for cap in daily], now, spread_key)
-        if not rates:
-            return CapDecision(True)
-        if not self.strict:
-            # Made from the settings when `limits apply` has not run yet: the caps hold from the
-            # first send (strict instead stops sending until they are applied).
-            _ensure_rate_limits(rates)
-        try:
-            rate_limit([cap.name for cap in rates], occupy=1, timeout_seconds=self.wait_seconds, strict=self.strict)
-        except TimeoutError:
-            self._give_back(taken)
-            return deferral_for(self._states(rates), now, spread_key)
-        except ConcurrencySlotAcquisitionError as exc:
-            self._give_back(taken)
-            raise FollowupsError(f"a send cap is not set up in Prefect ({exc}); run `followups limits apply`") from exc
+def _counted_slots(session: Session, key: str, since: datetime) -> Any:
+    """The identity's slots after `since` that count: the step is still pending (its enrollment
+    ACTIVE at that step), or it was sent or perhaps sent. A slot of a step that failed, was
+    skipped, or whose enrollment was paused or ended before it went, counts for nothing."""
+    sent = exists().where(
+        FollowUpEvent.enrollment_id == SendSlot.enrollment_id,
+        FollowUpEvent.step_index == SendSlot.step_index,
+        FollowUpEvent.event_type.in_(_COUNTED),
+    )
+    pending = and_(Enrollment.status == EnrollmentStatus.ACTIVE.value, Enrollment.current_step == SendSlot.step_index)
+    return (
+        select(SendSlot.enrollment_id, SendSlot.step_index, SendSlot.taken_at)
+        .join(Enrollment, Enrollment.id == SendSlot.enrollment_id)
+        .where(SendSlot.identity == key, SendSlot.taken_at > since, or_(pending, sent))
+        .order_by(SendSlot.taken_at)
+    )
+
+
+def _take_window_slot(
+    windows: Sequence[CapLimit], now: datetime, enrollment_id: int, step_index: int
+) -> tuple[datetime, list[datetime]]:
+    """The moment the send may go (`now`, or later when its windows are full), written as the
+    step's slot in one short transaction under the identity's lock; and the other slots."""
+    key = windows[0].name
+    longest = timedelta(seconds=max(cap.window_seconds for cap in windows))
+    with session_scope() as session:
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(f"followups-caps:{key}", 0))))
+        # Slots out of every window are of no more use (kept a day longer for `limits show`).
+        session.execute(delete(SendSlot).where(SendSlot.identity == key, SendSlot.taken_at < func.now() - longest - timedelta(days=1)))
+        own = session.scalar(select(SendSlot.taken_at).where(SendSlot.enrollment_id == enrollment_id, SendSlot.step_index == step_index))
+        others = [
+            row.taken_at for row in session.execute(_counted_slots(session, key, now - longest))
+            if (row.enrollment_id, row.step_index) != (enrollment_id, step_index)
+        ]
+        at = place(others, now, windows, promised=own)
+        session.execute(
+            insert(SendSlot)
+            .values(enrollment_id=enrollment_id, step_index=step_index, identity=key, taken_at=at)
+            .on_conflict_do_update(index_elements=[SendSlot.enrollment_id, SendSlot.step_index], set_={"identity": key, "taken_at": at})
+        )
+    return at, others
+
+
+def _give_back(enrollment_id: int, step_index: int) -> None:
+    with session_scope() as session:
+        session.execute(delete(SendSlot).where(SendSlot.enrollment_id == enrollment_id, SendSlot.step_index == step_index))
+
+
+def take_slot(
+    limits: Sequence[CapLimit], now: datetime, *, enrollment_id: int, step_index: int, wait_seconds: float, strict: bool
+) -> CapDecision:
+    """A place in every window of the send's identity, then a slot of each rate limit (waiting
+    at most `wait_seconds`). Refused, until when: the moment promised to this step when its
+    windows are full (it keeps that place), or a moment when a rate is."""
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+    from prefect.concurrency.sync import rate_limit
+
+    windows = [cap for cap in limits if cap.kind == "window"]
+    rates = [cap for cap in limits if cap.kind == "rate"]
+    if windows:
+        at, others = _take_window_slot(windows, now, enrollment_id, step_index)
+        if at > now:
+            return window_deferral(windows, others, now, at)
+    if not rates:
         return CapDecision(True)
+    if not strict:
+        # Made from the settings when `limits apply` has not run yet: the caps hold from the
+        # first send (strict instead stops sending until they are applied).
+        _ensure_rate_limits(rates)
+    try:
+        rate_limit([cap.name for cap in rates], occupy=1, timeout_seconds=wait_seconds, strict=strict)
+    except TimeoutError:
+        if windows:
+            _give_back(enrollment_id, step_index)
+        return rate_deferral(max(rates, key=lambda cap: 1 / cap.decay_per_second), _active_slots(rates), now)
+    except ConcurrencySlotAcquisitionError as exc:
+        if windows:
+            _give_back(enrollment_id, step_index)
+        raise FollowupsError(f"a send cap is not set up in Prefect ({exc}); run `followups limits apply`") from exc
+    return CapDecision(True)
 
-    def _take_day_slots(self, caps: Sequence[CapLimit], day: date) -> list[str] | None:
-        """The day limits a slot was taken of; None when the day is used up."""
-        import httpx
-        from prefect.client.orchestration import get_client
 
+def _active_slots(rates: Sequence[CapLimit]) -> float | None:
+    from prefect.client.orchestration import get_client
+
+    try:
         with get_client(sync_client=True) as client:
-            names = _ensure_day_limits(client, caps, day)
-            wanted, taken = list(names), []
-            for _ in range(3):
-                try:
-                    response = client.increment_concurrency_slots(names=wanted, slots=1, mode="concurrency")
-                except httpx.HTTPStatusError as exc:
-                    # 423: no free slot; 422: an operator set the day's limit to 0.
-                    if exc.response.status_code in (422, 423):
-                        self._give_back(taken)
-                        return None
-                    raise
-                got = {item["name"] for item in response.json()}
-                taken += [name for name in wanted if name in got]
-                # The server skips names it does not know: a limit deleted under this process's
-                # cache would count nothing. Make it again and take its slot too.
-                wanted = [name for name in wanted if name not in got]
-                if not wanted:
-                    return taken
-                _forget(day, wanted)
-                _ensure_day_limits(client, [cap for cap in caps if cap.day_name(day) in wanted], day)
-        self._give_back(taken)
-        raise FollowupsError(f"Prefect keeps losing the day's send cap limits {wanted}")
+            return float(client.read_global_concurrency_limit_by_name(rates[0].name).active_slots)
+    except Exception:  # noqa: BLE001 - only for how long to wait; a moment will do
+        return None
 
-    @staticmethod
-    def _give_back(names: Sequence[str]) -> None:
-        """Return day slots taken for a send that is not made. Best effort: a slot lost here only
-        makes the day's cap stricter, never looser."""
-        if not names:
-            return
-        from prefect.client.orchestration import get_client
 
-        try:
-            with get_client(sync_client=True) as client:
-                # No occupancy: the slot was never used (the server refuses 0 with a 422, which
-                # left the slot taken for the rest of the day).
-                client.release_concurrency_slots(names=list(names), slots=1, occupancy_seconds=None)  # type: ignore[arg-type]
-        except Exception as exc:  # noqa: BLE001 - see above
-            log.warning("could not return day cap slots %s: %s", names, exc)
+@dataclass(frozen=True)
+class WindowUsage:
+    cap: CapLimit
+    used: int  # slots counted in the window ending now
+    promised: int  # slots promised to deferred sends, after now
+    next_free: datetime | None  # when a send asking now would go, if not now
 
-    def _states(self, limits: Sequence[CapLimit]) -> list[LimitState]:
-        from prefect.client.orchestration import get_client
-        from prefect.exceptions import ObjectNotFound
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "identity": self.cap.identity, "key": self.cap.name, "window_seconds": self.cap.window_seconds,
+            "limit": self.cap.limit, "used": self.used, "promised": self.promised,
+            "next_free": self.next_free.isoformat() if self.next_free else None,
+        }
 
-        states = []
-        with get_client(sync_client=True) as client:
-            for cap in limits:
-                try:
-                    found = client.read_global_concurrency_limit_by_name(cap.name)
-                except ObjectNotFound:
-                    continue
-                if not found.active or found.limit <= 0:
-                    continue
-                decay = found.slot_decay_per_second or cap.decay_per_second
-                states.append(LimitState(CapLimit(cap.name, cap.kind, found.limit, decay, cap.identity), float(found.active_slots)))
-        return states
+
+def window_usage(session: Session, limits: Sequence[CapLimit], now: datetime) -> list[WindowUsage]:
+    """How full each window is now (for `followups limits show`)."""
+    usage = []
+    for cap in (cap for cap in limits if cap.kind == "window"):
+        span = timedelta(seconds=cap.window_seconds)
+        times = [row.taken_at for row in session.execute(_counted_slots(session, cap.name, now - span))]
+        at = place(times, now, [cap])
+        used = sum(1 for moment in times if moment <= now)
+        usage.append(WindowUsage(cap, used, len(times) - used, at if at > now else None))
+    return usage

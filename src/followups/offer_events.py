@@ -20,23 +20,34 @@ from followups.inputs import DealInput, OfferInput, require_owner, validate
 EVENT_NAME = "deal.offer.sent"
 
 
-def offer_payload(owner_id: int, offer_id: str, deal: DealInput | dict[str, Any], sequence_id: int | None = None) -> dict[str, Any]:
-    offer = validate(OfferInput, {"offer_id": offer_id, "deal": deal, "sequence_id": sequence_id})
+def offer_payload(
+    owner_id: int, offer_id: str, deal: DealInput | dict[str, Any], sequence_id: int | None = None, *, again: bool = False
+) -> dict[str, Any]:
+    offer = validate(OfferInput, {"offer_id": offer_id, "deal": deal, "sequence_id": sequence_id, "again": again})
     return {
         "database": str(database_id()),
         "owner_id": owner_id,
         "offer_id": offer.offer_id,
         "sequence_id": offer.sequence_id,
         "deal": offer.deal.model_dump(mode="json"),
+        "again": offer.again,
     }
 
 
-def emit_offer_sent(owner_id: int, offer_id: str, deal: DealInput | dict[str, Any], sequence_id: int | None = None):
+def emit_offer_sent(
+    owner_id: int, offer_id: str, deal: DealInput | dict[str, Any], sequence_id: int | None = None, *, again: bool = False
+):
     """Announce an offer to Prefect. The offer waits in the database; the event (and so the
-    enroll-on-offer run's parameters) carries only ids, never the seller's details."""
+    enroll-on-offer run's parameters) carries only ids, never the seller's details.
+
+    The enroll-on-offer flow records it with `record_offer_sent`: once per `offer_id` however
+    many times the event is delivered, and under the one re-enrollment rule: a deal that was
+    ever enrolled in the sequence is enrolled anew only with `again=True` (kept with the offer;
+    an event made by hand carries it as the offer's `"again": true`), once its earlier
+    enrollments have all finished."""
     from prefect.events import emit_event
 
-    offer = offer_payload(owner_id, offer_id, deal, sequence_id)
+    offer = offer_payload(owner_id, offer_id, deal, sequence_id, again=again)
     with session_scope() as session:
         require_owner(session, owner_id)
         row = OfferInbox(owner_id=owner_id, payload=offer)
@@ -81,4 +92,6 @@ def parse_offer(offer: dict[str, Any] | str) -> dict[str, Any]:
             raise InvalidInputError("the event's offer is not JSON", field="offer") from exc
     if not isinstance(offer, dict) or not {"owner_id", "offer_id"} <= offer.keys() or not offer.keys() & {"deal", "inbox_id"}:
         raise InvalidInputError("the event's offer needs owner_id, offer_id and deal (or inbox_id)", field="offer")
+    if not isinstance(offer.get("again", False), bool):
+        raise InvalidInputError("must be true or false", field="offer.again")
     return offer

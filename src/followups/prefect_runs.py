@@ -78,9 +78,18 @@ def run_tags(enrollment_id: int, deal_ref: str, db_tag: str | None = None) -> li
     return ["followups", db_tag or database_tag(), f"deal:{deal_ref}", f"enrollment:{enrollment_id}"]
 
 
-def run_key(enrollment_id: int, step_index: int, suffix: str = "", db_id: uuid.UUID | None = None) -> str:
-    """The idempotency key of "run step N of enrollment E" in this database."""
+def run_key(enrollment_id: int, step_index: int, epoch: int = 1, db_id: uuid.UUID | None = None) -> str:
+    """The idempotency key of "run step N of enrollment E, epoch K" in this database: asking twice
+    for the same epoch's run finds the one made. The first run (epoch 1) keeps the key it had
+    before runs carried epochs."""
+    suffix = f":epoch:{epoch}" if epoch > 1 else ""
     return f"followups:{db_id or database_id()}:enrollment:{enrollment_id}:step:{step_index}{suffix}"
+
+
+def epoch_of(run: FlowRun | None) -> int | None:
+    """The epoch a run was created for (None: a run started by hand, or made before epochs)."""
+    value = (run.parameters or {}).get("epoch") if run is not None else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def from_this_database(run: FlowRun, db_tag: str | None = None) -> bool:
@@ -109,7 +118,7 @@ def schedule_sequence_run(
     step_index: int,
     *,
     scheduled_time: datetime | None,
-    key_suffix: str = "",
+    epoch: int = 1,
     message: str | None = None,
 ) -> uuid.UUID:
     """Create (or find, by idempotency key) the flow run that continues at `step_index`.
@@ -124,11 +133,11 @@ def schedule_sequence_run(
     name = get_settings().deployment_name
     db_id = database_id()  # read once per run created: it is a query
     options: dict[str, Any] = dict(
-        parameters={"enrollment_id": enrollment_id},
+        parameters={"enrollment_id": enrollment_id, "epoch": epoch},
         state=Scheduled(scheduled_time=scheduled_time, message=message),
         name=run_name(enrollment_id, deal_ref, step_index),
         tags=run_tags(enrollment_id, deal_ref, database_tag(db_id)),
-        idempotency_key=run_key(enrollment_id, step_index, key_suffix, db_id),
+        idempotency_key=run_key(enrollment_id, step_index, epoch, db_id),
     )
     try:
         return client.create_flow_run_from_deployment(_deployment_id(client, name), **options).id
@@ -161,8 +170,9 @@ def schedule_first_runs(
         batch = enrollments[start : start + BULK_RUNS]
         body = [
             DeploymentFlowRunCreate(
-                parameters={"enrollment_id": enrollment_id}, state=state(enrollment_id), name=run_name(enrollment_id, deal_ref, 0),
-                tags=run_tags(enrollment_id, deal_ref, db_tag), idempotency_key=run_key(enrollment_id, 0, "", db_id),
+                parameters={"enrollment_id": enrollment_id, "epoch": 1}, state=state(enrollment_id),
+                name=run_name(enrollment_id, deal_ref, 0), tags=run_tags(enrollment_id, deal_ref, db_tag),
+                idempotency_key=run_key(enrollment_id, 0, 1, db_id),
             ).model_dump(mode="json", exclude_unset=True)
             for enrollment_id, deal_ref in batch
         ]

@@ -1,6 +1,7 @@
 """What a sequence would do for a deal, without enrolling it: every step's planned time (send
-window, quiet hours, holidays and business days applied), the caps its sends count against, and
-the rendered text of each message. Reads only; nothing is written, nothing reaches Prefect.
+window, quiet hours, holidays, business days and the steps' own send times applied), the caps
+its sends count against, and the rendered text of each message. Reads only; nothing is written,
+nothing reaches Prefect.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def preview_sequence(
     Raises InvalidInputError (`deal.*`, `start`) or NotFoundError (another owner's sequence).
     """
     from followups.identity import database_id
-    from followups.limits import owner_daily_cap, step_limits
+    from followups.limits import owner_caps, step_limits
     from followups.users import load_sender
 
     checked = validate(DealInput, deal.model_dump() if isinstance(deal, DealInput) else deal, prefix="deal")
@@ -91,8 +92,12 @@ def preview_sequence(
     if settings.caps_enabled:
         db_id = database_id()
         for channel in ("email", "sms"):
-            limits = step_limits(channel, sender, settings, db_id, daily_cap=owner_daily_cap(session, owner_id, channel))
-            caps[channel] = [{"name": cap.name, "kind": cap.kind, "limit": cap.limit, "describe": cap.describe()} for cap in limits]
+            limits = step_limits(channel, sender, settings, db_id, caps=owner_caps(session, owner_id, channel))
+            caps[channel] = [
+                {"name": cap.name, "kind": cap.kind, "limit": cap.limit, "window_seconds": cap.window_seconds or None,
+                 "describe": cap.describe()}
+                for cap in limits
+            ]
     rows = []
     previous_subject = None
     for item in planned:
@@ -100,6 +105,7 @@ def preview_sequence(
         step = steps[item.index]
         if isinstance(step, EmailStep | SmsStep):
             channel = channel_of(step)
+            row["at"] = step.at  # its own send time, local to `timezone`; None: as soon as allowed
             reachable = checked.seller_email if channel == "email" else checked.seller_phone
             # A step with variants shows each (an enrollment gets one of them); `message` is the first.
             variants = [(v, _rendered(with_variant(step, v), context, previous_subject)) for v in step.variants or ()]

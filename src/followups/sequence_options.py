@@ -6,11 +6,21 @@ to a version, so it keeps the options it started with, as it keeps the steps.
 
 from __future__ import annotations
 
+import re
 from datetime import time
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -72,6 +82,29 @@ class SendWindow(BaseModel):
     @property
     def weekday_numbers(self) -> frozenset[int]:
         return frozenset(WEEKDAYS.index(day) for day in self.weekdays)
+
+
+_CLOCK_TIME = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+
+
+def _clock_time(value: Any) -> Any:
+    if value is None or isinstance(value, str) and _CLOCK_TIME.fullmatch(value):
+        return value
+    # YAML 1.1 reads an unquoted 10:00 as the number 600 (base 60): say what to write.
+    hint = '; quote it in YAML: at: "10:00"' if type(value) is int else ""
+    raise ValueError(f'must be a local time "HH:MM", 00:00 to 23:59, e.g. "10:00"{hint}')
+
+
+# A message step's own send time (`at`): local "HH:MM", 24 h; no seconds, no "9am".
+SendTimeOfDay = Annotated[
+    Annotated[str, StringConstraints(pattern=_CLOCK_TIME.pattern)] | None,  # the pattern for the schema
+    BeforeValidator(_clock_time),
+    Field(
+        examples=["10:00"],
+        description='Local time "HH:MM" (24 h) in the recipient\'s zone: the step goes at the first such time at or '
+        "after it falls due that the send window, holidays, quiet hours and texting laws allow",
+    ),
+]
 
 
 class SequenceOptions(BaseModel):
@@ -162,3 +195,35 @@ def check_sms_can_go_out(steps: list[dict[str, Any]], options: SequenceOptions) 
             f"({quiet_from:%H:%M}–{quiet_until:%H:%M}), so the SMS steps could never be sent",
             "options.send_window",
         )
+
+
+def check_send_times(steps: list[dict[str, Any]], options: SequenceOptions) -> None:
+    """Refuse a message step's send time (`at`) that no day could allow: outside the send
+    window's hours, or for an SMS inside the quiet hours when they are on. (What depends on the
+    deal, its zones and its state's law, is only known when the step falls due: a step whose
+    `at` is never allowed then is skipped.)"""
+    from followups.settings import get_settings
+
+    settings = get_settings()
+    window = options.send_window
+    quiet = settings.quiet_hours_enabled and settings.quiet_hours_start != settings.quiet_hours_end
+    quiet_from, quiet_until = time(settings.quiet_hours_start), time(settings.quiet_hours_end)
+    for index, step in enumerate(steps):
+        at = step.get("at")
+        if not at:
+            continue
+        moment = time.fromisoformat(at)
+        if window is not None and not window.start <= moment < window.end:
+            raise InvalidInputError(
+                f"{at} is outside the send window {window.start:%H:%M}–{window.end:%H:%M}, so the step could never be sent",
+                f"steps.{index}.at",
+            )
+        if step.get("type") == "SMS" and quiet:
+            inside = (
+                moment >= quiet_from or moment < quiet_until if quiet_from > quiet_until else quiet_from <= moment < quiet_until
+            )
+            if inside:
+                raise InvalidInputError(
+                    f"{at} is inside SMS quiet hours ({quiet_from:%H:%M}–{quiet_until:%H:%M}), so the text could never be sent",
+                    f"steps.{index}.at",
+                )

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from followups.db.models import OPEN_STATUSES, Enrollment, Sequence, SequenceVersion
 from followups.errors import InvalidStateError, NotFoundError
 from followups.inputs import SequenceInput, SequencePatch, check_id, require_owner, validate
-from followups.sequence_options import check_sms_can_go_out, load_stored_options
+from followups.sequence_options import check_send_times, check_sms_can_go_out, load_stored_options
 from followups.steps import checked_templates
 
 
@@ -88,6 +88,7 @@ def create_sequence(
     require_owner(session, owner_id)
     parsed = data.steps_json()
     check_sms_can_go_out(parsed, data.options)
+    check_send_times(parsed, data.options)
     options = data.options.to_json()
     if data.is_default:
         _clear_default(session, owner_id)
@@ -179,7 +180,9 @@ def update_sequence(
     steps_changed = parsed is not None and parsed != row.steps
     options_changed = options is not None and options != load_stored_options(row.options).to_json()
     if steps_changed or options_changed:
-        check_sms_can_go_out(row.steps if parsed is None else parsed, data.options or load_stored_options(row.options))
+        steps, checked_options = row.steps if parsed is None else parsed, data.options or load_stored_options(row.options)
+        check_sms_can_go_out(steps, checked_options)
+        check_send_times(steps, checked_options)
     if steps_changed or options_changed:
         # Options belong to the version too: running enrollments keep the ones they started with.
         row.version += 1

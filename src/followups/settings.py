@@ -87,18 +87,21 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = 1_000_000
 
     # Send windows and caps
-    # Caps live in Prefect global concurrency limits, written by `followups limits apply`; a
-    # rate limit not applied yet does not hold sends back unless caps_strict (a day's cap limit
-    # is made by the first send of the day when missing).
+    # Per-second rates live in Prefect global concurrency limits (`followups limits apply`; a
+    # rate not applied yet is made by the first send unless caps_strict). Rolling 24 h and hourly
+    # caps are counted in PostgreSQL and need no setup.
     caps_enabled: bool = True
     caps_strict: bool = False
     # Sends per second per provider account (the SendGrid key, the Twilio account); 0 = none.
     email_rate_per_second: float = Field(default=10.0, ge=0)
     sms_rate_per_second: float = Field(default=1.0, ge=0)
-    # Sends per day per sending identity (from address, SMS number or Messaging Service); 0 =
-    # none. An owner's identity can set its own (users.email_daily_cap / sms_daily_cap).
+    # Sends per rolling 24 h, and per rolling hour, per sending identity (from address, SMS
+    # number or Messaging Service); 0 = none. An owner's identity can set its own
+    # (users.email_daily_cap, email_hourly_cap, sms_daily_cap, sms_hourly_cap).
     email_daily_cap: int = Field(default=1000, ge=0)
     sms_daily_cap: int = Field(default=500, ge=0)
+    email_hourly_cap: int = Field(default=0, ge=0)
+    sms_hourly_cap: int = Field(default=0, ge=0)
     # How long a send waits for a free slot before it is deferred to a scheduled run instead.
     cap_wait_seconds: float = Field(default=10.0, ge=0)
 

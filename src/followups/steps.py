@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from followups import templating
 from followups.errors import InvalidInputError
+from followups.sequence_options import SendTimeOfDay
 
 SMS_MAX_CHARS = 1600
 # All templates of one sequence share this, so 100 slow steps cost what one does.
@@ -104,6 +105,7 @@ class EmailStep(_Step):
     variants: list[EmailVariant] | None = Field(
         default=None, min_length=MIN_VARIANTS, max_length=MAX_VARIANTS, description=_VARIANTS_DESCRIPTION
     )
+    at: SendTimeOfDay = None
 
     _plain = field_validator("subject", "text")(classmethod(_plain_template))
     _html = field_validator("html")(classmethod(_html_template))
@@ -123,6 +125,7 @@ class SmsStep(_Step):
     variants: list[SmsVariant] | None = Field(
         default=None, min_length=MIN_VARIANTS, max_length=MAX_VARIANTS, description=_VARIANTS_DESCRIPTION
     )
+    at: SendTimeOfDay = None
 
     _body = field_validator("body")(classmethod(_sms_template))
 
@@ -195,6 +198,9 @@ class SequenceSteps(BaseModel):
     def _upper_types(cls, value: Any) -> Any:
         # Accept "email" as well as "EMAIL": files written by hand use both.
         if isinstance(value, list):
+            for index, item in enumerate(value):  # a WAIT's `at` gets a reason, not just "unknown field"
+                if isinstance(item, dict) and str(item.get("type")).upper() == "WAIT" and "at" in item:
+                    raise _StepRuleError(f"{index}.at", "a WAIT has no send time; put `at` on the message step after it")
             return [
                 {**item, "type": item["type"].upper()}
                 if isinstance(item, dict) and isinstance(item.get("type"), str)
@@ -365,7 +371,7 @@ def invalid_input_from(exc: ValidationError, prefix: str = "") -> InvalidInputEr
 
 def steps_to_json(steps: list[Step]) -> list[dict[str, Any]]:
     # Fields left at a default added later are not stored (a calendar WAIT's business_days, an
-    # EMAIL's thread, variants), so unchanged steps compare equal to those stored before them.
+    # EMAIL's thread, variants, `at`), so unchanged steps compare equal to those stored before them.
     return [_dump(step) for step in steps]
 
 
@@ -382,8 +388,8 @@ def _unset_new_fields(step: BaseModel) -> set[str]:
     unset = set()
     if isinstance(step, EmailStep | SmsStep) and not step.variants:
         unset.add("variants")
-    if isinstance(step, EmailStep) and step.thread is None:
-        unset.add("thread")
+    # An EMAIL's thread and a message's send time `at`: stored when given.
+    unset |= {name for name in ("thread", "at") if hasattr(step, name) and getattr(step, name) is None}
     # "" is how a left-out subject (and a step with variants' body) is held; stored, it would not load.
     for name in ("subject", "body"):
         if hasattr(step, name) and not getattr(step, name):

@@ -25,7 +25,7 @@ from prefect.states import Cancelled, Cancelling, Suspended
 from checks import EventLedger, check_sends, fault_report, fault_schedule, scale, statuses, wait_final_states  # noqa: F401
 from fault_world import attempts_in_flight, reconciled_count, step_state
 from scenario_world import calls_by_enrollment, enroll_many, events_by_enrollment, operator_reconcile, own_world
-from support import enrollment_row, wait_for
+from support import enrollment_row, pending_run, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -91,6 +91,8 @@ def test_operators_act_on_runs_from_the_prefect_ui(world, fault_schedule, fault_
     action.update({e: "run-finished" for e in finished})
     wait_for(lambda: all("WAIT_STARTED" in {x.event_type for x in evs} for evs in events_by_enrollment(waiting).values()),
              timeout=60, what="every waiting enrollment's wait to start")
+    for e in waiting:
+        pending_run(e)
     wait_final_states({e: "COMPLETED" for e in finished}, timeout=60)
     events_before_rerun = {e: [x.event_type for x in evs] for e, evs in events_by_enrollment(finished).items()}
     ledger.checkpoint("all waiting")

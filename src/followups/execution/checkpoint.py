@@ -14,6 +14,10 @@ an operator did to this run in Prefect shows in the enrollment, and tells the fl
   `prefect deployment run`), it ends at once, so an enrollment never has two live runs and
   nothing goes out before the pending run's time;
 - a run of another database (two databases sharing one deployment name) is refused untouched.
+
+Which run is the pending one: the run whose id the enrollment holds, or, while that id is being
+written back after the commit that called for the run, the run created for the enrollment's
+epoch (it then records its own id). A run of an older epoch is stale and ends at once.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from followups import prefect_runs
 from followups.db.models import EnrollmentStatus
 from followups.db.session import session_scope
 from followups.errors import InvalidStateError, NotFoundError
-from followups.lifecycle import effects
+from followups.lifecycle import effects, store
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
 from followups.lifecycle.reconcile import reconcile
 
@@ -63,6 +67,13 @@ def checkpoint(enrollment_id: int, flow_run_id: uuid.UUID | None, *, starting: b
         run = prefect_runs.read_run(flow_run_id)
         _refuse_foreign(run, flow_run_id)
         is_pending_run = flow_run_id is not None and plan.prefect_flow_run_id == flow_run_id
+        if flow_run_id is not None and plan.prefect_flow_run_id is None and plan.epoch > 0:
+            if prefect_runs.epoch_of(run) == plan.epoch:
+                plan = store.record_run(session, plan, flow_run_id)
+                is_pending_run = True
+            elif starting:
+                # The enrollment's next run is being created: this one is stale, or started by hand.
+                return Checkpoint(plan, Next.SUPERSEDED)
         # With an effect of ours on its way the run is about to change: what it shows now is no
         # operator's doing, so the rule is not applied.
         if not effect_on_its_way and is_pending_run and run is not None:

@@ -22,7 +22,6 @@ from followups.execution.waiting import SHORT_WAIT_SECONDS
 from followups.lifecycle import store
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
 from followups.lifecycle.transitions import Actor
-from followups.scheduling.caps import CapGate
 from followups.scheduling.planning import Recipient, quiet_hours_of, step_time
 from followups.settings import get_settings
 
@@ -39,7 +38,7 @@ clock: Callable[[], datetime] = _utc_now
 @dataclass(frozen=True)
 class Deferral:
     until: datetime
-    reason: str  # due time | window | quiet hours | holiday | state law | cap | no allowed time
+    reason: str  # due time | window | quiet hours | holiday | state law | send time | cap | no allowed time
     detail: str
     skipped: bool = False  # never allowed: the step was skipped, and the sequence goes on
 
@@ -117,22 +116,32 @@ def not_due(plan: EnrollmentPlan, flow_run_id: uuid.UUID | None, now: datetime) 
     return Deferral(due, "due time", f"resumed before its due time; runs at {due.isoformat()}")
 
 
-def over_cap(plan: EnrollmentPlan, channel: str, now: datetime, gate: CapGate | None = None) -> Deferral | None:
-    """Take a slot of every cap the send counts against; refused, until when to wait."""
+def over_cap(plan: EnrollmentPlan, step_index: int, channel: str, now: datetime) -> Deferral | None:
+    """Take the step's place in every cap the send counts against; refused, until when."""
     settings = get_settings()
     if not settings.caps_enabled:
         return None
     from followups.identity import database_id
-    from followups.limits import PrefectCapGate, owner_daily_cap, step_limits
+    from followups.limits import owner_caps, step_limits, take_slot
     from followups.users import load_sender
 
     with session_scope(read_only=True) as session:
         sender = load_sender(session, plan.owner_id, settings)
-        daily = owner_daily_cap(session, plan.owner_id, channel)
-    limits = step_limits(channel, sender, settings, database_id(), daily_cap=daily)
-    gate = gate or PrefectCapGate(settings.cap_wait_seconds, settings.caps_strict)
-    # The enrollment spreads the steps a full day defers over the next day's first minutes.
-    decision = gate.acquire(limits, now, spread_key=plan.enrollment_id)
+        caps = owner_caps(session, plan.owner_id, channel)
+    limits = step_limits(channel, sender, settings, database_id(), caps=caps)
+
+    def take(moment: datetime):
+        return take_slot(
+            limits, moment, enrollment_id=plan.enrollment_id, step_index=step_index,
+            wait_seconds=settings.cap_wait_seconds, strict=settings.caps_strict,
+        )
+
+    decision = take(now)
+    if not decision.granted and decision.until is not None and (decision.until - now).total_seconds() <= EARLY_START_SECONDS:
+        # The slot frees in a moment, or this run started a moment before the one promised to
+        # it: a run scheduled for then would be this very run. Wait it out instead.
+        time.sleep(max(0.0, (decision.until - now).total_seconds()))
+        decision = take(max(clock(), decision.until))
     if decision.granted:
         return None
     assert decision.until is not None
@@ -150,7 +159,7 @@ def defer(plan: EnrollmentPlan, step_index: int, deferral: Deferral, flow_run_id
             return False
         tag = deferral.reason.replace(" ", "-")
         store.reschedule(
-            session, current, due=until, actor=Actor.FLOW, key=f"{tag}:{until.isoformat()}", why=_why(deferral),
+            session, current, due=until, actor=Actor.FLOW, why=_why(deferral),
             event_type=EventType.STEP_DEFERRED,
             status="deferred",
             content={"until": until.isoformat(), "reason": deferral.reason, "detail": deferral.detail},
@@ -179,12 +188,11 @@ def _why(deferral: Deferral) -> str:
         "holiday": "the holiday is over",
         "cap": "the send cap allows it",
         "state law": "the state's texting law allows it",
+        "send time": "the step's send time comes",
     }.get(deferral.reason, deferral.reason)
 
 
-def hold_if_needed(
-    plan: EnrollmentPlan, step_index: int, channel: str, flow_run_id: uuid.UUID | None, *, gate: CapGate | None = None
-) -> Deferral | None:
+def hold_if_needed(plan: EnrollmentPlan, step_index: int, channel: str, flow_run_id: uuid.UUID | None) -> Deferral | None:
     """Defer the message step when it may not go out now; None means: send it now. (A deferral
     is returned even when the enrollment moved on meanwhile: this run sends nothing either way.)"""
     now = clock()
@@ -203,7 +211,7 @@ def hold_if_needed(
         now = clock()
         deferral = outside_rules(plan, channel, now, history)
     if deferral is None and _reachable(plan, channel):
-        deferral = over_cap(plan, channel, now, gate)
+        deferral = over_cap(plan, step_index, channel, now)
     if deferral is not None:
         defer(plan, step_index, deferral, flow_run_id)
     return deferral

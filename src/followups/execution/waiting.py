@@ -55,21 +55,25 @@ def run_wait(enrollment_id: int, step_index: int, step: WaitStep, flow_run_id: u
         now = session.scalar(select(func.now()))
         if started is None:
             due = wait_end(plan, step_index, now)
-            plan = store.reschedule(
+            store.reschedule(
                 session, plan, due=due, actor=Actor.FLOW,
                 event_type=EventType.WAIT_STARTED,
                 content={"due_at": due.isoformat(), "duration_seconds": (due - now).total_seconds()},
                 flow_run_id=flow_run_id,
                 dedupe_key=f"enrollment:{enrollment_id}:wait-started:{step_index}",
             )
-            return WaitOutcome("deferred", due, plan.prefect_flow_run_id)
-        due = plan.started_wait_due(datetime.fromisoformat(started.content["due_at"]))
-        remaining = (due - now).total_seconds()
-        if remaining > SHORT_WAIT_SECONDS:
-            # Started well before the due time (e.g. resumed from the Prefect UI, which
-            # reschedules to "now"): the rest of the wait is another scheduled run.
-            plan = store.reschedule(session, plan, due=due, actor=Actor.FLOW, key=f"after:{flow_run_id}")
-            return WaitOutcome("deferred", due, plan.prefect_flow_run_id)
+            remaining = None
+        else:
+            due = plan.started_wait_due(datetime.fromisoformat(started.content["due_at"]))
+            remaining = (due - now).total_seconds()
+            if remaining > SHORT_WAIT_SECONDS:
+                # Started well before the due time (e.g. resumed from the Prefect UI, which
+                # reschedules to "now"): the rest of the wait is another scheduled run.
+                store.reschedule(session, plan, due=due, actor=Actor.FLOW)
+                remaining = None
+    if remaining is None:
+        # The next run is created once the transaction above commits: its id is known now.
+        return WaitOutcome("deferred", due, store.pending_run_id(enrollment_id))
     if remaining > 0:
         time.sleep(remaining)
     with session_scope() as session:

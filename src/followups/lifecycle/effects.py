@@ -1,4 +1,5 @@
-"""Effects on Prefect runs, committed with the change that calls for them and carried out after.
+"""Effects on Prefect runs, committed with the change that calls for them and carried out after:
+suspend, resume or cancel the pending run, and create the next one (`RunOrder`).
 
 A pause, resume or cancel changes the enrollment's row and writes what its pending run must
 become (suspended, resumed, cancelled) in the same transaction: the `run_effects` row of the
@@ -33,7 +34,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from followups import prefect_runs
-from followups.db.models import RunEffect
+from followups.db.models import FINISHED_STATUSES, Deal, Enrollment, EnrollmentStatus, RunEffect
 from followups.db.session import after_commit, session_scope
 
 log = logging.getLogger(__name__)
@@ -268,3 +269,78 @@ def deliver_overdue(older_than: float) -> tuple[int, int]:
         ids = [row[0] for row in overdue(session, older_than)]
     delivered = sum(deliver(enrollment_id) for enrollment_id in ids)
     return delivered, len(ids) - delivered
+
+
+# -- creating the next pending run -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunOrder:
+    """A pending run to create: what `reschedule` committed, or what the sweep reads back."""
+
+    enrollment_id: int
+    epoch: int
+    step_index: int
+    deal_ref: str
+    due: datetime | None
+    message: str | None = None
+
+
+def deliver_run(order: RunOrder) -> uuid.UUID | None:
+    """Create the run an order calls for (idempotent: the epoch is in its key) and write its id
+    back where the enrollment is still at that epoch. A pause or an end committed meanwhile is
+    carried to the run as an effect; a run no longer wanted (the epoch moved on) is cancelled.
+    Returns its id; None when Prefect could not be reached (the sweep delivers it later)."""
+    try:
+        run_id = prefect_runs.schedule_sequence_run(
+            order.enrollment_id, order.deal_ref, order.step_index, scheduled_time=order.due, epoch=order.epoch,
+            message=order.message,
+        )
+    except Exception as exc:  # noqa: BLE001 - the change is committed; the sweep creates the run
+        log.warning("could not create the next run of enrollment %s yet (epoch %s): %s", order.enrollment_id, order.epoch, exc)
+        return None
+    from followups.lifecycle import store  # store records effects: imported here, not at the top
+
+    with session_scope() as session:
+        status = store.record_delivered_run(session, order.enrollment_id, order.epoch, run_id)
+        if status is None:
+            current = session.execute(
+                select(Enrollment.epoch, Enrollment.prefect_flow_run_id).where(Enrollment.id == order.enrollment_id)
+            ).first()
+            # Already recorded (by the run itself, starting) or no longer wanted.
+            stale = current is None or (current.epoch, current.prefect_flow_run_id) != (order.epoch, run_id)
+        else:
+            stale = False
+            if status == EnrollmentStatus.PAUSED.value:
+                record(session, order.enrollment_id, Kind.SUSPEND, run_id)
+            elif EnrollmentStatus(status) in FINISHED_STATUSES:
+                record(session, order.enrollment_id, Kind.CANCEL, run_id)
+    if stale:
+        cancel_quietly(run_id)
+    return run_id
+
+
+def cancel_quietly(flow_run_id: uuid.UUID) -> None:
+    """Cancel a run nobody counts on any more, if Prefect answers: should it start anyway, it
+    finds its epoch is not the enrollment's and does nothing."""
+    try:
+        run = prefect_runs.read_run(flow_run_id)
+        if prefect_runs.is_live(run):
+            prefect_runs.cancel_run(run)
+    except Exception as exc:  # noqa: BLE001 - Prefect down or refusing: the run is stale regardless
+        log.warning("could not cancel flow run %s: %s", flow_run_id, exc)
+
+
+def undelivered_runs(session: Session, older_than: float) -> list[RunOrder]:
+    """ACTIVE enrollments whose pending run was committed longer than `older_than` s ago and not
+    created (a crash or an unreachable Prefect after the commit)."""
+    rows = session.execute(
+        select(Enrollment.id, Enrollment.epoch, Enrollment.current_step, Enrollment.next_due_at, Deal.external_id)
+        .join(Deal, Deal.id == Enrollment.deal_id)
+        .where(
+            Enrollment.status == EnrollmentStatus.ACTIVE.value, Enrollment.prefect_flow_run_id.is_(None), Enrollment.epoch > 0,
+            Enrollment.updated_at < func.now() - timedelta(seconds=older_than),
+        )
+        .order_by(Enrollment.id)
+    ).all()
+    return [RunOrder(row.id, row.epoch, row.current_step, row.external_id, row.next_due_at, "runs when due (delivered late)") for row in rows]

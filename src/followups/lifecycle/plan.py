@@ -43,6 +43,8 @@ class EnrollmentPlan:
     options: SequenceOptions = field(default_factory=SequenceOptions)
     # The owner's zone: a message's zone when the deal and the phone number give none.
     owner_timezone: str | None = None
+    # The pending run's epoch (see Enrollment.epoch).
+    epoch: int = 0
 
     @property
     def finished_steps(self) -> bool:
@@ -91,6 +93,7 @@ def load_plan(session: Session, enrollment_id: int, *, lock: bool = False, owner
         current_step=enrollment.current_step,
         next_due_at=enrollment.next_due_at,
         prefect_flow_run_id=enrollment.prefect_flow_run_id,
+        epoch=enrollment.epoch,
         sequence_id=enrollment.sequence_id,
         sequence_version=version.version,
         # Validated when the sequence was saved: stored steps are trusted, never re-rendered.

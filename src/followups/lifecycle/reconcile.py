@@ -234,8 +234,7 @@ def apply(
             backoff = datetime.now(UTC) + timedelta(seconds=min(REPAIR_BACKOFF_SECONDS * 2 ** (repairs - 1), MAX_REPAIR_BACKOFF))
             due = max(due, backoff) if due else backoff
         return store.reschedule(
-            session, plan, due=due, actor=Actor.RECONCILER, key=f"reconciled:{uuid.uuid4().hex[:8]}",
-            why=f"due (repaired: {decision.why})",
+            session, plan, due=due, actor=Actor.RECONCILER, why=f"due (repaired: {decision.why})",
             event_type=EventType.RECONCILED, content={**content, **previous},
         )
     return plan

@@ -5,8 +5,12 @@ the row lock, checks the move against `transitions.TRANSITIONS`, and writes the 
 with its event, so both commit or neither does. What a move means for the pending Prefect run
 (suspend, resume or cancel it) is recorded in the same transaction as an effect, and carried out
 after the commit (`lifecycle.effects`): no call to Prefect is made under the row lock for it.
-A new run (a wait's, a repair's) is still created inside the transaction, by its idempotency
-key: if Prefect refuses, nothing is stored.
+A new pending run (a wait's, a deferral's, a repair's) is created after the commit too
+(`reschedule`): the transaction raises the enrollment's epoch and leaves its run id empty, and
+`effects.deliver_run` creates the run for that epoch (its idempotency key) and writes its id back where
+the epoch still matches. What a crash left undelivered, the sweep delivers. Only an enrollment's
+very first run is made before its commit (`start`), so that an enroll with Prefect unreachable
+stores nothing.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ from sqlalchemy.orm import Session
 
 from followups import prefect_runs
 from followups.db.events import record_event
-from followups.db.session import after_commit
+from followups.db.session import after_commit, session_scope
 from followups.db.models import FINISHED_STATUSES, Enrollment, EnrollmentStatus, EventType, FollowUpEvent
 from followups.errors import InvalidStateError
 from followups.lifecycle import effects
+from followups.lifecycle.enroll_rule import check_enrollable, race_lost
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
 from followups.lifecycle.transitions import Actor, check
 from followups.steps import WaitStep
@@ -49,7 +54,7 @@ STATUS_EVENTS = {
 def _write(session: Session, plan: EnrollmentPlan, **values: Any) -> EnrollmentPlan:
     session.execute(update(Enrollment).where(Enrollment.id == plan.enrollment_id).values(**values))
     fields = {"status": "status", "current_step": "current_step", "next_due_at": "next_due_at",
-              "prefect_flow_run_id": "prefect_flow_run_id"}
+              "prefect_flow_run_id": "prefect_flow_run_id", "epoch": "epoch"}
     return dataclasses.replace(plan, **{fields[k]: v for k, v in values.items()})
 
 
@@ -61,10 +66,15 @@ def _step_of(plan: EnrollmentPlan) -> int | None:
 
 
 def create(
-    session: Session, *, deal_id: int, sequence_id: int, sequence_version_id: int, content: dict[str, Any]
+    session: Session, *, deal_id: int, sequence_id: int, sequence_version_id: int, content: dict[str, Any], again: bool = False
 ) -> Enrollment:
-    """A new ACTIVE enrollment at step 0 with its ENROLLED event (no Prefect run yet)."""
+    """A new ACTIVE enrollment at step 0 with its ENROLLED event (no Prefect run yet), if the
+    re-enrollment rule (`enroll_rule`, checked in this transaction) allows it."""
     check(None, None, EnrollmentStatus.ACTIVE, Actor.API)
+    deal_ref = content.get("deal")
+    previous = check_enrollable(session, deal_id, sequence_id, again=again, deal_ref=deal_ref)
+    if previous is not None:
+        content = {**content, "again": True, "previous_enrollment_id": previous}
     enrollment = Enrollment(
         deal_id=deal_id,
         sequence_id=sequence_id,
@@ -79,9 +89,7 @@ def create(
             session.flush()
     except IntegrityError as exc:
         # The partial unique index allows one open enrollment per deal and sequence.
-        raise InvalidStateError(
-            f"deal {content.get('deal')} is already enrolled in sequence {sequence_id} (active or paused)"
-        ) from exc
+        raise race_lost(session, deal_id, sequence_id, deal_ref, exc)
     record_event(
         session,
         enrollment_id=enrollment.id,
@@ -93,10 +101,17 @@ def create(
 
 
 def start(session: Session, enrollment: Enrollment, *, due: datetime | None = None) -> uuid.UUID:
-    """Give a new enrollment its first flow run (due now, or at `due`)."""
+    """Give a new enrollment its first flow run (due now, or at `due`), epoch 1. Made before the
+    commit: if Prefect refuses, nothing is stored; if the commit fails instead, the orphan run
+    finds no enrollment and ends at once."""
     session.flush()
     plan = load_plan(session, enrollment.id, lock=True)
-    return reschedule(session, plan, due=due, actor=Actor.API).prefect_flow_run_id
+    check(plan.enrollment_id, plan.status, EnrollmentStatus.ACTIVE, Actor.API)
+    run_id = prefect_runs.schedule_sequence_run(
+        plan.enrollment_id, plan.deal_ref, plan.current_step, scheduled_time=due, epoch=1, message=_why_scheduled(plan, None)
+    )
+    _write(session, plan, next_due_at=due, prefect_flow_run_id=run_id, epoch=1)
+    return run_id
 
 
 def create_many(session: Session, rows: list[dict[str, Any]], *, due: datetime | None = None) -> dict[int, int]:
@@ -138,7 +153,7 @@ def set_first_runs(session: Session, runs: dict[int, uuid.UUID], *, due: datetim
     statement = (
         update(Enrollment)
         .where(Enrollment.id == pairs.c.id, Enrollment.prefect_flow_run_id.is_(None))
-        .values(prefect_flow_run_id=pairs.c.run_id, next_due_at=due)
+        .values(prefect_flow_run_id=pairs.c.run_id, next_due_at=due, epoch=1)
     )
     return session.execute(statement).rowcount
 
@@ -211,6 +226,10 @@ def _follow_in_prefect(
 ) -> EnrollmentPlan:
     run_id = before.prefect_flow_run_id
     if run_id is None:
+        if to == EnrollmentStatus.ACTIVE and before.status == EnrollmentStatus.PAUSED.value and before.epoch > 0:
+            # Paused while its next run was being created, which never was: go on in a new one.
+            return reschedule(session, after, due=_not_past(after.next_due_at), actor=Actor.API)
+        # Otherwise the run on its way is suspended or cancelled as it is delivered (`effects.deliver_run`).
         return after
     if to in FINISHED_STATUSES:
         effects.record(session, after.enrollment_id, effects.Kind.CANCEL, run_id)
@@ -223,20 +242,12 @@ def _follow_in_prefect(
             effects.record(session, after.enrollment_id, effects.Kind.RESUME, run_id, due_at=after.next_due_at)
         else:
             # The run ended or vanished while paused (e.g. a suspend that timed out): go on in a new one.
-            due = after.next_due_at if after.next_due_at and after.next_due_at > datetime.now(UTC) else None
-            return reschedule(session, after, due=due, actor=Actor.API, key=f"resume:{uuid.uuid4().hex[:8]}")
+            return reschedule(session, after, due=_not_past(after.next_due_at), actor=Actor.API)
     return after
 
 
-def _cancel_quietly(flow_run_id: uuid.UUID) -> None:
-    """Cancel a run the enrollment no longer counts on, if Prefect answers. The database is what
-    counts: a run that still starts finds it is not the pending run and does nothing of its own."""
-    try:
-        run = prefect_runs.read_run(flow_run_id)
-        if prefect_runs.is_live(run):
-            prefect_runs.cancel_run(run)
-    except Exception as exc:  # Prefect down or refusing: the enrollment has moved on regardless
-        log.warning("could not cancel flow run %s: %s", flow_run_id, exc)
+def _not_past(due: datetime | None) -> datetime | None:
+    return due if due and due > datetime.now(UTC) else None
 
 
 def complete(session: Session, plan: EnrollmentPlan, *, flow_run_id: uuid.UUID | None) -> EnrollmentPlan:
@@ -284,26 +295,46 @@ def reschedule(
     *,
     due: datetime | None,
     actor: Actor,
-    key: str = "",
     why: str | None = None,
     event_type: EventType | None = None,
     **event: Any,
 ) -> EnrollmentPlan:
-    """The one way to give an enrollment its next pending run: create the run of its current step
-    for `due` (None: now), store its id and the due time, and record the event that explains it.
-    `why` ends the run's state message ("runs when …"), which names the enrollment and the step.
+    """The one way to give an enrollment its next pending run: raise its epoch, store the due
+    time (None: now) with no run id yet, and record the event that explains it; the run of its
+    current step for that epoch is created once this commits (`effects.deliver_run`). `why` ends the
+    run's state message ("runs when …"), which names the enrollment and the step.
 
-    `key` tells runs of the same step apart (a wait's run, a quiet-hours run, a repair): the same
-    key yields the same Prefect run, so asking twice never makes two.
-    """
+    The previous pending run, if any, is stale from the commit on: a run that starts finds its
+    epoch is not the enrollment's and does nothing."""
     check(plan.enrollment_id, plan.status, EnrollmentStatus.ACTIVE, actor)
     if event_type is not None:
         record_event(session, enrollment_id=plan.enrollment_id, event_type=event_type, step_index=_step_of(plan), **event)
-    run_id = prefect_runs.schedule_sequence_run(
-        plan.enrollment_id, plan.deal_ref, plan.current_step, scheduled_time=due, key_suffix=f":{key}" if key else "",
-        message=_why_scheduled(plan, why),
+    epoch = plan.epoch + 1
+    order = effects.RunOrder(plan.enrollment_id, epoch, plan.current_step, plan.deal_ref, due, _why_scheduled(plan, why))
+    after_commit(session, lambda: effects.deliver_run(order))
+    return _write(session, plan, next_due_at=due, prefect_flow_run_id=None, epoch=epoch)
+
+
+def pending_run_id(enrollment_id: int) -> uuid.UUID | None:
+    with session_scope(read_only=True) as session:
+        return session.scalar(select(Enrollment.prefect_flow_run_id).where(Enrollment.id == enrollment_id))
+
+
+def record_run(session: Session, plan: EnrollmentPlan, flow_run_id: uuid.UUID) -> EnrollmentPlan:
+    """The pending run of the enrollment's epoch started before its id was written back: it
+    records itself."""
+    return _write(session, plan, prefect_flow_run_id=flow_run_id)
+
+
+def record_delivered_run(session: Session, enrollment_id: int, epoch: int, flow_run_id: uuid.UUID) -> str | None:
+    """A run created after commit, written back only where the enrollment is still at its epoch
+    and has no run yet. Returns the enrollment's status then; None when it was not written."""
+    return session.scalar(
+        update(Enrollment)
+        .where(Enrollment.id == enrollment_id, Enrollment.epoch == epoch, Enrollment.prefect_flow_run_id.is_(None))
+        .values(prefect_flow_run_id=flow_run_id)
+        .returning(Enrollment.status)
     )
-    return _write(session, plan, next_due_at=due, prefect_flow_run_id=run_id)
 
 
 def _why_scheduled(plan: EnrollmentPlan, why: str | None) -> str:
@@ -335,7 +366,7 @@ def take_back(session: Session, plan: EnrollmentPlan, flow_run_id: uuid.UUID, *,
     previous = plan.prefect_flow_run_id
     plan = adopt(session, plan, flow_run_id, content={"previous_run_id": str(previous), **content})
     if previous is not None:
-        after_commit(session, lambda: _cancel_quietly(previous))
+        after_commit(session, lambda: effects.cancel_quietly(previous))
     return plan
 
 
@@ -346,4 +377,4 @@ def adopt(session: Session, plan: EnrollmentPlan, flow_run_id: uuid.UUID, *, con
         session, enrollment_id=plan.enrollment_id, event_type=EventType.RECONCILED, step_index=_step_of(plan),
         content={"source": Actor.PREFECT.value, **content}, flow_run_id=flow_run_id,
     )
-    return _write(session, plan, prefect_flow_run_id=flow_run_id)
+    return _write(session, plan, prefect_flow_run_id=flow_run_id, epoch=plan.epoch + 1)

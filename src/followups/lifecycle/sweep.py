@@ -1,7 +1,7 @@
 """The reconciler's sweep: every open enrollment checked against its pending run, in batches.
 
-It first delivers the effects on runs (suspend, resume, cancel) that a crash or an unreachable
-Prefect left undelivered. Then it finds ACTIVE enrollments whose pending run is final, missing or another's, and enrollments
+It first delivers what a crash or an unreachable Prefect left undelivered after a commit: the
+effects on runs (suspend, resume, cancel) and the pending runs to create. Then it finds ACTIVE enrollments whose pending run is final, missing or another's, and enrollments
 whose run an operator suspended, resumed or cancelled while nothing was listening, and repairs
 each through the one rule (`reconcile`), under the row lock, after reading the run again.
 """
@@ -31,6 +31,9 @@ class SweepReport:
     # Effects on runs left undelivered past the bound: (enrollment, recorded at, last error).
     undelivered: list[tuple[int, datetime, str | None]] = field(default_factory=list)
     redelivered: int = 0
+    # ACTIVE enrollments whose next run was committed but not created past the bound.
+    undelivered_runs: list[int] = field(default_factory=list)
+    created_runs: int = 0
 
     def as_dict(self) -> dict:
         return {
@@ -40,6 +43,8 @@ class SweepReport:
             "undelivered_effects": [
                 {"enrollment_id": e, "recorded_at": at.isoformat(), "last_error": error} for e, at, error in self.undelivered
             ],
+            "undelivered_runs": self.undelivered_runs,
+            "created_runs": self.created_runs,
             "redelivered_effects": self.redelivered,
         }
 
@@ -53,6 +58,11 @@ def sweep(*, repair: bool = True, batch: int = 200) -> SweepReport:
         report.undelivered = effects.overdue(session, bound)
     if repair and report.undelivered:
         report.redelivered, _ = effects.deliver_overdue(bound)
+    with session_scope(read_only=True) as session:
+        orders = effects.undelivered_runs(session, bound)
+    report.undelivered_runs = [order.enrollment_id for order in orders]
+    if repair:
+        report.created_runs = sum(effects.deliver_run(order) is not None for order in orders)
     _schedule_the_unscheduled(report, repair)
     db_tag = database_tag()  # once per sweep, not once per enrollment
     after = 0
@@ -106,7 +116,9 @@ def _schedule_the_unscheduled(report: SweepReport, repair: bool) -> None:
     with session_scope(read_only=True) as session:
         ids = session.scalars(
             select(Enrollment.id).where(
-                Enrollment.status == "ACTIVE", Enrollment.prefect_flow_run_id.is_(None), Enrollment.updated_at < cutoff,
+                # Epoch 0: never given a run (a later one being created is `undelivered_runs`).
+                Enrollment.status == "ACTIVE", Enrollment.prefect_flow_run_id.is_(None), Enrollment.epoch == 0,
+                Enrollment.updated_at < cutoff,
             ).order_by(Enrollment.id)
         ).all()
     for enrollment_id in ids:

@@ -12,8 +12,7 @@ from sqlalchemy.orm import Session
 
 from followups.db.models import OPEN_STATUSES, EnrollmentStatus, EventType, FollowUpEvent
 from followups.lifecycle.plan import EnrollmentPlan
-from followups.scheduling.planning import Recipient, channel_of, quiet_hours_of, step_rules, wait_due, wait_zone
-from followups.scheduling.send_times import next_send_time
+from followups.scheduling.planning import Recipient, quiet_hours_of, step_time, wait_due, wait_zone
 from followups.settings import get_settings
 from followups.steps import EmailStep, WaitStep
 from followups.templating import TemplateRenderError, build_context, render
@@ -31,7 +30,8 @@ class TimelineStep:
     state: str  # done | skipped | failed | unknown | waiting | pending
     at: datetime | None  # when it happened, or when it is planned
     provider_message_id: str | None = None
-    # A planned send moved by the send window, quiet hours or a holiday: which one.
+    # A planned send moved by the send window, quiet hours, a holiday, a state law or the
+    # step's own send time: which one.
     deferred_by: str | None = None
     # The email's subject or the SMS text, rendered for this deal as it goes (or went) out.
     message: str | None = None
@@ -103,10 +103,10 @@ def timeline(session: Session, plan: EnrollmentPlan) -> list[TimelineStep]:
                 clock = wait_due(clock, step, plan.options, wait_zone(plan.steps, index, recipient))
                 steps.append(TimelineStep(index, step.type, "pending", clock if open_status else None))
         else:
-            # The same rules the flow applies when the step falls due (caps aside: they can only
-            # make it later).
-            planned = next_send_time(clock, step_rules(channel_of(step) or "email", plan.options, recipient, quiet))
-            clock = planned.at.astimezone(UTC)
+            # The same computation the flow makes when the step falls due (caps aside: they can
+            # only make it later).
+            planned = step_time(plan.steps, index, clock, plan.options, recipient, quiet)
+            clock = (planned.send_at or clock).astimezone(UTC)
             # A step the flow already held back shows why (its latest STEP_DEFERRED): from its new
             # due time the rules alone would no longer say.
             held = next((e for e in reversed(step_events) if e.event_type == EventType.STEP_DEFERRED), None)

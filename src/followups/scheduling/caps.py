@@ -1,62 +1,50 @@
-"""Send caps: which limits a message counts against, and what to do when one is full. Pure.
+"""Send caps: which limits a message counts against, and when a capped send may go. Pure.
 
-Both kinds are Prefect global concurrency limits, so the count lives in the Prefect server and
-holds across any number of workers and machines:
-- `rate`: sends per second per provider account: limit R, slots decaying R per second (Prefect's
-  rate limit). A refused send waits a moment.
-- `daily`: sends per calendar day per sending identity. Each day has a limit of its own (the
-  identity's name plus `~YYYY-MM-DD`): limit N, no slot decay, and a send takes a slot that is
-  never given back, so at most N go out that day whatever the number of workers; the next day
-  counts on a fresh limit. When the day's N are used up the step is deferred to the start of
-  the next day (plus a small per-enrollment spread, so the deferred runs do not all start at
-  the same instant).
+Two kinds, each kept where it fits:
+- `rate`: sends per second per provider account, a Prefect global concurrency limit with slot
+  decay (Prefect's rate limit): a token bucket is what a per-second limit is, and its count
+  lives in the Prefect server for every worker. A refused send waits a moment.
+- `window`: sends per sending identity over a rolling window (24 h, and optionally 1 h), counted
+  in PostgreSQL (`followups.limits`). Prefect has no sliding-window count: a limit N with slot
+  decay N/24 h lets a full bucket through and then refills it, up to 2N in one 24 h, and a limit
+  per calendar day lets a burst straddle midnight. The slots are rows of this database, so
+  the count holds across any number of workers and dies with nothing but the database.
 
-The day is a UTC day. Owners and sending identities have no time zone of their own (only
-recipients do, for send windows and quiet hours), and UTC is the one day every worker agrees on
-whatever its machine's zone.
-
-Taking a slot is behind `CapGate`, so the rule that decides "send now or defer until when"
-is tested without a Prefect server (`MemoryCapGate`), and the flow uses the Prefect one.
+`place` is the whole window rule: a send goes now when every window that would hold it still
+has room, otherwise at the first moment a slot frees, in the order the sends asked (a slot a
+deferred send was promised stays promised to it).
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
-from typing import Literal, Protocol
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
 
 DAY_SECONDS = 86_400
+HOUR_SECONDS = 3_600
 # A refused rate-limit slot comes back within a second or two; a little slack avoids re-deferring.
 MIN_DEFERRAL_SECONDS = 2.0
-# Steps deferred to the next day start within this many seconds of midnight, spread by enrollment.
-NEXT_DAY_SPREAD_SECONDS = 600
-# Never produced by `limit_name` (identities are reduced to [A-Za-z0-9._@+-]), so the date of a
-# day's limit is read back without ambiguity.
-DAY_SEPARATOR = "~"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+\-]")
 
 
 @dataclass(frozen=True)
 class CapLimit:
-    name: str  # for a daily cap: the identity's name; each day's limit is `day_name(day)`
-    kind: Literal["rate", "daily"]
+    name: str  # a rate's Prefect limit name; a window's slot key (channel:identity)
+    kind: Literal["rate", "window"]
     limit: int
-    decay_per_second: float
+    decay_per_second: float  # rates only
     identity: str  # the provider account or the sending identity it counts
+    window_seconds: int = 0  # windows only
 
     def describe(self) -> str:
         if self.kind == "rate":
             return f"{self.limit}/s for {self.identity}"
-        return f"{self.limit}/day for {self.identity}"
-
-    def day_name(self, day: date) -> str:
-        return day_limit_name(self.name, day)
-
-    def slot_name(self, now: datetime) -> str:
-        """The Prefect limit a send at `now` takes a slot of."""
-        return self.day_name(cap_day(now)) if self.kind == "daily" else self.name
+        span = "24 h" if self.window_seconds == DAY_SECONDS else "hour" if self.window_seconds == HOUR_SECONDS else f"{self.window_seconds} s"
+        return f"{self.limit} per {span} for {self.identity}"
 
 
 def rate_limit_spec(name: str, identity: str, per_second: float) -> CapLimit | None:
@@ -66,45 +54,54 @@ def rate_limit_spec(name: str, identity: str, per_second: float) -> CapLimit | N
     return CapLimit(name, "rate", max(1, int(per_second)), per_second, identity)
 
 
-def daily_cap_spec(name: str, identity: str, per_day: int) -> CapLimit | None:
-    if per_day <= 0:
+def window_cap_spec(key: str, identity: str, limit: int, seconds: int) -> CapLimit | None:
+    if limit <= 0:
         return None
-    return CapLimit(name, "daily", per_day, 0.0, identity)
+    return CapLimit(key, "window", limit, 0.0, identity, seconds)
 
 
 def limit_name(db_prefix: str, kind: str, channel: str, identity: str) -> str:
-    """A Prefect limit name unique to this database, e.g. `followups-3f2a9c1e-email-daily-a@b.c`."""
+    """A Prefect limit name unique to this database, e.g. `followups-3f2a9c1e-email-rate-sendgrid`."""
     return f"followups-{db_prefix}-{channel}-{kind}-{_UNSAFE.sub('_', identity.lower())}"[:200]
 
 
-def day_limit_name(name: str, day: date) -> str:
-    return f"{name}{DAY_SEPARATOR}{day.isoformat()}"
+def slot_key(channel: str, identity: str) -> str:
+    return f"{channel}:{identity.lower()}"[:320]
 
 
-def day_of_limit(name: str) -> tuple[str, date] | None:
-    """(identity's name, day) of a day's limit; None for any other name."""
-    base, sep, tail = name.rpartition(DAY_SEPARATOR)
-    if not sep:
-        return None
-    try:
-        return base, date.fromisoformat(tail)
-    except ValueError:
-        return None
+def fits(others: Sequence[datetime], at: datetime, windows: Sequence[CapLimit]) -> bool:
+    """Whether one more send at `at` keeps every window (t - W, t] that would hold it at or under
+    its limit, given the other sends' times (`others`, sorted; promised ones may be later)."""
+    for cap in windows:
+        span = timedelta(seconds=cap.window_seconds)
+        # The windows holding `at` end at `at` or at a later send less than W after it; the
+        # count of a window changes only at a send, so those ends are the ones to check.
+        ends = [at] + list(others[bisect.bisect_right(others, at): bisect.bisect_left(others, at + span)])
+        for end in ends:
+            inside = bisect.bisect_right(others, end) - bisect.bisect_right(others, end - span)
+            if inside + 1 > cap.limit:
+                return False
+    return True
 
 
-def cap_day(now: datetime) -> date:
-    return now.astimezone(UTC).date()
-
-
-def day_start(day: date) -> datetime:
-    return datetime.combine(day, time(0), tzinfo=UTC)
-
-
-def next_day_start(now: datetime, spread_key: int = 0) -> datetime:
-    """When a step refused today may try again: tomorrow's start, spread by `spread_key`."""
-    # A multiplier prime to the spread scatters consecutive enrollment ids over the window.
-    offset = (spread_key * 7919) % NEXT_DAY_SPREAD_SECONDS
-    return day_start(cap_day(now) + timedelta(days=1)) + timedelta(seconds=offset)
+def place(others: Sequence[datetime], now: datetime, windows: Sequence[CapLimit], promised: datetime | None = None) -> datetime:
+    """When a send that asks at `now` may go: `now` when it fits, else the first moment after
+    every send already counted or promised at which it fits (first come, first served).
+    `promised`: the moment this send was promised earlier, which it keeps while that is ahead."""
+    others = sorted(others)
+    if promised is not None and promised > now:
+        return promised
+    if not windows or fits(others, now, windows):
+        return now
+    # After the last counted or promised send, so no window holding a later one can overflow;
+    # then as late as each window needs for its oldest send to leave it.
+    at = max(now, others[-1]) if others else now
+    for cap in windows:
+        span = timedelta(seconds=cap.window_seconds)
+        inside = others[bisect.bisect_right(others, at - span):]
+        if len(inside) >= cap.limit:
+            at = max(at, inside[len(inside) - cap.limit] + span)
+    return at
 
 
 @dataclass(frozen=True)
@@ -115,59 +112,15 @@ class CapDecision:
     blocking: CapLimit | None = None
 
 
-@dataclass
-class LimitState:
-    """What a gate knows of a limit when it refuses: for choosing the deferral."""
-
-    limit: CapLimit
-    active_slots: float
-
-
-class CapGate(Protocol):
-    def acquire(self, limits: Sequence[CapLimit], now: datetime, spread_key: int = 0) -> CapDecision: ...
+def window_deferral(windows: Sequence[CapLimit], others: Sequence[datetime], now: datetime, until: datetime) -> CapDecision:
+    """The refusal of a send placed at `until`, naming the window that is full now."""
+    full = [cap for cap in windows if not fits(others, now, [cap])] or list(windows)
+    blocking = min(full, key=lambda cap: cap.limit)
+    return CapDecision(False, until, f"cap {blocking.describe()} reached; a slot frees at {until.isoformat()}", blocking)
 
 
-def deferral_for(states: Sequence[LimitState], now: datetime, spread_key: int = 0) -> CapDecision:
-    """Refused: a full daily cap defers to the next day's start; a per-second rate until it
-    frees one slot (a moment)."""
-    if not states:
-        return CapDecision(False, now + timedelta(seconds=MIN_DEFERRAL_SECONDS), "cap")
-    full = [s for s in states if s.active_slots + 1 > s.limit.limit] or list(states)
-    days = [s.limit for s in full if s.limit.kind == "daily"]
-    if days:
-        blocking = min(days, key=lambda cap: cap.limit)
-        until = next_day_start(now, spread_key)
-        return CapDecision(False, until, f"cap {blocking.describe()} used up on {cap_day(now)} (UTC)", blocking)
-
-    def wait(state: LimitState) -> float:
-        over = max(1.0, state.active_slots - state.limit.limit + 1)
-        return over / state.limit.decay_per_second
-
-    rate = max(full, key=wait)
-    until = now + timedelta(seconds=max(MIN_DEFERRAL_SECONDS, wait(rate)))
-    return CapDecision(False, until, f"cap {rate.limit.describe()}", rate.limit)
-
-
-@dataclass
-class MemoryCapGate:
-    """The Prefect semantics (all-or-nothing slots, linear decay, a limit per day for daily caps)
-    in memory, for tests and previews without a server."""
-
-    slots: dict[str, float] = field(default_factory=dict)
-    updated: dict[str, datetime] = field(default_factory=dict)
-
-    def _level(self, cap: CapLimit, key: str, now: datetime) -> float:
-        last = self.updated.get(key, now)
-        level = self.slots.get(key, 0.0) - cap.decay_per_second * max(0.0, (now - last).total_seconds())
-        return max(0.0, level)
-
-    def acquire(self, limits: Sequence[CapLimit], now: datetime, spread_key: int = 0) -> CapDecision:
-        keys = {cap.name: cap.slot_name(now) for cap in limits}
-        levels = {cap.name: self._level(cap, keys[cap.name], now) for cap in limits}
-        full = [LimitState(cap, levels[cap.name]) for cap in limits if levels[cap.name] + 1 > cap.limit]
-        if full:
-            return deferral_for(full, now, spread_key)
-        for cap in limits:
-            self.slots[keys[cap.name]] = levels[cap.name] + 1
-            self.updated[keys[cap.name]] = now
-        return CapDecision(True)
+def rate_deferral(rate: CapLimit, active_slots: float | None, now: datetime) -> CapDecision:
+    """Refused by a per-second rate: until it frees one slot (a moment)."""
+    over = max(1.0, (active_slots or rate.limit) - rate.limit + 1)
+    wait = max(MIN_DEFERRAL_SECONDS, over / rate.decay_per_second)
+    return CapDecision(False, now + timedelta(seconds=wait), f"cap {rate.describe()}", rate)

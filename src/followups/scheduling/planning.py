@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from followups.scheduling.send_times import SendRules, add_business_days, add_days, explain, holiday_lookup, rules_for
+from followups.scheduling.send_times import SendRules, add_business_days, add_days, explain, holiday_lookup, next_at_time, rules_for
 from followups.scheduling.state_laws import STATE_LAWS, StateLaw, has_law, state_of_phone, strictest_cap
 from followups.scheduling.zones import recipient_zone, recipient_zones
 from followups.sequence_options import SequenceOptions
@@ -121,7 +121,7 @@ class PlannedStep:
     send_at: datetime | None  # messages: the first allowed moment at or after due_at
     timezone: str  # a deferred message: the zone whose rule decided
     zone_source: str
-    reason: str | None = None  # window | quiet hours | holiday | state law (why send_at is later)
+    reason: str | None = None  # window | quiet hours | holiday | state law | send time (why send_at is later)
     detail: str = ""
     zones: tuple[str, ...] = ()  # every candidate zone a message's send time was checked in
 
@@ -173,7 +173,8 @@ def step_time(
     state_laws: bool = True,
 ) -> PlannedStep:
     """The times of step `index` reached at `moment`: a WAIT's end, or a message's first allowed
-    send time at or after `moment` (`reason` None: it may go out at `moment`)."""
+    send time at or after `moment`, at its own send time `at` when it has one
+    (`send_times.next_at_time`; `reason` None: it may go out at `moment`)."""
     step = steps[index]
     channel = channel_of(step)
     if channel is None:
@@ -181,5 +182,8 @@ def step_time(
         zone = wait_zone(steps, index, recipient)
         return PlannedStep(index, "WAIT", wait_due(moment, step, options, zone), None, zone, "wait")
     zones, source = recipient.zones(channel)
-    result, detail = explain(moment, step_rules(channel, options, recipient, quiet_hours, state_laws))
+    rules = step_rules(channel, options, recipient, quiet_hours, state_laws)
+    # A send time (`at`) is read on the rules' first zone, the one shown and the one a WAIT
+    # counts days on; the window, quiet hours and laws must still allow it on every clock.
+    result, detail = next_at_time(moment, time.fromisoformat(step.at), rules) if step.at else explain(moment, rules)
     return PlannedStep(index, channel.upper(), moment, result.at, result.zone, source, result.reason, detail, zones)

@@ -12,6 +12,9 @@ zone whose rule held it back last is the one that decided.
 A state's texting law (`state_laws`), when one applies to an SMS, holds the same way: its hours
 and days must allow the moment on each clock it is read on, and a deferral it decides names it
 (reason "state law").
+
+A message step with its own send time (`at`, e.g. 10:00) goes at that local time on the first
+day the rules allow it (`next_at_time`, reason "send time").
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ class SendRules:
 @dataclass(frozen=True)
 class SendTime:
     at: datetime  # aware, in `zone`
-    reason: str | None  # None: allowed as due; else window | quiet hours | holiday | state law
+    reason: str | None  # None: allowed as due; else window | quiet hours | holiday | state law | send time
     detail: str = ""
     zone: str = ""  # the zone whose rule decided (the rules' first zone when nothing held it)
 
@@ -250,6 +253,10 @@ def explain(due: datetime, rules: SendRules) -> tuple[SendTime, str]:
     result = next_send_time(due, rules)
     if not result.deferred:
         return result, ""
+    return result, f"{_held_by(result, rules)}; deferred until {result.at.isoformat()} ({result.zone})"
+
+
+def _held_by(result: SendTime, rules: SendRules) -> str:
     detail = {
         "window": "outside the send window" + (f" ({_window_text(rules.window)})" if rules.window else ""),
         "quiet hours": f"SMS quiet hours in {result.zone}",
@@ -260,11 +267,78 @@ def explain(due: datetime, rules: SendRules) -> tuple[SendTime, str]:
         detail = f"a public holiday ({result.detail})"
     if rules.other_zones:
         detail += f", the strictest of {len(rules.zones)} possible zones"
-    return result, f"{detail}; deferred until {result.at.isoformat()} ({result.zone})"
+    return detail
 
 
 def _window_text(window: SendWindow) -> str:
     return f"{','.join(window.weekdays)} {window.start:%H:%M}-{window.end:%H:%M}"
+
+
+# -- a step's own send time (`at`) ------------------------------------------------------------
+
+# A step that falls due this little after its `at` goes at once when the rules allow it: a run
+# that starts late, a WAIT ending at 10:00 whose step runs at 10:00:01, or a rate cap holding the
+# send a moment must not cost the step a day.
+AT_SLACK = timedelta(minutes=15)
+_MINUTE = timedelta(minutes=1)
+
+
+def at_local(day: date, at: time, timezone: str) -> datetime:
+    """`at` on `day` on `timezone`'s wall clock. A time the DST change skips is the moment the
+    clocks jump past it (02:30 on a spring-forward night is 03:00); a repeated one is its first
+    occurrence."""
+    zone = ZoneInfo(timezone)
+    wall = datetime.combine(day, at)
+    moment = datetime.combine(day, at, tzinfo=zone).astimezone(UTC)  # fold=0: the first occurrence
+    if moment.astimezone(zone).replace(tzinfo=None) != wall:
+        # In the gap: `moment` is `at` moved on by the gap; back to the jump itself.
+        while (moment - _MINUTE).astimezone(zone).replace(tzinfo=None) >= wall:
+            moment -= _MINUTE
+    return moment.astimezone(zone)
+
+
+def next_at_time(due: datetime, at: time, rules: SendRules) -> tuple[SendTime, str]:
+    """When a step with the send time `at` goes out, due at `due`, and a sentence (as `explain`).
+
+    The first moment at or after `due` that is `at` on the clock of the rules' first zone and
+    that every rule allows (in every candidate zone); a day whose `at` a rule forbids (a holiday,
+    a day outside the window, quiet hours) is passed over for the next day's. Or `due` itself,
+    when it is less than AT_SLACK after an `at` and the rules allow it. Reason "send time" when
+    later than `due`. Raises InvalidStateError when no `at` within MAX_SEARCH_DAYS is allowed.
+    """
+    if due.tzinfo is None:
+        raise ValueError("due must be timezone-aware")
+    zone = ZoneInfo(rules.timezone)
+    day = due.astimezone(zone).date()
+    for opened in (at_local(day, at, rules.timezone), at_local(day - timedelta(days=1), at, rules.timezone)):
+        if opened <= due < opened + AT_SLACK and not next_send_time(due, rules).deferred:
+            return SendTime(due.astimezone(zone), None, zone=rules.timezone), ""
+    refused = ""
+    while True:
+        candidate = at_local(day, at, rules.timezone)
+        if candidate - due > timedelta(days=MAX_SEARCH_DAYS):
+            raise InvalidStateError(
+                f"no allowed send time: {at:%H:%M} in {rules.timezone} is outside what the send window, "
+                f"holidays, quiet hours or texting laws allow on every day for {MAX_SEARCH_DAYS} days"
+            )
+        if candidate < due:
+            day += timedelta(days=1)
+            continue
+        allowed = next_send_time(candidate, rules)
+        if not allowed.deferred:
+            break
+        refused = refused or f"; not at {at:%H:%M} on {day:%a %Y-%m-%d}: {_held_by(allowed, rules)}"
+        # No `at` before the next allowed moment can be allowed: go on from that moment's day.
+        due_next = allowed.at
+        day = due_next.astimezone(zone).date()
+        if at_local(day, at, rules.timezone) < due_next:
+            day += timedelta(days=1)
+    if candidate == due:
+        return SendTime(candidate, None, zone=rules.timezone), ""
+    result = SendTime(candidate, "send time", f"{at:%H:%M}", rules.timezone)
+    return result, (
+        f"its send time {at:%H:%M} ({rules.timezone}){refused}; deferred until {candidate.isoformat()} ({rules.timezone})"
+    )
 
 
 # -- business days ----------------------------------------------------------------------------
