@@ -32,18 +32,18 @@ def sync_enrollment_state(flow_run_id: str) -> str | None:
         run_id = uuid.UUID(str(flow_run_id).removeprefix("prefect.flow-run."))
     except ValueError:
         return None
-    with session_scope() as session:
+    with session_scope(read_only=True) as session:
         enrollment_id = session.scalar(select(Enrollment.id).where(Enrollment.prefect_flow_run_id == run_id))
-        if enrollment_id is None:
-            # No longer pending: it may have been suspended just as it handed over to its next run.
-            run = read_run(run_id)
-            plan = reconcile_handover(session, run) if run is not None else None
-            if plan is None:
-                get_run_logger().info("run %s is no enrollment's pending run: nothing to do", run_id)
-                return None
-            enrollment_id = plan.enrollment_id
-        else:
-            plan = reconcile_enrollment(session, enrollment_id)
+    if enrollment_id is None:
+        # No longer pending: it may have been suspended just as it handed over to its next run.
+        run = read_run(run_id)
+        plan = reconcile_handover(run) if run is not None else None
+        if plan is None:
+            get_run_logger().info("run %s is no enrollment's pending run: nothing to do", run_id)
+            return None
+        enrollment_id = plan.enrollment_id
+    else:
+        plan = reconcile_enrollment(enrollment_id)
     label_own_run(runtime_flow_run.id, f"sync · deal {plan.deal_ref} · enrollment {enrollment_id}", run_tags(enrollment_id, plan.deal_ref))
     get_run_logger().info("enrollment %s is %s after run %s changed in Prefect", enrollment_id, plan.status, run_id)
     return plan.status

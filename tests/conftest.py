@@ -18,8 +18,12 @@ import hypothesis
 import pytest
 from sqlalchemy import create_engine, text
 
-from followups.providers.fake_server import FakeProviderServer
-from followups.prefect_server import wait_for_deployment
+# Every process of the suite (flow runs included) fails a call to Prefect made inside a database
+# transaction: the product calls Prefect only after commit (followups.prefect_runs).
+os.environ["FOLLOWUPS_FORBID_PREFECT_IN_TRANSACTION"] = "1"
+
+from followups.providers.fake_server import FakeProviderServer  # noqa: E402
+from followups.prefect_server import wait_for_deployment  # noqa: E402
 
 # CI replays the same examples every run, so a red CI is a defect to fix, not a dice roll; run
 # locally (no CI variable) hypothesis explores new examples each time.
@@ -163,6 +167,15 @@ def _fresh_event_emitter() -> Iterator[None]:
     _drop_event_emitter()
     yield
     _drop_event_emitter()
+
+
+@pytest.fixture(autouse=True)
+def _no_prefect_call_in_a_transaction() -> Iterator[None]:
+    """On again for each test, whatever the previous one did to it."""
+    from followups import prefect_runs
+
+    prefect_runs.forbid_calls_in_transaction(True)
+    yield
 
 
 @pytest.fixture

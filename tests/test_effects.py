@@ -116,8 +116,7 @@ def test_an_effect_a_crash_left_undelivered_is_reported_and_delivered_by_the_swe
     assert _effect(enrollment.id).delivered_seq == 0
 
     # Not an operator's doing: nothing reads the still-Scheduled run as a resume in Prefect.
-    with session_scope() as session:
-        assert reconcile_enrollment(session, enrollment.id).status == "PAUSED"
+    assert reconcile_enrollment(enrollment.id).status == "PAUSED"
     assert event_types(enrollment.id) == ["ENROLLED", "PAUSED"]
 
     with env_settings({"FOLLOWUPS_EFFECT_OVERDUE_SECONDS": "0"}):
@@ -143,8 +142,8 @@ def test_a_resume_committed_while_the_pause_is_being_delivered_is_not_overtaken(
 
     effects.carry_out(pause)  # the late pause lands: the run is Suspended, the enrollment ACTIVE
     assert _run_state(enrollment.flow_run_id).is_paused()
-    with session_scope() as session:  # what the sync run triggered by that Suspended would do
-        assert reconcile_enrollment(session, enrollment.id).status == "ACTIVE"
+    # What the sync run triggered by that Suspended would do.
+    assert reconcile_enrollment(enrollment.id).status == "ACTIVE"
     assert "PAUSED" not in event_types(enrollment.id)[2:]
 
     assert effects._release(pause, None) is True  # it sees the newer effect ...

@@ -15,14 +15,15 @@ from prefect.states import Cancelled, Cancelling, Failed, Scheduled, Suspended
 
 from followups.control import enroll_deal, get_enrollment, resume_enrollment
 from followups.lifecycle.sweep import sweep
-from support import reach_wait, deal_input, enrollment_row, event_types, events_of, new_owner, new_sequence, wait_for
+from support import reach_wait, deal_input, enrollment_row, event_types, events_of, new_owner, new_sequence, pending_run, wait_for
 
 def _waiting(wait_seconds: float):
     return reach_wait(wait_seconds)
 
 
 def _pending_run(enrollment_id: int):
-    return enrollment_row(enrollment_id).prefect_flow_run_id
+    # A repair or a deferral creates the next run just after its commit: waited for, if so.
+    return pending_run(enrollment_id)
 
 
 def _set_state(run_id, state, force: bool = True) -> None:

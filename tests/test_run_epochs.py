@@ -169,3 +169,32 @@ def test_resuming_an_enrollment_whose_next_run_was_never_created_schedules_one(u
     assert row.epoch == 2 and row.prefect_flow_run_id is not None
     assert prefect_runs.read_run(row.prefect_flow_run_id).parameters["epoch"] == 2
     assert event_types(enrollment_id)[-2:] == ["PAUSED", "RESUMED"]
+
+
+def test_a_pause_and_resume_while_the_next_run_is_on_its_way_leave_one_live_run(unserved, monkeypatch):
+    """Paused and resumed in the instant between a WAIT's commit and its run's creation: the resume
+    makes a run of a new epoch, the run on its way arrives stale and is cancelled, and what an
+    operator sees of it in Prefect (its sync runs) changes nothing. Later controls act on the new
+    run only."""
+    from followups.lifecycle.reconcile import reconcile_enrollment, reconcile_handover
+
+    enrollment_id = _enrollment()
+    with _PrefectDown(monkeypatch):
+        _reschedule(enrollment_id, datetime.now(UTC) + timedelta(hours=1))  # epoch 1, on its way
+    on_its_way = effects.RunOrder(enrollment_id, 1, 0, load_plan_of(enrollment_id).deal_ref, enrollment_row(enrollment_id).next_due_at)
+    assert pause_enrollment(enrollment_id).status == "PAUSED"
+    assert resume_enrollment(enrollment_id).status == "ACTIVE"
+    current = enrollment_row(enrollment_id).prefect_flow_run_id
+    assert enrollment_row(enrollment_id).epoch == 2 and current is not None
+    stale = effects.deliver_run(on_its_way)
+    assert stale != current and prefect_runs.read_run(stale).state.is_cancelled()
+    assert reconcile_handover(prefect_runs.read_run(stale)).status == "ACTIVE"  # its sync run
+    assert pause_enrollment(enrollment_id).status == "PAUSED"
+    assert reconcile_enrollment(enrollment_id).status == "PAUSED"  # the Suspended's sync run
+    assert resume_enrollment(enrollment_id).status == "ACTIVE"
+    assert reconcile_enrollment(enrollment_id).status == "ACTIVE"  # the Resuming's sync run
+    assert reconcile_handover(prefect_runs.read_run(stale)).status == "ACTIVE"
+    assert cancel_enrollment(enrollment_id).status == "CANCELLED"
+    types = event_types(enrollment_id)
+    assert (types.count("PAUSED"), types.count("RESUMED"), types[-1]) == (2, 2, "CANCELLED"), types
+    assert prefect_runs.read_run(current).state.is_cancelled()

@@ -103,23 +103,22 @@ def test_a_resume_between_the_flows_pause_check_and_its_suspend_is_not_lost(unse
     assert prefect_runs.read_run(run_id).state.is_running()  # the resume had nothing to resume
     _set(run_id, Suspended(pause_key=prefect_runs.self_pause_key(check.plan.current_step)))
     # What the sync flow (Prefect's Suspended event) and the sweep both do.
-    with session_scope() as session:
-        plan = reconcile_enrollment(session, enrollment_id)
+    plan = reconcile_enrollment(enrollment_id)
     assert plan.status == "ACTIVE" and plan.prefect_flow_run_id == run_id
     run = prefect_runs.read_run(run_id)
     assert run.state.is_scheduled() and run.state.name == "Resuming"
     assert event_types(enrollment_id)[-2:] == ["RESUMED", "RECONCILED"]
     # An operator's suspend in Prefect still pauses the enrollment.
     _set(run_id, Suspended(pause_key="operator"))
-    with session_scope() as session:
-        assert reconcile_enrollment(session, enrollment_id).status == "PAUSED"
+    assert reconcile_enrollment(enrollment_id).status == "PAUSED"
 
 
 def test_a_pause_and_resume_during_a_send_leave_one_pair_of_events(unserved, monkeypatch):
     """The investor pauses while a step is being sent (the run is Running, so our API suspends
-    it), then resumes before the flow's next check has taken the enrollment's lock. The check
-    must judge the run as it is once it holds the lock (resumed), not as it was before it waited
-    (suspended): that stale view once recorded a pause and a resume nobody asked for."""
+    it), then resumes after the flow's next check has read the run and before it has taken the
+    enrollment's lock. The check must not judge on the run as it read it (suspended): that stale
+    view once recorded a pause and a resume nobody asked for. It sees the resume's effect and
+    reads again."""
     from followups.execution import checkpoint as checkpoint_module
 
     enrollment_id, run_id = _enrollment_with_a_run()
@@ -128,18 +127,21 @@ def test_a_pause_and_resume_during_a_send_leave_one_pair_of_events(unserved, mon
     assert pause_enrollment(enrollment_id).status == "PAUSED"
     assert prefect_runs.read_run(run_id).state.is_paused()
     real_load_plan = checkpoint_module.load_plan
+    resumed = []
 
     def resume_lands_first(session, enrollment_id_, **kwargs):
-        # The resume commits while the check waits for the row lock (another thread, with this
-        # test's Prefect settings, which live in a context variable).
-        done = threading.Thread(target=contextvars.copy_context().run, args=(resume_enrollment, enrollment_id_))
-        done.start()
-        done.join()
+        # The resume commits after the check read the run, while it waits for the row lock
+        # (another thread, with this test's Prefect settings, which live in a context variable).
+        if kwargs.get("lock") and not resumed:
+            resumed.append(1)
+            done = threading.Thread(target=contextvars.copy_context().run, args=(resume_enrollment, enrollment_id_))
+            done.start()
+            done.join()
         return real_load_plan(session, enrollment_id_, **kwargs)
 
     monkeypatch.setattr(checkpoint_module, "load_plan", resume_lands_first)
     check = checkpoint(enrollment_id, run_id, starting=False)
-    assert check.plan.status == "ACTIVE" and check.next is not Next.STAY_SUSPENDED
+    assert resumed and check.plan.status == "ACTIVE" and check.next is not Next.STAY_SUSPENDED
     events = event_types(enrollment_id)
     assert (events.count("PAUSED"), events.count("RESUMED")) == (1, 1), events
 
@@ -353,8 +355,7 @@ def test_a_run_killed_for_a_cancel_that_reports_a_crash_first_still_cancels(unse
     # The engine reports its crash with force (what the runner log showed: Crashed after Cancelling).
     _set(run_id, Crashed(message="Execution was aborted by a termination signal."))
     assert prefect_runs.read_run(run_id).state.is_crashed()
-    with session_scope() as session:
-        plan = reconcile_enrollment(session, enrollment_id)
+    plan = reconcile_enrollment(enrollment_id)
     assert plan.status == "CANCELLED" and plan.prefect_flow_run_id == run_id
     assert "RECONCILED" not in event_types(enrollment_id)
 
@@ -395,8 +396,7 @@ def test_a_run_stopped_by_its_runner_shutting_down_is_replaced_not_cancelled(uns
     _set(run_id, Running())
     # What Prefect's runner does to each run it still has when it shuts down.
     _set(run_id, Cancelled(message=run_history.RUNNER_SHUTDOWN_MESSAGE))
-    with session_scope() as session:
-        plan = reconcile_enrollment(session, enrollment_id)
+    plan = reconcile_enrollment(enrollment_id)
     assert plan.status == "ACTIVE" and plan.prefect_flow_run_id != run_id
     assert "RECONCILED" in event_types(enrollment_id) and "CANCELLED" not in event_types(enrollment_id)
 
@@ -407,8 +407,7 @@ def test_an_operators_cancel_during_a_runner_shutdown_still_cancels(unserved):
     _set(run_id, Running())
     _set(run_id, Cancelling(message="cancelled in the UI"))
     _set(run_id, Cancelled(message=run_history.RUNNER_SHUTDOWN_MESSAGE))
-    with session_scope() as session:
-        reconcile_enrollment(session, enrollment_id)
+    reconcile_enrollment(enrollment_id)
     assert enrollment_row(enrollment_id).status == "CANCELLED"
 
 

@@ -28,7 +28,7 @@ from followups.errors import FollowupsError, InvalidInputError, NotFoundError
 from followups.inputs import check_external_id, check_id, require_owner
 from followups.lifecycle import effects, store
 from followups.lifecycle.plan import load_plan
-from followups.lifecycle.reconcile import reconcile
+from followups.lifecycle.reconcile import look, reconcile
 from followups.lifecycle.transitions import Actor
 
 BATCH = 50  # Prefect's bulk state change takes 50 runs
@@ -131,11 +131,18 @@ def _batch(targets: list[tuple[int, str]], to: EnrollmentStatus) -> list[Control
     refs = dict(targets)
     with session_scope(read_only=True) as session:
         seen = {
-            row.id: (row.status, row.prefect_flow_run_id)
-            for row in session.execute(select(Enrollment.id, Enrollment.status, Enrollment.prefect_flow_run_id).where(Enrollment.id.in_(ids)))
+            row.id: (row.status, row.prefect_flow_run_id, row.epoch)
+            for row in session.execute(
+                select(Enrollment.id, Enrollment.status, Enrollment.prefect_flow_run_id, Enrollment.epoch).where(Enrollment.id.in_(ids))
+            )
         }
         markers = {enrollment_id: effects.marker(session, enrollment_id) for enrollment_id in ids}
-    runs = prefect_runs.read_runs([run_id for _, run_id in seen.values() if run_id is not None])
+    runs = prefect_runs.read_runs([run_id for _, run_id, _ in seen.values() if run_id is not None])
+    # What the rule needs of each run, read before any row lock is taken.
+    sights = {
+        enrollment_id: look(status, run_id, epoch=epoch, effects_marker=markers[enrollment_id], run=runs.get(run_id) if run_id else None)
+        for enrollment_id, (status, run_id, epoch) in seen.items()
+    }
     answers: list[ControlAnswer] = []
     changed: list[int] = []
     with session_scope() as session:
@@ -145,18 +152,16 @@ def _batch(targets: list[tuple[int, str]], to: EnrollmentStatus) -> list[Control
             try:
                 with session.begin_nested():
                     plan = load_plan(session, enrollment_id, lock=True)
-                    if (plan.status, plan.prefect_flow_run_id) != seen.get(enrollment_id) or (
-                        effects.marker(session, enrollment_id) != markers[enrollment_id]
-                    ):
+                    sight = sights.get(enrollment_id)
+                    if sight is None or not sight.holds(session, plan):
                         changed.append(enrollment_id)
                         continue
-                    run = runs.get(plan.prefect_flow_run_id) if plan.prefect_flow_run_id else None
                     # What an operator did in Prefect first, as a single control does.
-                    plan = reconcile(session, plan, run=run, read=False)
+                    plan = reconcile(session, plan, sight)
                     if EnrollmentStatus(plan.status) not in FROM[to]:
                         answers.append(ControlAnswer(refs[enrollment_id], enrollment_id, "unchanged", plan.status))
                         continue
-                    plan = store.move(session, plan, to, actor=Actor.API, run=run)
+                    plan = store.move(session, plan, to, actor=Actor.API, run=sight.run)
                     answers.append(ControlAnswer(refs[enrollment_id], enrollment_id, "done", plan.status))
             except FollowupsError as exc:
                 answers.append(ControlAnswer(refs[enrollment_id], enrollment_id, "error", None, str(exc)))

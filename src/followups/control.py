@@ -35,8 +35,8 @@ from followups.errors import AlreadyEnrolledError, BusyError, InvalidInputError,
 from followups.inputs import DealInput, EnrollRequest, OfferInput, check_external_id, check_id, check_start_at, require_owner, validate
 from followups.lifecycle import effects, enroll_rule, store
 from followups.lifecycle.listing import EnrollmentPage, EnrollmentSummary, list_enrollments  # noqa: F401 - re-exported
-from followups.lifecycle.plan import load_plan
-from followups.lifecycle.reconcile import in_prefect, reconcile
+from followups.lifecycle.plan import EnrollmentPlan, load_plan
+from followups.lifecycle.reconcile import Sight, in_prefect, reconcile, under_lock
 from followups.lifecycle.timeline import EnrollmentDetails, TimelineStep, details
 from followups.lifecycle.transitions import Actor
 from followups.sequences import latest_version_id
@@ -219,36 +219,30 @@ def _event_dict(event: FollowUpEvent, deal_ref: str) -> dict[str, Any]:
 
 # Reads of the run that a concurrent change made stale before the lock was taken; past this
 # many in a row the enrollment is changing faster than a control can follow.
-CONTROL_ATTEMPTS = 5
 
 
 def _control(enrollment_id: int, owner_id: int | None, to: EnrollmentStatus) -> EnrollmentDetails:
     """The run is read before the row lock is taken, so no call to Prefect is made under it;
     what the control means for the run is an effect carried out after the commit. If the
-    enrollment's status or pending run changed between that read and the lock, or an effect on
-    its run was written or delivered meanwhile, the read is stale: it reads again."""
+    enrollment's status, pending run or epoch changed between that read and the lock, or an
+    effect on its run was written or delivered meanwhile, the read is stale: it reads again
+    (`reconcile.under_lock`)."""
     check_id(enrollment_id, "enrollment_id")
-    for _ in range(CONTROL_ATTEMPTS):
-        with session_scope(read_only=True) as session:
-            seen = load_plan(session, enrollment_id, owner_id=owner_id)
-            seen_effects = effects.marker(session, enrollment_id)
-        run = prefect_runs.read_run(seen.prefect_flow_run_id) if seen.is_open else None
-        with session_scope() as session:
-            plan = load_plan(session, enrollment_id, lock=True)
-            if (plan.status, plan.prefect_flow_run_id, effects.marker(session, enrollment_id)) != (
-                seen.status, seen.prefect_flow_run_id, seen_effects
-            ):
-                continue
-            # First take in whatever an operator did in Prefect, then act on the result. If that
-            # was already this control (an operator's suspend before a pause), it is done: status
-            # showed it as not recorded yet, so refusing it would contradict what status said.
-            before = plan.status
-            plan = reconcile(session, plan, run=run, read=False)
-            if not (plan.status == to.value != before):
-                plan = store.move(session, plan, to, actor=Actor.API, run=run)
-            result = details(session, plan)
-        return result
-    raise BusyError(f"enrollment {enrollment_id} is changing too fast to {to.name.lower()} it now; try again")
+
+    def act(session: Session, plan: EnrollmentPlan, sight: Sight) -> EnrollmentDetails:
+        # First take in whatever an operator did in Prefect, then act on the result. If that
+        # was already this control (an operator's suspend before a pause), it is done: status
+        # showed it as not recorded yet, so refusing it would contradict what status said.
+        before = plan.status
+        plan = reconcile(session, plan, sight)
+        if not (plan.status == to.value != before):
+            plan = store.move(session, plan, to, actor=Actor.API, run=sight.run)
+        return details(session, plan)
+
+    try:
+        return under_lock(enrollment_id, act, owner_id=owner_id)
+    except BusyError:
+        raise BusyError(f"enrollment {enrollment_id} is changing too fast to {to.name.lower()} it now; try again") from None
 
 
 def pause_enrollment(enrollment_id: int, *, owner_id: int | None = None) -> EnrollmentDetails:

@@ -2,8 +2,8 @@
 
 Each costs one `GET /flow_run_states/` and is made only where the current state cannot tell,
 because Prefect lets a run leave a state that mattered: a Cancelled run may go to Running (a
-runner's earlier claim), a Suspended one to Running or Completed. Epochs on runs would retire
-most of these; until then they live here, each with its reason.
+runner's earlier claim), a Suspended one to Running or Completed. Each lives here with its
+reason, and is read outside any transaction, before the row lock (`reconcile.look`).
 """
 
 from __future__ import annotations

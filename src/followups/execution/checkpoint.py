@@ -30,10 +30,10 @@ from typing import Any
 from followups import prefect_runs
 from followups.db.models import EnrollmentStatus
 from followups.db.session import session_scope
-from followups.errors import InvalidStateError, NotFoundError
+from followups.errors import BusyError, InvalidStateError, NotFoundError
 from followups.lifecycle import effects, store
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
-from followups.lifecycle.reconcile import reconcile
+from followups.lifecycle.reconcile import look, reconcile
 
 
 class Next(StrEnum):
@@ -51,38 +51,66 @@ class Checkpoint:
     run_state: Any = None  # this run's Prefect state, for STAY_SUSPENDED
 
 
+ATTEMPTS = 5
+
+
 def checkpoint(enrollment_id: int, flow_run_id: uuid.UUID | None, *, starting: bool) -> Checkpoint:
-    with session_scope() as session:
+    starting_run_id = flow_run_id if starting else None
+    for _ in range(ATTEMPTS):
+        # Prefect is read first, outside any transaction, and what it showed is used under the
+        # row lock only if nothing moved in between. The order matters: the enrollment and its
+        # effects' marker, then the runs. A pause or resume commits under the lock and changes the
+        # run after, so a run read before that marker, or while an effect is on its way, may show
+        # a suspend that a resume has since undone; such an effect shows in the marker or as
+        # undelivered, and the rule is not applied on a stale read.
         try:
-            plan = load_plan(session, enrollment_id, lock=True)
+            with session_scope(read_only=True) as session:
+                seen = load_plan(session, enrollment_id)
+                marker = effects.marker(session, enrollment_id)
         except NotFoundError:
             _refuse_foreign(prefect_runs.read_run(flow_run_id), flow_run_id)
             raise
-        # The run is read only once the row lock is held, and after looking for an undelivered
-        # effect, never before (nor taken from the engine's own read): a pause or resume commits
-        # under this lock and changes the run after, so a run read earlier, or while its effect
-        # is on its way, may show a suspend that a resume has since undone, and the decision below
-        # would record a pause and a resume nobody asked for.
-        effect_on_its_way = effects.undelivered(session, enrollment_id)
         run = prefect_runs.read_run(flow_run_id)
         _refuse_foreign(run, flow_run_id)
-        is_pending_run = flow_run_id is not None and plan.prefect_flow_run_id == flow_run_id
-        if flow_run_id is not None and plan.prefect_flow_run_id is None and plan.epoch > 0:
-            if prefect_runs.epoch_of(run) == plan.epoch:
-                plan = store.record_run(session, plan, flow_run_id)
-                is_pending_run = True
-            elif starting:
-                # The enrollment's next run is being created: this one is stale, or started by hand.
-                return Checkpoint(plan, Next.SUPERSEDED)
-        # With an effect of ours on its way the run is about to change: what it shows now is no
-        # operator's doing, so the rule is not applied.
-        if not effect_on_its_way and is_pending_run and run is not None:
-            plan = reconcile(session, plan, run=run, read=False, starting_run_id=flow_run_id if starting else None)
-        elif not effect_on_its_way and starting and run is not None:
-            # A run nobody scheduled for this enrollment (e.g. `prefect deployment run`): it takes
-            # over when the pending run has ended or vanished, otherwise it only goes along.
-            plan = reconcile(session, plan, starting_run_id=flow_run_id)
-            is_pending_run = plan.prefect_flow_run_id == flow_run_id
+        # The run created for the enrollment's epoch, started before its id was written back,
+        # is the pending run: it records itself below.
+        claims = (
+            flow_run_id is not None and seen.prefect_flow_run_id is None and seen.epoch > 0
+            and prefect_runs.epoch_of(run) == seen.epoch
+        )
+        sight = look(
+            seen.status, flow_run_id if claims else seen.prefect_flow_run_id, epoch=seen.epoch, effects_marker=marker,
+            run=run, starting_run_id=starting_run_id,
+        )
+        with session_scope() as session:
+            plan = load_plan(session, enrollment_id, lock=True)
+            if (plan.status, plan.prefect_flow_run_id, plan.epoch, effects.marker(session, enrollment_id)) != (
+                seen.status, seen.prefect_flow_run_id, seen.epoch, marker
+            ):
+                continue
+            effect_on_its_way = effects.undelivered(session, enrollment_id)
+            is_pending_run = flow_run_id is not None and plan.prefect_flow_run_id == flow_run_id
+            if flow_run_id is not None and plan.prefect_flow_run_id is None and plan.epoch > 0:
+                if claims:
+                    plan = store.record_run(session, plan, flow_run_id)
+                    is_pending_run = True
+                elif starting:
+                    # The enrollment's next run is being created: this one is stale, or started by hand.
+                    return Checkpoint(plan, Next.SUPERSEDED)
+            # With an effect of ours on its way the run is about to change: what it shows now is
+            # no operator's doing, so the rule is not applied.
+            if not effect_on_its_way and is_pending_run and run is not None:
+                plan = reconcile(session, plan, sight, starting_run_id=starting_run_id)
+            elif not effect_on_its_way and starting and run is not None:
+                # A run nobody scheduled for this enrollment (e.g. `prefect deployment run`): it
+                # takes over when the pending run has ended or vanished, otherwise it only goes along.
+                plan = reconcile(session, plan, sight, starting_run_id=flow_run_id)
+                is_pending_run = plan.prefect_flow_run_id == flow_run_id
+        return _next(plan, run, flow_run_id, is_pending_run, starting)
+    raise BusyError(f"enrollment {enrollment_id} is changing too fast for its run to go on now; it will be retried")
+
+
+def _next(plan: EnrollmentPlan, run: Any, flow_run_id: uuid.UUID | None, is_pending_run: bool, starting: bool) -> Checkpoint:
     if prefect_runs.is_suspended(run):
         return Checkpoint(plan, Next.STAY_SUSPENDED, run.state)
     if starting and plan.is_open and plan.prefect_flow_run_id not in (None, flow_run_id):

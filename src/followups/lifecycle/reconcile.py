@@ -5,6 +5,11 @@ start them. Whoever notices first applies the same rule: the sync flow (triggere
 state events), the sequence flow when it starts or between steps, every control operation
 before it acts, and the `reconcile-enrollments` sweep. `decide` is pure; `reconcile` applies
 its decision through `lifecycle.store`.
+
+Prefect is never called under the enrollment's row lock: what the rule needs of the run (its
+state, and the few facts only its history shows) is read first, outside any transaction, into a
+`Sight`. Under the lock the sight is used only if the enrollment, its epoch and the effects on its
+run are as they were when it was taken; otherwise the caller looks again (`under_lock`).
 """
 
 from __future__ import annotations
@@ -13,17 +18,20 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from followups import prefect_runs, run_history
 from followups.db.models import EnrollmentStatus, EventType, FollowUpEvent
-from followups.errors import NotFoundError
+from followups.db.session import session_scope
+from followups.errors import BusyError, NotFoundError
 from followups.lifecycle import effects, store
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
 from followups.lifecycle.transitions import Actor
+
+T = TypeVar("T")
 
 
 class Action(StrEnum):
@@ -141,36 +149,102 @@ def decide(
     return NOTHING
 
 
+UNREAD: Any = object()  # `look`'s default: the run has not been read yet
+LOOK_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Sight:
+    """What Prefect showed of an enrollment's pending run, read outside any transaction, and the
+    enrollment as it was just before. Under the row lock it stands only while `holds`: an effect
+    written or delivered since, or another status, run or epoch, makes it stale."""
+
+    status: str
+    pending_run_id: uuid.UUID | None
+    epoch: int
+    effects_marker: tuple[int, int] | None
+    run: Any = None  # the pending run; None: there is none, or it was deleted
+    resumed: bool = False
+    cancelled: bool = False
+    stopped_by_runner: bool = False
+
+    def holds(self, session: Session, plan: EnrollmentPlan) -> bool:
+        return (plan.status, plan.prefect_flow_run_id, plan.epoch, effects.marker(session, plan.enrollment_id)) == (
+            self.status, self.pending_run_id, self.epoch, self.effects_marker,
+        )
+
+
+def look(
+    status: str,
+    pending_run_id: uuid.UUID | None,
+    *,
+    epoch: int,
+    effects_marker: tuple[int, int] | None,
+    run: Any = UNREAD,
+    starting_run_id: uuid.UUID | None = None,
+) -> Sight:
+    """Read from Prefect what `decide` needs about an enrollment in `status` whose pending run
+    is `pending_run_id`. Call it outside any transaction. `run`: the pending run if the caller
+    has read it already (a run of another id is not taken for it)."""
+    seen = {"status": status, "pending_run_id": pending_run_id, "epoch": epoch, "effects_marker": effects_marker}
+    if pending_run_id is None or EnrollmentStatus(status) not in (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED):
+        return Sight(**seen)
+    if run is UNREAD or (run is not None and run.id != pending_run_id):
+        run = prefect_runs.read_run(pending_run_id)
+    starting_it = starting_run_id is not None and starting_run_id == pending_run_id
+    # The history is read only where the current state cannot tell (see `run_history`): once per
+    # run start, per crashed run and per run its runner stopped.
+    return Sight(
+        **seen,
+        run=run,
+        resumed=status == EnrollmentStatus.PAUSED and starting_it and run_history.resumed_since_suspend(pending_run_id),
+        cancelled=status == EnrollmentStatus.ACTIVE
+        and (starting_it or prefect_runs.state_type(run) in KILLED_STATES)
+        and run_history.cancel_requested(pending_run_id),
+        stopped_by_runner=run_history.stopped_by_runner(run),
+    )
+
+
+def under_lock(
+    enrollment_id: int,
+    act: Callable[[Session, EnrollmentPlan, Sight], T],
+    *,
+    owner_id: int | None = None,
+    starting_run_id: uuid.UUID | None = None,
+) -> T:
+    """`act(session, plan, sight)` with the enrollment's row lock held and a sight of its run that
+    still stands, taken just before (so no call to Prefect is made under the lock). If the
+    enrollment keeps changing between the look and the lock, BusyError."""
+    for _ in range(LOOK_ATTEMPTS):
+        with session_scope(read_only=True) as session:
+            seen = load_plan(session, enrollment_id, owner_id=owner_id)
+            marker = effects.marker(session, enrollment_id)
+        sight = look(seen.status, seen.prefect_flow_run_id, epoch=seen.epoch, effects_marker=marker, starting_run_id=starting_run_id)
+        with session_scope() as session:
+            plan = load_plan(session, enrollment_id, lock=True)
+            if sight.holds(session, plan):
+                return act(session, plan, sight)
+    raise BusyError(f"enrollment {enrollment_id} is changing too fast to act on now; try again")
+
+
 def reconcile(
     session: Session,
     plan: EnrollmentPlan,
+    sight: Sight,
     *,
-    run: Any = None,
-    read: bool = True,
     starting_run_id: uuid.UUID | None = None,
 ) -> EnrollmentPlan:
-    """Apply `decide` to a plan loaded with the row lock. Returns the plan as it is now.
+    """Apply `decide` to a plan loaded with the row lock, on what `sight` saw of its pending run
+    (taken with the same `starting_run_id`, and checked with `Sight.holds`). Returns the plan as
+    it is now. Makes no call to Prefect.
 
     An enrollment with an undelivered effect is left alone: its run is about to change, so what
     it shows now (a suspend that a committed resume will undo, say) is no operator's doing."""
-    if not plan.is_open or plan.prefect_flow_run_id is None:
+    if not plan.is_open or plan.prefect_flow_run_id is None or sight.pending_run_id != plan.prefect_flow_run_id:
         return plan
     if effects.undelivered(session, plan.enrollment_id):
         return plan
-    if read:
-        run = prefect_runs.read_run(plan.prefect_flow_run_id)
-    resumed = False
-    if plan.status == EnrollmentStatus.PAUSED and starting_run_id is not None and starting_run_id == plan.prefect_flow_run_id:
-        # The one case that needs the run's history (rare: a paused enrollment's run starting).
-        resumed = run_history.resumed_since_suspend(starting_run_id)
-    cancelled = False
-    if plan.status == EnrollmentStatus.ACTIVE and (
-        (starting_run_id is not None and starting_run_id == plan.prefect_flow_run_id)
-        or prefect_runs.state_type(run) in KILLED_STATES
-    ):
-        # One read of the run's history per run start (and per crashed run): the only way to
-        # see a cancel that a runner's earlier claim, or a crash report, overtook.
-        cancelled = run_history.cancel_requested(plan.prefect_flow_run_id)
+    run = sight.run
     decision = decide(
         plan.status,
         plan.prefect_flow_run_id,
@@ -178,10 +252,10 @@ def reconcile(
         starting_run_id=starting_run_id,
         run_is_ours=run is None or prefect_runs.belongs_here(run, plan.enrollment_id),
         suspend_expired=prefect_runs.suspend_expired(run),
-        stopped_by_runner=run_history.stopped_by_runner(run),
-        resumed_in_prefect=resumed,
+        stopped_by_runner=sight.stopped_by_runner,
+        resumed_in_prefect=sight.resumed,
         suspended_itself=prefect_runs.suspended_itself(run),
-        cancel_requested=cancelled,
+        cancel_requested=sight.cancelled,
     )
     if decision.action is Action.RESUME_RUN:
         return store.resume_own_run(session, plan, run, content={"reason": decision.why, "run_state": "PAUSED"})
@@ -250,7 +324,7 @@ def _repairs_of_step(session: Session, plan: EnrollmentPlan) -> int:
     ) or 0
 
 
-def reconcile_handover(session: Session, run: Any) -> EnrollmentPlan | None:
+def reconcile_handover(run: Any) -> EnrollmentPlan | None:
     """A run that is no longer its enrollment's pending run changed in Prefect. One case matters:
     an operator suspended it in its last moments, after its last check, as it scheduled the next
     run (a WAIT's) and ended. The operator meant the enrollment, so it is PAUSED:
@@ -258,30 +332,37 @@ def reconcile_handover(session: Session, run: Any) -> EnrollmentPlan | None:
       the pending run again and the run it scheduled is cancelled, so resuming it goes on;
     - if it ended Completed (Prefect lets a final state leave Suspended), the run it scheduled is
       suspended, as a pause through our API does.
-    It applies only while nothing happened since: the enrollment's latest event is that run's."""
+    It applies only while nothing happened since: the enrollment's latest event is that run's.
+    The run's history is read before the row lock is taken, and only for a run in one of those
+    two states."""
     if not prefect_runs.from_this_database(run):
         return None
-    try:  # load_plan refuses an id that is no enrollment's, whatever its type
-        plan = load_plan(session, (run.parameters or {}).get("enrollment_id"), lock=True)
-    except NotFoundError:
-        return None
-    if plan.status != EnrollmentStatus.ACTIVE or plan.prefect_flow_run_id in (None, run.id):
-        return plan
-    latest_run = session.scalar(
-        select(FollowUpEvent.flow_run_id).where(FollowUpEvent.enrollment_id == plan.enrollment_id).order_by(FollowUpEvent.id.desc()).limit(1)
+    suspended_late = (prefect_runs.is_suspended(run) or prefect_runs.state_type(run) == "COMPLETED") and (
+        run_history.suspended_in_its_last_stretch(run.id)
     )
-    if latest_run != run.id or not run_history.suspended_in_its_last_stretch(run.id):
-        return plan
-    why = "the run was suspended in Prefect as it handed over to its next run"
-    content = {"reason": why, "run_state": prefect_runs.state_type(run), "suspended_run_id": str(run.id)}
-    if prefect_runs.is_suspended(run):
-        plan = store.take_back(session, plan, run.id, content=content)
-        return store.move(session, plan, EnrollmentStatus.PAUSED, actor=Actor.PREFECT, content=content)
-    return store.move(session, plan, EnrollmentStatus.PAUSED, actor=Actor.PREFECT, follow_in_prefect=True, content=content)
+    with session_scope() as session:
+        try:  # load_plan refuses an id that is no enrollment's, whatever its type
+            plan = load_plan(session, (run.parameters or {}).get("enrollment_id"), lock=True)
+        except NotFoundError:
+            return None
+        if plan.status != EnrollmentStatus.ACTIVE or plan.prefect_flow_run_id in (None, run.id):
+            return plan
+        latest_run = session.scalar(
+            select(FollowUpEvent.flow_run_id).where(FollowUpEvent.enrollment_id == plan.enrollment_id).order_by(FollowUpEvent.id.desc()).limit(1)
+        )
+        if latest_run != run.id or not suspended_late:
+            return plan
+        why = "the run was suspended in Prefect as it handed over to its next run"
+        content = {"reason": why, "run_state": prefect_runs.state_type(run), "suspended_run_id": str(run.id)}
+        if prefect_runs.is_suspended(run):
+            plan = store.take_back(session, plan, run.id, content=content)
+            return store.move(session, plan, EnrollmentStatus.PAUSED, actor=Actor.PREFECT, content=content)
+        return store.move(session, plan, EnrollmentStatus.PAUSED, actor=Actor.PREFECT, follow_in_prefect=True, content=content)
 
 
-def reconcile_enrollment(session: Session, enrollment_id: int) -> EnrollmentPlan:
-    return reconcile(session, load_plan(session, enrollment_id, lock=True))
+def reconcile_enrollment(enrollment_id: int) -> EnrollmentPlan:
+    """The rule applied to one enrollment, in a transaction of its own."""
+    return under_lock(enrollment_id, reconcile)
 
 
 _UNRECORDED = {

@@ -107,11 +107,15 @@ def start(session: Session, enrollment: Enrollment, *, due: datetime | None = No
     session.flush()
     plan = load_plan(session, enrollment.id, lock=True)
     check(plan.enrollment_id, plan.status, EnrollmentStatus.ACTIVE, Actor.API)
-    run_id = prefect_runs.schedule_sequence_run(
-        plan.enrollment_id, plan.deal_ref, plan.current_step, scheduled_time=due, epoch=1, message=_why_scheduled(plan, None)
-    )
+    with prefect_runs.allowed_in_transaction():
+        run_id = prefect_runs.schedule_sequence_run(
+            plan.enrollment_id, plan.deal_ref, plan.current_step, scheduled_time=due, epoch=1, message=_why_scheduled(plan, None)
+        )
     _write(session, plan, next_due_at=due, prefect_flow_run_id=run_id, epoch=1)
     return run_id
+
+
+NOT_READ: Any = object()  # `move`'s default: the caller did not read the pending run
 
 
 def create_many(session: Session, rows: list[dict[str, Any]], *, due: datetime | None = None) -> dict[int, int]:
@@ -169,13 +173,13 @@ def move(
     actor: Actor,
     event_type: EventType | None = None,
     follow_in_prefect: bool | None = None,
-    run: Any = None,
+    run: Any = NOT_READ,
     **event: Any,
 ) -> EnrollmentPlan:
     """Change the status (checked against the table), record its event, and make the pending
     Prefect run agree when the change comes from the investor or the seller (or when
     `follow_in_prefect` says so: an operator's change made on another run). `run` is the pending
-    run as the caller read it before taking the lock, if it did."""
+    run as the caller read it before taking the lock, if it did (None: it was deleted)."""
     check(plan.enrollment_id, plan.status, to, actor, change=True)
     content = {"source": actor.value, **event.pop("content", {})}
     values: dict[str, Any] = {"status": to.value}
@@ -236,7 +240,7 @@ def _follow_in_prefect(
     elif to == EnrollmentStatus.PAUSED:
         effects.record(session, after.enrollment_id, effects.Kind.SUSPEND, run_id)
     elif to == EnrollmentStatus.ACTIVE and before.status == EnrollmentStatus.PAUSED.value:
-        if run is None or run.id != run_id:
+        if run is NOT_READ or (run is not None and run.id != run_id):
             run = prefect_runs.read_run(run_id)
         if prefect_runs.is_live(run):
             effects.record(session, after.enrollment_id, effects.Kind.RESUME, run_id, due_at=after.next_due_at)

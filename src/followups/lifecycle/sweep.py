@@ -13,14 +13,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
 from followups import prefect_runs
 from followups.db.models import OPEN_STATUSES, Enrollment, RunEffect
 from followups.db.session import session_scope
+from followups.errors import BusyError
 from followups.identity import database_tag
 from followups.lifecycle import effects
-from followups.lifecycle.plan import load_plan
-from followups.lifecycle.reconcile import Action, apply, decide, reconcile
+from followups.lifecycle.plan import EnrollmentPlan, load_plan
+from followups.lifecycle.reconcile import Action, Sight, apply, decide, reconcile, under_lock
 
 
 @dataclass
@@ -99,11 +101,16 @@ def sweep(*, repair: bool = True, batch: int = 200) -> SweepReport:
                 continue
             report.found.append((row.id, decision.action.value, decision.why))
             if repair:
-                with session_scope() as session:
-                    before = load_plan(session, row.id, lock=True)
-                    after_plan = reconcile(session, before)
-                    if (after_plan.status, after_plan.prefect_flow_run_id) != (before.status, before.prefect_flow_run_id):
+                try:
+                    if under_lock(row.id, _repair):
                         report.repaired[decision.action.value] += 1
+                except BusyError:
+                    continue  # changing right now: whoever changes it applies the rule; the next sweep looks again
+
+
+def _repair(session: Session, before: EnrollmentPlan, sight: Sight) -> bool:
+    after = reconcile(session, before, sight)
+    return (after.status, after.prefect_flow_run_id) != (before.status, before.prefect_flow_run_id)
 
 
 def _schedule_the_unscheduled(report: SweepReport, repair: bool) -> None:
