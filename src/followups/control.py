@@ -30,8 +30,7 @@ from followups.bulk_controls import BulkControlResult, ControlAnswer, control_ma
 from followups.db.models import Deal, Enrollment, EnrollmentStatus, FollowUpEvent, Offer, Sequence
 from followups.db.session import session_scope
 from followups.deals import deal_id_by_external, upsert_deal
-from followups import prefect_runs
-from followups.errors import AlreadyEnrolledError, BusyError, InvalidInputError, InvalidStateError, NotFoundError
+from followups.errors import AlreadyEnrolledError, InvalidInputError, InvalidStateError, NotFoundError
 from followups.inputs import DealInput, EnrollRequest, OfferInput, check_external_id, check_id, check_start_at, require_owner, validate
 from followups.lifecycle import effects, enroll_rule, store
 from followups.lifecycle.listing import EnrollmentPage, EnrollmentSummary, list_enrollments  # noqa: F401 - re-exported
@@ -239,10 +238,7 @@ def _control(enrollment_id: int, owner_id: int | None, to: EnrollmentStatus) -> 
             plan = store.move(session, plan, to, actor=Actor.API, run=sight.run)
         return details(session, plan)
 
-    try:
-        return under_lock(enrollment_id, act, owner_id=owner_id)
-    except BusyError:
-        raise BusyError(f"enrollment {enrollment_id} is changing too fast to {to.name.lower()} it now; try again") from None
+    return under_lock(enrollment_id, act, owner_id=owner_id, doing={EnrollmentStatus.PAUSED: "pause", EnrollmentStatus.ACTIVE: "resume"}.get(to, "cancel"))
 
 
 def pause_enrollment(enrollment_id: int, *, owner_id: int | None = None) -> EnrollmentDetails:

@@ -211,6 +211,7 @@ def under_lock(
     *,
     owner_id: int | None = None,
     starting_run_id: uuid.UUID | None = None,
+    doing: str = "act on",
 ) -> T:
     """`act(session, plan, sight)` with the enrollment's row lock held and a sight of its run that
     still stands, taken just before (so no call to Prefect is made under the lock). If the
@@ -224,7 +225,7 @@ def under_lock(
             plan = load_plan(session, enrollment_id, lock=True)
             if sight.holds(session, plan):
                 return act(session, plan, sight)
-    raise BusyError(f"enrollment {enrollment_id} is changing too fast to act on now; try again")
+    raise BusyError(f"enrollment {enrollment_id} is changing too fast to {doing} it now; try again")
 
 
 def reconcile(
