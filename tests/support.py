@@ -160,3 +160,28 @@ def using(url: str, deployment: str) -> Iterator[None]:
     """Point this process's settings at one followups database and its deployment name."""
     with env_settings({"FOLLOWUPS_DATABASE_URL": url, "FOLLOWUPS_DEPLOYMENT_NAME": f"follow-up-sequence/{deployment}"}):
         yield
+
+
+def at_once(action: Callable[[int], Any], copies: int) -> list[Any]:
+    """`action(i)` for i in range(copies), from threads released together: each answer, or the
+    exception it raised, in order (the caller's assertions report them with the others)."""
+    import contextvars
+    import threading
+
+    barrier = threading.Barrier(copies)
+    results: list[Any] = [None] * copies
+
+    def run(i: int) -> None:
+        barrier.wait(timeout=30)
+        try:
+            results[i] = action(i)
+        except Exception as exc:  # noqa: BLE001 - the answer under test
+            results[i] = exc
+
+    # Each thread in a copy of this context: the test session's Prefect settings live there.
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(run, i)) for i in range(copies)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results

@@ -5,7 +5,6 @@ PostgreSQL and a real Prefect server (runs are created, not executed: see `deplo
 
 from __future__ import annotations
 
-import contextvars
 import json
 import threading
 import time
@@ -17,7 +16,7 @@ from api_support import make_client, new_api_user
 from followups.db.models import Deal, Enrollment, FollowUpEvent
 from followups.db.session import session_scope
 from followups.errors import AlreadyEnrolledError, InvalidInputError, InvalidStateError
-from support import deal_input, new_owner, new_sequence, unique
+from support import at_once, deal_input, new_owner, new_sequence, unique
 from test_bulk_enroll import _csv, deal, deployment, runs_of  # noqa: F401 - `deployment` is a fixture
 
 
@@ -38,27 +37,6 @@ def enrolled_content(enrollment_id: int) -> dict:
         return session.scalars(
             select(FollowUpEvent.content).where(FollowUpEvent.enrollment_id == enrollment_id, FollowUpEvent.event_type == "ENROLLED")
         ).one()
-
-
-def at_once(calls: int, call) -> list:
-    """`call(i)` from `calls` threads released together; each answer or exception, in order."""
-    answers: list = [None] * calls
-    barrier = threading.Barrier(calls)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            answers[i] = call(i)
-        except Exception as exc:  # noqa: BLE001 - the answer under test
-            answers[i] = exc
-
-    # In copies of this context: the test session's Prefect settings live there.
-    threads = [threading.Thread(target=contextvars.copy_context().run, args=(run, i)) for i in range(calls)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    return answers
 
 
 # -- Python ---------------------------------------------------------------------------------
@@ -122,7 +100,7 @@ def test_two_concurrent_again_enrolls_of_a_finished_deal_make_one_enrollment(dep
     first = enroll_deal(owner, the_deal, sequence)
     cancel_enrollment(first.id)
 
-    answers = at_once(4, lambda i: enroll_deal(owner, the_deal, sequence, again=True))
+    answers = at_once(lambda i: enroll_deal(owner, the_deal, sequence, again=True), 4)
     made = [a for a in answers if not isinstance(a, Exception)]
     refused = [a for a in answers if isinstance(a, Exception)]
     assert len(made) == 1 and len(refused) == 3, answers
@@ -399,7 +377,7 @@ def test_offers_and_offer_events_follow_the_rule_and_a_repeated_offer_enrolls_on
     # The same offer delivered at once by many (an event and an API call, say): still one.
     cancel_enrollment(anew)
     again_id = unique("offer")
-    answers = at_once(3, lambda i: record_offer_sent(owner, again_id, the_deal, again=True))
+    answers = at_once(lambda i: record_offer_sent(owner, again_id, the_deal, again=True), 3)
     assert not [a for a in answers if isinstance(a, Exception)], answers
     assert sum(a.enrolled for a in answers) == 1 and len({a.enrollment_id for a in answers}) == 1
     latest = enrollments_of(owner, ref, sequence)

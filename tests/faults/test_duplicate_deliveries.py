@@ -13,11 +13,9 @@ threads and in PostgreSQL, not one after another.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,7 +30,7 @@ from checks import EventLedger, check_sends, fault_report, fault_schedule, wait_
 from fault_world import Executor, module_prefect
 from followups.db.session import session_scope
 from prefect_servers import free_port, stop
-from support import deal_input, new_sequence, unique, wait_for
+from support import at_once as support_at_once, deal_input, new_sequence, unique, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -82,24 +80,7 @@ def _healthy(base: str, process: subprocess.Popen) -> bool:
 
 
 def at_once(action: Callable[[int], Any], copies: int = COPIES) -> list[Any]:
-    """Run action(i) for i in range(copies) in threads released together; return the results."""
-    barrier = threading.Barrier(copies)
-    results: list[Any] = [None] * copies
-
-    def run(i: int) -> None:
-        barrier.wait(timeout=30)
-        try:
-            results[i] = action(i)
-        except Exception as exc:  # reported by the caller's assertions, with the others' results
-            results[i] = exc
-
-    # Each thread in a copy of this context: Prefect's settings (the module's API URL) live there.
-    threads = [threading.Thread(target=contextvars.copy_context().run, args=(run, i)) for i in range(copies)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    return results
+    return support_at_once(action, copies)
 
 
 def rows(sql: str, **params: Any) -> list[Any]:

@@ -210,7 +210,6 @@ def under_lock(
     act: Callable[[Session, EnrollmentPlan, Sight], T],
     *,
     owner_id: int | None = None,
-    starting_run_id: uuid.UUID | None = None,
     doing: str = "act on",
 ) -> T:
     """`act(session, plan, sight)` with the enrollment's row lock held and a sight of its run that
@@ -220,7 +219,7 @@ def under_lock(
         with session_scope(read_only=True) as session:
             seen = load_plan(session, enrollment_id, owner_id=owner_id)
             marker = effects.marker(session, enrollment_id)
-        sight = look(seen.status, seen.prefect_flow_run_id, epoch=seen.epoch, effects_marker=marker, starting_run_id=starting_run_id)
+        sight = look(seen.status, seen.prefect_flow_run_id, epoch=seen.epoch, effects_marker=marker)
         with session_scope() as session:
             plan = load_plan(session, enrollment_id, lock=True)
             if sight.holds(session, plan):
