@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import uuid
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ from followups.db.session import session_scope
 from followups.errors import InvalidStateError, NotFoundError
 from followups.lifecycle import store
 from followups.lifecycle.plan import load_plan
-from followups.lifecycle.reconcile import Action, decide
 from followups.lifecycle.transitions import TRANSITIONS, Actor, allowed, check
 from support import new_enrollment, new_owner, new_sequence
 
@@ -129,106 +127,6 @@ def test_another_owners_enrollment_is_not_found_without_taking_its_lock(db):
     for bad in (0, -1, 2**63, True, "1"):
         with session_scope() as session, pytest.raises(NotFoundError):
             load_plan(session, bad)  # type: ignore[arg-type]
-
-
-RUN = uuid.uuid4()
-OTHER_RUN = uuid.uuid4()
-
-
-@pytest.mark.parametrize(
-    "status,run_state,starting,expected",
-    [
-        ("ACTIVE", "SCHEDULED", None, Action.NONE),
-        ("ACTIVE", "RUNNING", None, Action.NONE),
-        ("ACTIVE", "PENDING", None, Action.NONE),
-        ("ACTIVE", "PAUSED", None, Action.PAUSE),
-        ("ACTIVE", "CANCELLED", None, Action.CANCEL),
-        ("ACTIVE", "CANCELLING", None, Action.CANCEL),
-        ("ACTIVE", None, None, Action.RESCHEDULE),
-        ("ACTIVE", "COMPLETED", None, Action.RESCHEDULE),
-        ("ACTIVE", "FAILED", None, Action.RESCHEDULE),
-        ("ACTIVE", "CRASHED", None, Action.RESCHEDULE),
-        ("PAUSED", "PAUSED", None, Action.NONE),
-        ("PAUSED", "SCHEDULED", None, Action.RESUME),
-        ("PAUSED", "PENDING", None, Action.RESUME),
-        ("PAUSED", "RUNNING", None, Action.NONE),
-        ("PAUSED", "RUNNING", RUN, Action.NONE),  # no resume in its history: claimed before the suspend
-        ("PAUSED", "RUNNING", OTHER_RUN, Action.NONE),
-        ("PAUSED", "CANCELLED", None, Action.CANCEL),
-        ("PAUSED", "FAILED", None, Action.NONE),  # an expired suspend: stays paused
-        ("PAUSED", None, None, Action.NONE),  # deleted while paused: resume starts a new run
-        *[(s.value, state, None, Action.NONE) for s in sorted(FINISHED_STATUSES) for state in ("SCHEDULED", "PAUSED", None)],
-    ],
-)
-def test_the_reconciliation_rule(status, run_state, starting, expected):
-    assert decide(status, RUN, run_state, starting_run_id=starting).action is expected
-
-
-def test_an_expired_suspend_pauses_an_active_enrollment_and_leaves_a_paused_one():
-    assert decide("ACTIVE", RUN, "FAILED", suspend_expired=True).action is Action.PAUSE
-    assert decide("PAUSED", RUN, "FAILED", suspend_expired=True).action is Action.NONE
-    assert decide("PAUSED", RUN, "FAILED", starting_run_id=OTHER_RUN, suspend_expired=True).action is Action.ADOPT
-
-
-def test_a_run_that_suspended_itself_is_resumed_when_its_enrollment_is_active_again():
-    # The flow suspends itself only for a PAUSED enrollment: ACTIVE now means a resume came after.
-    assert decide("ACTIVE", RUN, "PAUSED", suspended_itself=True).action is Action.RESUME_RUN
-    assert decide("ACTIVE", RUN, "PAUSED").action is Action.PAUSE  # an operator's suspend
-    assert decide("PAUSED", RUN, "PAUSED", suspended_itself=True).action is Action.NONE
-
-
-def test_a_run_cancelled_before_its_claimed_start_cancels_the_enrollment():
-    assert decide("ACTIVE", RUN, "RUNNING", starting_run_id=RUN, cancel_requested=True).action is Action.CANCEL
-    assert decide("ACTIVE", RUN, "RUNNING", starting_run_id=RUN).action is Action.NONE
-    # A run killed for a cancel may report Crashed (or Failed) before its runner reports Cancelled.
-    assert decide("ACTIVE", RUN, "CRASHED", cancel_requested=True).action is Action.CANCEL
-    assert decide("ACTIVE", RUN, "FAILED", cancel_requested=True).action is Action.CANCEL
-    assert decide("ACTIVE", RUN, "CRASHED").action is Action.RESCHEDULE
-    # Read only for the pending run starting: a run started by hand beside it only goes along.
-    assert decide("ACTIVE", RUN, "RUNNING", starting_run_id=OTHER_RUN, cancel_requested=True).action is Action.NONE
-
-
-def test_a_run_knows_its_own_suspend_from_an_operators():
-    from types import SimpleNamespace
-
-    from prefect.states import Running, Suspended
-
-    from followups.prefect_runs import self_pause_key, suspended_itself
-
-    def run(state):
-        return SimpleNamespace(state=state)
-
-    assert suspended_itself(run(Suspended(pause_key=self_pause_key(3))))
-    assert suspended_itself(run(Suspended(pause_key="pause-1-1764194738000000000")))  # the older key
-    assert not suspended_itself(run(Suspended(pause_key="followups-1a2b3c4d")))  # our API, from outside
-    assert not suspended_itself(run(Suspended()))
-    assert not suspended_itself(run(Running()))
-    assert not suspended_itself(None)
-
-
-@pytest.mark.parametrize("run_state", ["RUNNING", "PAUSED"])
-def test_a_paused_enrollments_run_goes_on_only_when_its_history_shows_a_resume(run_state):
-    # A worker that claimed the run before the pause suspended it starts it anyway: that is no
-    # resume, and the flow must suspend itself again rather than turn the enrollment ACTIVE.
-    assert decide("PAUSED", RUN, run_state, starting_run_id=RUN).action is Action.NONE
-    assert decide("PAUSED", RUN, run_state, starting_run_id=RUN, resumed_in_prefect=True).action is Action.RESUME
-    # A run started by hand alongside a live pending run only goes along, resumed or not.
-    assert decide("PAUSED", RUN, run_state, starting_run_id=OTHER_RUN, resumed_in_prefect=True).action is Action.NONE
-
-
-def test_a_run_stopped_by_its_runner_shutting_down_is_repaired_not_cancelled():
-    assert decide("ACTIVE", RUN, "CANCELLED", stopped_by_runner=True).action is Action.RESCHEDULE
-    assert decide("ACTIVE", RUN, "CANCELLED").action is Action.CANCEL  # an operator's cancel
-    assert decide("PAUSED", RUN, "CANCELLED", stopped_by_runner=True).action is Action.NONE  # stays paused
-    assert decide("PAUSED", RUN, "CANCELLED").action is Action.CANCEL
-    # Like an ended run, it lets a run started by hand take the enrollment over.
-    assert decide("ACTIVE", RUN, "CANCELLED", starting_run_id=OTHER_RUN, stopped_by_runner=True).action is Action.ADOPT
-    assert decide("ACTIVE", RUN, "CANCELLED", starting_run_id=OTHER_RUN).action is Action.CANCEL
-
-
-@pytest.mark.parametrize("status", list(EnrollmentStatus))
-def test_an_enrollment_without_a_pending_run_has_nothing_to_reconcile(status):
-    assert decide(status, None, None).action is Action.NONE
 
 
 def test_only_the_lifecycle_store_writes_an_enrollments_state():

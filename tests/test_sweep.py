@@ -5,28 +5,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from prefect.client.orchestration import get_client
 from prefect.states import Cancelled
 from sqlalchemy import text
 
-from followups.db.models import EnrollmentStatus
 from followups.db.session import session_scope
-from followups.lifecycle.reconcile import UNSCHEDULED_GRACE_SECONDS, Action, decide
 from followups.lifecycle.sweep import sweep
 from followups.prefect_runs import run_key, schedule_sequence_run
 from support import enrollment_row, events_of, new_enrollment, new_owner, new_sequence
-
-
-@pytest.mark.parametrize(("status", "idle", "action"), [
-    (EnrollmentStatus.ACTIVE, UNSCHEDULED_GRACE_SECONDS + 1, Action.SCHEDULE),
-    (EnrollmentStatus.ACTIVE, UNSCHEDULED_GRACE_SECONDS - 60, Action.NONE),
-    (EnrollmentStatus.ACTIVE, None, Action.NONE),
-    (EnrollmentStatus.PAUSED, 10 * UNSCHEDULED_GRACE_SECONDS, Action.NONE),
-    (EnrollmentStatus.COMPLETED, 10 * UNSCHEDULED_GRACE_SECONDS, Action.NONE),
-])
-def test_the_rule_for_an_enrollment_without_a_run(status, idle, action):
-    assert decide(status, None, None, unscheduled_for=idle).action is action
 
 
 def _strand(enrollment_id: int, seconds_ago: int) -> None:

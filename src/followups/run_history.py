@@ -1,4 +1,5 @@
-"""What a run's state history shows that its current state does not: the only reads of it.
+"""What the enrollment machine sees of a run (`view`), and what only the run's state history
+shows: the only reads of it.
 
 Each costs one `GET /flow_run_states/` and is made only where the current state cannot tell,
 because Prefect lets a run leave a state that mattered: a Cancelled run may go to Running (a
@@ -11,6 +12,8 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from followups import prefect_runs
+from followups.lifecycle.machine import Run
 from followups.prefect_runs import read_states, suspended_by_its_flow
 
 if TYPE_CHECKING:
@@ -77,3 +80,16 @@ def suspended_in_its_last_stretch(flow_run_id: uuid.UUID) -> bool:
         elif past.is_paused():
             suspended = not suspended_by_its_flow(past)
     return suspended
+
+
+def view(run: FlowRun | None, enrollment_id: int, db_tag: str | None = None, **history: bool) -> Run:
+    """What the enrollment machine needs of a run as Prefect shows it now; `history`: the facts
+    only its state history shows (below), where the caller read them."""
+    return Run(
+        state=prefect_runs.state_type(run),
+        ours=run is None or prefect_runs.belongs_here(run, enrollment_id, db_tag),
+        suspend_expired=prefect_runs.suspend_expired(run),
+        suspended_itself=prefect_runs.suspended_itself(run),
+        resumes_in_place=prefect_runs.resumes_in_place(run),
+        **history,
+    )

@@ -26,7 +26,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import func, literal, or_, select, update
@@ -36,6 +35,7 @@ from sqlalchemy.orm import Session
 from followups import prefect_runs
 from followups.db.models import FINISHED_STATUSES, Deal, Enrollment, EnrollmentStatus, RunEffect
 from followups.db.session import after_commit, session_scope
+from followups.lifecycle.machine import EffectKind
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,7 @@ READ = object()  # carry_out reads the run itself
 CLAIM_SECONDS = 120
 
 
-class Kind(StrEnum):
-    SUSPEND = "suspend"
-    RESUME = "resume"
-    CANCEL = "cancel"
+Kind = EffectKind
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,18 @@
-"""The only code that writes an enrollment's state: status, current step, due time, pending run.
+"""The only code that writes an enrollment's state: the gateway between the pure machine
+(`lifecycle.machine`) and PostgreSQL.
 
-Every function takes the caller's session (its transaction) and an `EnrollmentPlan` loaded with
-the row lock, checks the move against `transitions.TRANSITIONS`, and writes the change together
-with its event, so both commit or neither does. What a move means for the pending Prefect run
-(suspend, resume or cancel it) is recorded in the same transaction as an effect, and carried out
-after the commit (`lifecycle.effects`): no call to Prefect is made under the row lock for it.
-A new pending run (a wait's, a deferral's, a repair's) is created after the commit too
-(`reschedule`): the transaction raises the enrollment's epoch and leaves its run id empty, and
-`effects.deliver_run` creates the run for that epoch (its idempotency key) and writes its id back where
-the epoch still matches. What a crash left undelivered, the sweep delivers. Only an enrollment's
-very first run is made before its commit (`start`), so that an enroll with Prefect unreachable
-stores nothing.
+Every change loads the machine's state from a plan taken with the row lock (`state_of`), applies
+one command, and writes the outcome in the caller's transaction (`commit`): the row, its events,
+and its effects, so all commit or none does. Effects reach Prefect only after the commit
+(`lifecycle.effects`): a suspend, resume or cancel of the pending run, a new pending run for the
+new epoch (created and written back where the epoch still matches), a stale run dropped. What a
+crash left undelivered, the sweep delivers. Only an enrollment's very first run is made before
+its commit (`start`), so that an enroll with Prefect unreachable stores nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import secrets
 import uuid
 from datetime import UTC, datetime
@@ -27,39 +23,16 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from followups import prefect_runs
+from followups import prefect_runs, run_history
 from followups.db.events import record_event
 from followups.db.session import after_commit, session_scope
-from followups.db.models import FINISHED_STATUSES, Enrollment, EnrollmentStatus, EventType, FollowUpEvent
-from followups.errors import InvalidStateError
-from followups.lifecycle import effects
+from followups.db.models import Enrollment, EnrollmentStatus, EventType, FollowUpEvent
+from followups.lifecycle import effects, machine
 from followups.lifecycle.enroll_rule import check_enrollable, race_lost
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
 from followups.lifecycle.transitions import Actor, check
-from followups.steps import WaitStep
 
-log = logging.getLogger(__name__)
-
-# Event written for each status a move lands in (a move within ACTIVE writes its own event).
-STATUS_EVENTS = {
-    EnrollmentStatus.PAUSED: EventType.PAUSED,
-    EnrollmentStatus.ACTIVE: EventType.RESUMED,
-    EnrollmentStatus.CANCELLED: EventType.CANCELLED,
-    EnrollmentStatus.STOPPED: EventType.STOPPED,
-    EnrollmentStatus.COMPLETED: EventType.COMPLETED,
-    EnrollmentStatus.FAILED: EventType.FAILED,
-}
-
-
-def _write(session: Session, plan: EnrollmentPlan, **values: Any) -> EnrollmentPlan:
-    session.execute(update(Enrollment).where(Enrollment.id == plan.enrollment_id).values(**values))
-    fields = {"status": "status", "current_step": "current_step", "next_due_at": "next_due_at",
-              "prefect_flow_run_id": "prefect_flow_run_id", "epoch": "epoch"}
-    return dataclasses.replace(plan, **{fields[k]: v for k, v in values.items()})
-
-
-def _step_of(plan: EnrollmentPlan) -> int | None:
-    return plan.current_step if plan.current_step < len(plan.steps) else None
+STATUS_EVENTS = machine.STATUS_EVENTS
 
 
 # -- enrolling ------------------------------------------------------------------------------
@@ -109,13 +82,11 @@ def start(session: Session, enrollment: Enrollment, *, due: datetime | None = No
     check(plan.enrollment_id, plan.status, EnrollmentStatus.ACTIVE, Actor.API)
     with prefect_runs.allowed_in_transaction():
         run_id = prefect_runs.schedule_sequence_run(
-            plan.enrollment_id, plan.deal_ref, plan.current_step, scheduled_time=due, epoch=1, message=_why_scheduled(plan, None)
+            plan.enrollment_id, plan.deal_ref, plan.current_step, scheduled_time=due, epoch=1,
+            message=machine.why_scheduled(state_of(session, plan)[0], None),
         )
-    _write(session, plan, next_due_at=due, prefect_flow_run_id=run_id, epoch=1)
+    session.execute(update(Enrollment).where(Enrollment.id == plan.enrollment_id).values(next_due_at=due, prefect_flow_run_id=run_id, epoch=1))
     return run_id
-
-
-NOT_READ: Any = object()  # `move`'s default: the caller did not read the pending run
 
 
 def create_many(session: Session, rows: list[dict[str, Any]], *, due: datetime | None = None) -> dict[int, int]:
@@ -162,7 +133,67 @@ def set_first_runs(session: Session, runs: dict[int, uuid.UUID], *, due: datetim
     return session.execute(statement).rowcount
 
 
-# -- status changes -------------------------------------------------------------------------
+# -- the gateway: every change goes through the machine -----------------------------------------
+
+
+def state_of(session: Session, plan: EnrollmentPlan, *, history: bool = False) -> tuple[machine.State, datetime]:
+    """The machine's view of a plan loaded with the row lock, and the database's clock. With
+    `history`, the two facts of the event log a resume or a repair needs."""
+    paused_at, repairs, now = None, 0, None
+    if history:
+        step = plan.current_step if not plan.finished_steps else None
+        paused_at, repairs, now = session.execute(
+            select(
+                func.max(FollowUpEvent.occurred_at).filter(FollowUpEvent.event_type == EventType.PAUSED.value),
+                func.count().filter(FollowUpEvent.event_type == EventType.RECONCILED.value, FollowUpEvent.step_index == step),
+                func.clock_timestamp(),
+            ).where(FollowUpEvent.enrollment_id == plan.enrollment_id)
+        ).one()
+    state = machine.State(
+        enrollment_id=plan.enrollment_id, status=EnrollmentStatus(plan.status), step=plan.current_step,
+        step_types=tuple(step.type for step in plan.steps), due_at=plan.next_due_at, run_id=plan.prefect_flow_run_id,
+        epoch=plan.epoch, paused_at=paused_at, repairs=repairs or 0,
+    )
+    return state, now or datetime.now(UTC)
+
+
+def commit(session: Session, plan: EnrollmentPlan, outcome: machine.Outcome) -> EnrollmentPlan:
+    """Write what the machine decided, in the caller's transaction: the row, its events, and its
+    effects (carried out once the transaction commits)."""
+    for event in outcome.events:
+        record_event(
+            session, enrollment_id=plan.enrollment_id, event_type=event.type, step_index=event.step_index,
+            content=event.content, flow_run_id=event.flow_run_id, **event.extra,
+        )
+    new = outcome.state
+    values = {
+        column: value
+        for column, value, old in (
+            ("status", new.status.value, plan.status), ("current_step", new.step, plan.current_step),
+            ("next_due_at", new.due_at, plan.next_due_at), ("prefect_flow_run_id", new.run_id, plan.prefect_flow_run_id),
+            ("epoch", new.epoch, plan.epoch),
+        )
+        if value != old
+    }
+    if values:
+        session.execute(update(Enrollment).where(Enrollment.id == plan.enrollment_id).values(**values))
+        plan = dataclasses.replace(plan, **values)
+    for effect in outcome.effects:
+        if isinstance(effect, machine.RunEffect):
+            effects.record(session, plan.enrollment_id, effect.kind, effect.run_id, due_at=effect.due_at)
+        elif isinstance(effect, machine.CreateRun):
+            order = effects.RunOrder(plan.enrollment_id, effect.epoch, effect.step, plan.deal_ref, effect.due, effect.message)
+            after_commit(session, lambda order=order: effects.deliver_run(order))
+        else:
+            after_commit(session, lambda run_id=effect.run_id: effects.cancel_quietly(run_id))
+    return plan
+
+
+def _do(session: Session, plan: EnrollmentPlan, command: machine.Command) -> EnrollmentPlan:
+    return commit(session, plan, machine.apply(state_of(session, plan)[0], command))
+
+
+NOT_READ: Any = object()  # `move`'s default: the caller did not read the pending run
 
 
 def move(
@@ -176,82 +207,20 @@ def move(
     run: Any = NOT_READ,
     **event: Any,
 ) -> EnrollmentPlan:
-    """Change the status (checked against the table), record its event, and make the pending
-    Prefect run agree when the change comes from the investor or the seller (or when
-    `follow_in_prefect` says so: an operator's change made on another run). `run` is the pending
-    run as the caller read it before taking the lock, if it did (None: it was deleted)."""
-    check(plan.enrollment_id, plan.status, to, actor, change=True)
-    content = {"source": actor.value, **event.pop("content", {})}
-    values: dict[str, Any] = {"status": to.value}
-    if to in FINISHED_STATUSES:
-        values["next_due_at"] = None
-    elif to == EnrollmentStatus.ACTIVE and plan.status == EnrollmentStatus.PAUSED.value:
-        due = due_after_pause(session, plan)
-        if due != plan.next_due_at:
-            values["next_due_at"] = due
-            content["due_at"] = due.isoformat()
-    record_event(
-        session,
-        enrollment_id=plan.enrollment_id,
-        event_type=event_type or STATUS_EVENTS[to],
-        step_index=event.pop("step_index", _step_of(plan)),
-        content=content,
-        flow_run_id=event.pop("flow_run_id", plan.prefect_flow_run_id),
-        **event,
+    """Change the status (`machine.Move`). `run` is the pending run as the caller read it before
+    taking the lock, if it did (None: it was deleted); a resume that must reach Prefect needs it."""
+    resuming = to == EnrollmentStatus.ACTIVE and plan.status == EnrollmentStatus.PAUSED.value
+    follows = follow_in_prefect if follow_in_prefect is not None else actor not in (Actor.PREFECT, Actor.FLOW)
+    seen = None
+    if resuming and follows and plan.prefect_flow_run_id is not None:
+        if run is NOT_READ or (run is not None and run.id != plan.prefect_flow_run_id):
+            run = prefect_runs.read_run(plan.prefect_flow_run_id)
+        seen = run_history.view(run, plan.enrollment_id)
+    state, now = state_of(session, plan, history=resuming)
+    command = machine.Move(
+        to, actor, now, content=event.pop("content", {}), event_type=event_type, follow=follow_in_prefect, run=seen, extra=event,
     )
-    moved = _write(session, plan, **values)
-    # Prefect already shows an operator's change, and the flow's own run simply ends.
-    if follow_in_prefect is None:
-        follow_in_prefect = actor not in (Actor.PREFECT, Actor.FLOW)
-    if follow_in_prefect:
-        moved = _follow_in_prefect(session, plan, moved, to, run)
-    return moved
-
-
-def due_after_pause(session: Session, plan: EnrollmentPlan) -> datetime | None:
-    """When a resumed enrollment's pending run is due: a pause keeps what was left of a WAIT, so a
-    3-day wait paused for a day ends a day later. Any other due time is a moment, not a wait (a
-    start time, a send window opening) and stays as it was, as does a wait that had ended when it
-    was paused (the run is due at once)."""
-    if plan.next_due_at is None or plan.finished_steps or not isinstance(plan.steps[plan.current_step], WaitStep):
-        return plan.next_due_at
-    paused_at, now = session.execute(
-        select(func.max(FollowUpEvent.occurred_at), func.clock_timestamp()).where(
-            FollowUpEvent.enrollment_id == plan.enrollment_id, FollowUpEvent.event_type == EventType.PAUSED.value
-        )
-    ).one()
-    if paused_at is None or plan.next_due_at <= paused_at:
-        return plan.next_due_at
-    return plan.next_due_at + (now - paused_at)
-
-
-def _follow_in_prefect(
-    session: Session, before: EnrollmentPlan, after: EnrollmentPlan, to: EnrollmentStatus, run: Any
-) -> EnrollmentPlan:
-    run_id = before.prefect_flow_run_id
-    if run_id is None:
-        if to == EnrollmentStatus.ACTIVE and before.status == EnrollmentStatus.PAUSED.value and before.epoch > 0:
-            # Paused while its next run was being created, which never was: go on in a new one.
-            return reschedule(session, after, due=_not_past(after.next_due_at), actor=Actor.API)
-        # Otherwise the run on its way is suspended or cancelled as it is delivered (`effects.deliver_run`).
-        return after
-    if to in FINISHED_STATUSES:
-        effects.record(session, after.enrollment_id, effects.Kind.CANCEL, run_id)
-    elif to == EnrollmentStatus.PAUSED:
-        effects.record(session, after.enrollment_id, effects.Kind.SUSPEND, run_id)
-    elif to == EnrollmentStatus.ACTIVE and before.status == EnrollmentStatus.PAUSED.value:
-        if run is NOT_READ or (run is not None and run.id != run_id):
-            run = prefect_runs.read_run(run_id)
-        if prefect_runs.is_live(run):
-            effects.record(session, after.enrollment_id, effects.Kind.RESUME, run_id, due_at=after.next_due_at)
-        else:
-            # The run ended or vanished while paused (e.g. a suspend that timed out): go on in a new one.
-            return reschedule(session, after, due=_not_past(after.next_due_at), actor=Actor.API)
-    return after
-
-
-def _not_past(due: datetime | None) -> datetime | None:
-    return due if due and due > datetime.now(UTC) else None
+    return commit(session, plan, machine.apply(state, command))
 
 
 def complete(session: Session, plan: EnrollmentPlan, *, flow_run_id: uuid.UUID | None) -> EnrollmentPlan:
@@ -263,34 +232,17 @@ def complete(session: Session, plan: EnrollmentPlan, *, flow_run_id: uuid.UUID |
 
 def fail(session: Session, plan: EnrollmentPlan, step_index: int, reason: str, **details: Any) -> EnrollmentPlan:
     """STEP_FAILED and the enrollment FAILED, together."""
-    record_event(
-        session,
-        enrollment_id=plan.enrollment_id,
-        event_type=EventType.STEP_FAILED,
-        step_index=step_index,
-        status="failed",
-        failure_reason=reason,
-        **details,
-    )
-    return move(
-        session, plan, EnrollmentStatus.FAILED, actor=Actor.FLOW, step_index=step_index,
-        flow_run_id=details.get("flow_run_id"), failure_reason=reason,
-    )
-
-
-# -- moves within ACTIVE --------------------------------------------------------------------
+    return _do(session, plan, machine.Fail(step_index, reason, datetime.now(UTC), details))
 
 
 def advance(
     session: Session, plan: EnrollmentPlan, step_index: int, *, event_type: EventType | None = None, **event: Any
 ) -> EnrollmentPlan:
     """Step `step_index` is done (sent, skipped, waited, outcome unknown): record that and move on."""
-    check(plan.enrollment_id, plan.status, EnrollmentStatus.ACTIVE, Actor.FLOW)
-    if plan.current_step != step_index:
-        raise InvalidStateError(f"enrollment {plan.enrollment_id} is at step {plan.current_step}, not {step_index}")
+    recorded = None
     if event_type is not None:
-        record_event(session, enrollment_id=plan.enrollment_id, event_type=event_type, step_index=step_index, **event)
-    return _write(session, plan, current_step=step_index + 1, next_due_at=None)
+        recorded = machine.Event(event_type, step_index, event.pop("content", None) or {}, event.pop("flow_run_id", None), event)
+    return _do(session, plan, machine.Advance(step_index, recorded))
 
 
 def reschedule(
@@ -301,33 +253,43 @@ def reschedule(
     actor: Actor,
     why: str | None = None,
     event_type: EventType | None = None,
+    content: dict[str, Any] | None = None,
     **event: Any,
 ) -> EnrollmentPlan:
-    """The one way to give an enrollment its next pending run: raise its epoch, store the due
-    time (None: now) with no run id yet, and record the event that explains it; the run of its
-    current step for that epoch is created once this commits (`effects.deliver_run`). `why` ends the
-    run's state message ("runs when …"), which names the enrollment and the step.
+    """The one way to give an enrollment its next pending run (`machine.Reschedule`): its epoch
+    rises, its due time (None: now) is stored with no run id yet, and the run of its current
+    step for that epoch is created once this commits (`effects.deliver_run`). `why` ends the
+    run's state message ("runs when …"). The previous pending run is stale from the commit on."""
+    return _do(session, plan, machine.Reschedule(due, actor, why, event_type, content or {}, event))
 
-    The previous pending run, if any, is stale from the commit on: a run that starts finds its
-    epoch is not the enrollment's and does nothing."""
-    check(plan.enrollment_id, plan.status, EnrollmentStatus.ACTIVE, actor)
-    if event_type is not None:
-        record_event(session, enrollment_id=plan.enrollment_id, event_type=event_type, step_index=_step_of(plan), **event)
-    epoch = plan.epoch + 1
-    order = effects.RunOrder(plan.enrollment_id, epoch, plan.current_step, plan.deal_ref, due, _why_scheduled(plan, why))
-    after_commit(session, lambda: effects.deliver_run(order))
-    return _write(session, plan, next_due_at=due, prefect_flow_run_id=None, epoch=epoch)
+
+def observe(
+    session: Session, plan: EnrollmentPlan, run: machine.Run, *, starting_run_id: uuid.UUID | None = None
+) -> EnrollmentPlan:
+    """What Prefect showed of the pending run (`machine.Observe`), read before the lock."""
+    state, now = state_of(session, plan, history=True)
+    return commit(session, plan, machine.apply(state, machine.Observe(run, now, starting_run_id)))
+
+
+def hand_back(session: Session, plan: EnrollmentPlan, run_id: uuid.UUID, *, suspended: bool, content: dict[str, Any]) -> EnrollmentPlan:
+    """An operator suspended run `run_id` as it handed the enrollment over to its next run: the
+    enrollment is PAUSED. A run still suspended is the pending run again (the one it handed over
+    to is dropped); one that ended anyway leaves its successor to be suspended."""
+    state, now = state_of(session, plan)
+    outcome = machine.Outcome(state)
+    if suspended:
+        outcome = outcome.then(machine.Adopt(run_id, {"previous_run_id": str(plan.prefect_flow_run_id), **content}, take_back=True))
+    outcome = outcome.then(machine.Move(EnrollmentStatus.PAUSED, Actor.PREFECT, now, content=content, follow=not suspended))
+    return commit(session, plan, outcome)
+
+
+def record_run(session: Session, plan: EnrollmentPlan, flow_run_id: uuid.UUID) -> EnrollmentPlan:
+    return _do(session, plan, machine.RecordRun(flow_run_id))
 
 
 def pending_run_id(enrollment_id: int) -> uuid.UUID | None:
     with session_scope(read_only=True) as session:
         return session.scalar(select(Enrollment.prefect_flow_run_id).where(Enrollment.id == enrollment_id))
-
-
-def record_run(session: Session, plan: EnrollmentPlan, flow_run_id: uuid.UUID) -> EnrollmentPlan:
-    """The pending run of the enrollment's epoch started before its id was written back: it
-    records itself."""
-    return _write(session, plan, prefect_flow_run_id=flow_run_id)
 
 
 def record_delivered_run(session: Session, enrollment_id: int, epoch: int, flow_run_id: uuid.UUID) -> str | None:
@@ -339,46 +301,3 @@ def record_delivered_run(session: Session, enrollment_id: int, epoch: int, flow_
         .values(prefect_flow_run_id=flow_run_id)
         .returning(Enrollment.status)
     )
-
-
-def _why_scheduled(plan: EnrollmentPlan, why: str | None) -> str:
-    """The scheduled run's state message: what an operator sees on its page in the Prefect UI."""
-    if plan.finished_steps:
-        what = "every step done"
-    else:
-        step = plan.steps[plan.current_step]
-        what = f"step {plan.current_step} ({step.type})"
-        why = why or ("the wait ends" if isinstance(step, WaitStep) else "its time comes")
-    return f"enrollment {plan.enrollment_id}, {what}: runs when {why}" if why else f"enrollment {plan.enrollment_id}, {what}"
-
-
-def resume_own_run(session: Session, plan: EnrollmentPlan, run: Any, *, content: dict[str, Any]) -> EnrollmentPlan:
-    """An ACTIVE enrollment's run that suspended itself for a pause since undone: resumed in
-    Prefect (keeping what is left of the wait), with a RECONCILED event saying so."""
-    check(plan.enrollment_id, plan.status, EnrollmentStatus.ACTIVE, Actor.RECONCILER)
-    record_event(
-        session, enrollment_id=plan.enrollment_id, event_type=EventType.RECONCILED, step_index=_step_of(plan),
-        content={"source": Actor.PREFECT.value, "action": "resume-run", **content}, flow_run_id=plan.prefect_flow_run_id,
-    )
-    effects.record(session, plan.enrollment_id, effects.Kind.RESUME, run.id, due_at=plan.next_due_at)
-    return plan
-
-
-def take_back(session: Session, plan: EnrollmentPlan, flow_run_id: uuid.UUID, *, content: dict[str, Any]) -> EnrollmentPlan:
-    """The run that just handed the enrollment over is its pending run again; the run it had
-    scheduled (not started: it is due later) is cancelled."""
-    previous = plan.prefect_flow_run_id
-    plan = adopt(session, plan, flow_run_id, content={"previous_run_id": str(previous), **content})
-    if previous is not None:
-        after_commit(session, lambda: effects.cancel_quietly(previous))
-    return plan
-
-
-def adopt(session: Session, plan: EnrollmentPlan, flow_run_id: uuid.UUID, *, content: dict[str, Any]) -> EnrollmentPlan:
-    """A run started in Prefect carries the enrollment on, its pending run having ended."""
-    check(plan.enrollment_id, plan.status, EnrollmentStatus.ACTIVE, Actor.RECONCILER)
-    record_event(
-        session, enrollment_id=plan.enrollment_id, event_type=EventType.RECONCILED, step_index=_step_of(plan),
-        content={"source": Actor.PREFECT.value, **content}, flow_run_id=flow_run_id,
-    )
-    return _write(session, plan, prefect_flow_run_id=flow_run_id, epoch=plan.epoch + 1)

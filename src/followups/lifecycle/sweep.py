@@ -15,14 +15,14 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from followups import prefect_runs
+from followups import prefect_runs, run_history
 from followups.db.models import OPEN_STATUSES, Enrollment, RunEffect
 from followups.db.session import session_scope
 from followups.errors import BusyError
 from followups.identity import database_tag
-from followups.lifecycle import effects
+from followups.lifecycle import effects, machine, store
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
-from followups.lifecycle.reconcile import Action, Sight, apply, decide, reconcile, under_lock
+from followups.lifecycle.reconcile import Sight, reconcile, under_lock
 
 
 @dataclass
@@ -90,20 +90,14 @@ def sweep(*, repair: bool = True, batch: int = 200) -> SweepReport:
         for row in rows:
             report.checked += 1
             run = runs.get(row.prefect_flow_run_id)
-            decision = decide(
-                row.status,
-                row.prefect_flow_run_id,
-                prefect_runs.state_type(run),
-                run_is_ours=run is None or prefect_runs.belongs_here(run, row.id, db_tag),
-                suspend_expired=prefect_runs.suspend_expired(run),
-            )
-            if decision.action is Action.NONE:
+            action, why = machine.judge(row.status, row.prefect_flow_run_id, run_history.view(run, row.id, db_tag))
+            if action == "none":
                 continue
-            report.found.append((row.id, decision.action.value, decision.why))
+            report.found.append((row.id, action, why))
             if repair:
                 try:
                     if under_lock(row.id, _repair):
-                        report.repaired[decision.action.value] += 1
+                        report.repaired[action] += 1
                 except BusyError:
                     continue  # changing right now: whoever changes it applies the rule; the next sweep looks again
 
@@ -134,10 +128,10 @@ def _schedule_the_unscheduled(report: SweepReport, repair: bool) -> None:
             plan = load_plan(session, enrollment_id, lock=True)
             touched = session.scalar(select(Enrollment.updated_at).where(Enrollment.id == enrollment_id))
             idle = (datetime.now(UTC) - touched).total_seconds() if touched else None
-            decision = decide(plan.status, plan.prefect_flow_run_id, None, unscheduled_for=idle, unscheduled_grace=grace)
-            if decision.action is not Action.SCHEDULE:
+            outcome = machine.apply(store.state_of(session, plan)[0], machine.Unscheduled(idle or 0.0, grace))
+            if outcome.action != "schedule":
                 continue  # it got its run meanwhile
-            report.found.append((enrollment_id, decision.action.value, decision.why))
+            report.found.append((enrollment_id, outcome.action, outcome.why))
             if repair:
-                apply(session, plan, decision, run_state=None)
-                report.repaired[decision.action.value] += 1
+                store.commit(session, plan, outcome)
+                report.repaired[outcome.action] += 1
