@@ -9,7 +9,7 @@ import os
 
 from prefect import serve
 
-from followups.deployments import runner_patches
+from followups import prefect_private
 from followups.deployments.definitions import local_deployments
 
 
@@ -19,8 +19,8 @@ def serve_deployments(limit: int = 4) -> None:
     # Each flow-run process sends heartbeats, so a run whose process dies with this runner is
     # seen (and marked Crashed by the zombie-run automation) instead of staying Running.
     os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(get_settings().run_heartbeat_seconds))
-    # A run paused just as the runner picks it up must not stop the runner (runner_patches.py).
-    runner_patches.apply()
+    # A run paused just as the runner picks it up must not stop the runner (`pause_as_abort`).
+    prefect_private.apply_runner()
     serve(*local_deployments(), limit=limit)
 
 

@@ -15,8 +15,9 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.runtime import task_run as runtime_task_run
 
 from followups.errors import TransientProviderError
-from followups.execution.sending import StepResult, execute_send_step
+from followups.execution.sending import StepResult, execute_send_step, wait_for_provider_reset
 from followups.settings import get_settings
+from followups.tasks.stop_guard import stops_held
 
 
 def backoff_delays(retries: int, base: float, jitter: float) -> list[float]:
@@ -45,15 +46,21 @@ def _as_uuid(value: Any) -> uuid.UUID | None:
 def send_step(enrollment_id: int, step_index: int, channel: str, deal_ref: str) -> StepResult:
     """One EMAIL or SMS step. Retries (with backoff) are configured per call by the flow."""
     settings = get_settings()
-    result = execute_send_step(
-        enrollment_id,
-        step_index,
-        attempt=runtime_task_run.run_count or 1,
-        max_attempts=settings.step_retries + 1,
-        flow_run_id=_as_uuid(runtime_flow_run.id),
-        task_run_id=_as_uuid(runtime_task_run.id),
-    )
-    return result
+    attempt = runtime_task_run.run_count or 1
+    if attempt > 1:
+        wait_for_provider_reset(enrollment_id, step_index)
+    # A stop (SIGTERM, or the fast worker stopping a cancelled run's thread) that lands between
+    # the attempt's commit and the outcome's would leave the step outcome-unknown: it is held
+    # until the send's outcome is committed. The step's code never knows how runs are stopped.
+    with stops_held():
+        return execute_send_step(
+            enrollment_id,
+            step_index,
+            attempt=attempt,
+            max_attempts=settings.step_retries + 1,
+            flow_run_id=_as_uuid(runtime_flow_run.id),
+            task_run_id=_as_uuid(runtime_task_run.id),
+        )
 
 
 def configured_send_step(enrollment_id: int, step_index: int, channel: str, deal_ref: str):

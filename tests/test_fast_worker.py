@@ -29,7 +29,7 @@ from prefect.states import Pending, Running
 from fast_worker_fixtures import fast_worker, fast_worker_api, fast_worker_server, fast_workers  # noqa: F401 - fixtures
 from followups.control import cancel_enrollment, enroll_deal
 from followups.prefect_runs import schedule_sequence_run
-from followups.worker import concurrency_patches, engine_patches, polling
+from followups.worker import concurrency_patches, polling
 from followups.worker.executing import Executor
 from followups.worker.identity import WorkerIdentity
 from support import FAST_SEQUENCE, deal_input, enrollment_row, event_types, events_of, new_owner, new_sequence, unique, wait_for
@@ -71,27 +71,6 @@ def state_names(flow_run_id) -> list[str]:
 
 
 # --- no Prefect server needed ------------------------------------------------------------------
-
-
-def test_patched_prefect_names_still_exist():
-    """Fails loudly when a Prefect upgrade removes or reshapes a name engine_patches replaces."""
-    engine_patches.verify()
-    import importlib
-
-    for module_name, names in engine_patches.PATCHED_NAMES.items():
-        module = importlib.import_module(module_name)
-        for name in names:
-            assert callable(getattr(module, name)), f"{module_name}.{name} is gone"
-    cls = concurrency_patches.concurrency_service_class()
-    assert isinstance(cls._instances, dict)
-    was_applied = engine_patches.applied()
-    engine_patches.apply()
-    try:
-        assert engine_patches.applied()
-    finally:
-        if not was_applied:
-            engine_patches.restore()
-    assert not engine_patches.applied() or was_applied
 
 
 def test_the_tag_filter_keeps_existing_limits_only():

@@ -177,6 +177,9 @@ def test_an_operators_pause_of_a_run_that_would_resume_in_place_is_made_a_suspen
     assert [event.type for event in outcome.events] == [EventType.PAUSED]
     assert outcome.effects == (RunEffect(machine.EffectKind.SUSPEND, RUN),)
     assert machine.apply(state(), Observe(Run("PAUSED"), NOW)).effects == ()  # a Suspended run resumes properly
+    # Already PAUSED through the API when an operator made the run "Paused": the same.
+    paused = machine.apply(state(EnrollmentStatus.PAUSED), Observe(Run("PAUSED", resumes_in_place=True), NOW))
+    assert paused.state == state(EnrollmentStatus.PAUSED) and paused.effects == (RunEffect(machine.EffectKind.SUSPEND, RUN),)
 
 
 def test_repairs_of_one_step_back_off():

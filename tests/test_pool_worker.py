@@ -95,30 +95,6 @@ def test_the_worker_type_is_registered_through_prefects_plugin_entry_point():
     assert set(template["job_configuration"]) >= {"env", "labels", "name"}
 
 
-async def test_a_run_suspended_before_the_claim_does_not_end_the_worker(monkeypatch):
-    """Prefect's Pending proposal raises `Pause` (a BaseException) for a run suspended after the
-    poll; the worker skips the run instead of dying. Also guards the one private BaseWorker name
-    the class overrides against a Prefect upgrade."""
-    import inspect
-    import uuid
-
-    import prefect.workers.base as base
-    from prefect.exceptions import Pause
-
-    assert list(inspect.signature(BaseWorker._propose_pending_state).parameters) == ["self", "flow_run"]
-    assert "propose_state" in inspect.getsource(BaseWorker._propose_pending_state)
-    assert "self._propose_pending_state(flow_run)" in inspect.getsource(BaseWorker._submit_run)
-
-    async def suspended(*args, **kwargs):
-        raise Pause("the run is suspended")
-
-    monkeypatch.setattr(base, "propose_state", suspended)
-    worker = FollowupsWorker(work_pool_name="never-created", limit=1)
-    worker._client = object()  # the patched proposal never uses it
-    flow_run = FlowRun(id=uuid.uuid4(), flow_id=uuid.uuid4(), name="paused at the claim")
-    assert await worker._propose_pending_state(flow_run) is False
-
-
 def test_runs_execute_on_threads_of_the_one_worker_process_and_it_shows_online(world, fake_providers):
     enrolled = []
     with world.prefect.api():

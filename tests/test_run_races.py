@@ -25,7 +25,7 @@ from followups.control import pause_enrollment, resume_enrollment
 from followups.db.models import EventType
 from followups.db.session import session_scope
 from followups.execution.checkpoint import Next, checkpoint
-from followups.execution.stop_guard import stops_held, stop_thread_when_safe
+from followups.tasks.stop_guard import stops_held, stop_thread_when_safe
 from followups.lifecycle import store
 from followups.lifecycle.plan import load_plan
 from followups.lifecycle.reconcile import reconcile_enrollment
@@ -264,18 +264,20 @@ def test_a_suspend_as_a_run_hands_over_that_prefect_completes_pauses_the_next_ru
 
     from followups.flows.follow_up_sequence import follow_up_sequence
     from followups.flows.sync_enrollment_state import sync_enrollment_state
-    from followups.worker import engine_patches
+    from followups import prefect_private
+    from followups.worker import concurrency_patches
 
     enrollment_id, run_id = _enrollment_with_a_run()
     from_the_ui = lambda rid: _set(rid, Suspended(timeout_seconds=600, pause_key="ui"), force=False)  # noqa: E731
     _suspend_as_the_wait_is_handed_over(monkeypatch, run_id, from_the_ui)
     _set(run_id, Pending(message="claimed by a worker"))
-    engine_patches.apply()  # as in the fast worker: no watching the run for a suspend
+    # As in the fast worker: no watching the run for a suspend.
+    prefect_private.apply_fast_worker(concurrency_patches.make_tag_filtering_concurrency)
     try:
         with get_client(sync_client=True) as client:
             run_flow(follow_up_sequence, flow_run=client.read_flow_run(run_id), return_type="state")
     finally:
-        engine_patches.restore()
+        prefect_private.restore()
     assert [s.name for s in prefect_runs.read_states(run_id)][-2:] == ["Suspended", "Waiting"]
     scheduled = _handed_over_to(enrollment_id, run_id)
     due = enrollment_row(enrollment_id).next_due_at

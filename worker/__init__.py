@@ -20,7 +20,8 @@ at the same time (the server lets exactly one of them claim each run).
   a work pool, so new triggers and schedules arrive), and their flows.
 - upkeep.py: one heartbeat thread for all runs, tag concurrency limit refresh and clean-up.
 - runtime.py: the settings both front ends give their threads.
-- engine_patches.py, concurrency_patches.py: the only private Prefect names replaced, and why.
+- concurrency_patches.py: tag concurrency asked only for limits that exist (the private Prefect
+  names the worker patches, and why, are all in followups.prefect_private).
 
 Guarantees: at most `concurrency` runs at once (plus at most `concurrency` replacement threads
 for hung runs); SIGTERM stops claiming and lets runs in flight finish; a run that raises is

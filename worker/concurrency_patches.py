@@ -8,23 +8,19 @@ harmless; our task runs are tagged per deal, enrollment and step, so a long-live
 make one API call and keep one client and one thread per task run ever executed.
 
 - The wrapper around `prefect.task_engine._concurrency` / `_aconcurrency` (installed by
-  engine_patches.apply()) passes on only the names that have a limit on the server
+  prefect_private.apply_fast_worker) passes on only the names that have a limit on the server
   (`TAG_LIMITS`, refreshed by the worker every few seconds): limits that exist are enforced as
   before, a limit created meanwhile from the next refresh on; with nothing left, Prefect's own
   `concurrency([])` is a no-op.
-- Private state read (not patched), guarded by the same verify test: the service's instances,
-  so the worker can stop the ones no run in flight can use (`drain_idle_concurrency_services`),
-  a safety net for tag sets that do have limits.
+- The service instances of tag sets that do have limits are stopped when idle
+  (`prefect_private.drain_concurrency_services`, called by upkeep.py).
 """
 
 from __future__ import annotations
 
-import importlib
 import threading
 from collections.abc import Callable
 from typing import Any
-
-CONCURRENCY_SERVICE = ("prefect.concurrency.services", "ConcurrencySlotAcquisitionWithLeaseService")
 
 
 class TagLimitNames:
@@ -72,36 +68,3 @@ def make_tag_filtering_concurrency(original: Callable[..., Any]) -> Callable[...
 
     concurrency.__wrapped_original__ = original  # type: ignore[attr-defined]
     return concurrency
-
-
-def concurrency_service_class() -> Any:
-    module_name, class_name = CONCURRENCY_SERVICE
-    return getattr(importlib.import_module(module_name), class_name)
-
-
-def verify_concurrency_service() -> None:
-    cls = concurrency_service_class()
-    for attr in ("_instances", "_instance_cache_lock", "_drain"):
-        if not hasattr(cls, attr):
-            raise RuntimeError(f"{CONCURRENCY_SERVICE[1]}.{attr} no longer exists: update worker/concurrency_patches.py")
-    if not isinstance(cls._instances, dict):
-        raise RuntimeError(f"{CONCURRENCY_SERVICE[1]}._instances is no longer a dict: update worker/concurrency_patches.py")
-
-
-def drain_idle_concurrency_services(in_use: Callable[[frozenset[str]], bool]) -> int:
-    """Stop the service instances for which `in_use(names)` is False; how many were stopped.
-    Never raises (a Prefect change only costs the clean-up)."""
-    try:
-        cls = concurrency_service_class()
-        with cls._instance_cache_lock:
-            instances = list(cls._instances.values())
-        stopped = 0
-        for instance in instances:
-            names = frozenset(getattr(instance, "concurrency_limit_names", ()) or ())
-            if getattr(instance, "_stopped", False) or in_use(names):
-                continue
-            instance._drain()  # stop; the remaining work finishes on Prefect's loop thread
-            stopped += 1
-        return stopped
-    except Exception:  # noqa: BLE001
-        return 0

@@ -36,7 +36,7 @@ from prefect.flows import Flow
 from prefect.states import Cancelled, Crashed
 from prefect.utilities.engine import propose_state_sync
 
-from followups.execution.stop_guard import stop_thread_when_safe
+from followups.tasks.stop_guard import stop_thread_when_safe
 
 logger = logging.getLogger("followups.fast_worker")
 
@@ -284,7 +284,7 @@ class Executor:
                 return True
             slot.cancel_sent = True
             ident = slot.thread.ident
-            # A send in flight finishes and commits its outcome first (`execution.stop_guard`).
+            # A send in flight finishes and commits its outcome first (`tasks.stop_guard`).
             now = stop_thread_when_safe(ident, functools.partial(_raise_in_thread, ident, _CancelledByPrefect))
         logger.info("Flow run %s was cancelled in Prefect: %s", flow_run_id,
                     "stopping it" if now else "stopping it once its send in flight is recorded")

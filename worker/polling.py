@@ -26,13 +26,14 @@ from pathlib import Path
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import FlowRun
-from prefect.exceptions import Abort, Pause
+from prefect.exceptions import Abort
 from prefect.logging.loggers import patch_print
 from prefect.settings import temporary_settings
 from prefect.states import Pending
 from prefect.utilities.engine import propose_state_sync
 
-from followups.worker import engine_patches, runtime, upkeep
+from followups import prefect_private
+from followups.worker import concurrency_patches, runtime, upkeep
 from followups.worker.executing import Executor, RunCounts
 from followups.worker.identity import WorkerIdentity
 from followups.worker.recovery import recover_orphans
@@ -72,7 +73,7 @@ class FastWorker:
 
     def run(self) -> None:
         """Serve until `stop_event` is set; then finish the runs in flight and return."""
-        engine_patches.apply()
+        prefect_private.apply_fast_worker(concurrency_patches.make_tag_filtering_concurrency)
         self._result_dir.mkdir(parents=True, exist_ok=True)
         heartbeat = runtime.run_heartbeat_seconds()
         with get_client(sync_client=True) as probe:
@@ -166,10 +167,11 @@ class FastWorker:
 
     def _claim(self, client: SyncPrefectClient, flow_run: FlowRun) -> bool:
         try:
-            state = propose_state_sync(client, Pending(message=self.identity.marker), flow_run_id=flow_run.id)
-        except (Abort, Pause) as exc:
-            # Pause: suspended between the fetch and the claim (e.g. the enrollment was paused).
-            # Both are BaseExceptions, so one that escaped here would end the whole worker.
+            claim = prefect_private.pause_as_abort(propose_state_sync)
+            state = claim(client, Pending(message=self.identity.marker), flow_run_id=flow_run.id)
+        except Abort as exc:
+            # Claimed elsewhere, or suspended between the fetch and the claim (an enrollment
+            # paused then). A BaseException: one that escaped here would end the whole worker.
             logger.debug("Flow run %s was claimed elsewhere or suspended: %s", flow_run.id, exc)
             self.counts.add("skipped")
             return False

@@ -140,9 +140,11 @@ class FollowupsWorker(BaseWorker[BaseJobConfiguration, BaseVariables, FollowupsW
         from prefect.logging.loggers import patch_print
         from prefect.settings import temporary_settings
 
-        from followups.worker import engine_patches, runtime, upkeep
+        from followups import prefect_private
+        from followups.worker import concurrency_patches, runtime, upkeep
 
-        engine_patches.apply()
+        # pool=True: a run suspended before Prefect's claim is skipped (`pause_as_abort`).
+        prefect_private.apply_fast_worker(concurrency_patches.make_tag_filtering_concurrency, pool=True)
         self._result_dir.mkdir(parents=True, exist_ok=True)
         with get_client(sync_client=True) as client:
             updates = runtime.executor_settings(client)
@@ -189,19 +191,6 @@ class FollowupsWorker(BaseWorker[BaseJobConfiguration, BaseVariables, FollowupsW
             await super().start(*args, **kwargs)
 
     # -- one run ---------------------------------------------------------------------------------
-
-    async def _propose_pending_state(self, flow_run: FlowRun) -> bool:
-        """Prefect's claim, which lets one signal escape: a run suspended between the poll and the
-        claim (an enrollment paused at that moment) answers with `Pause`, a BaseException that
-        would end the whole worker. Such a run stays suspended until it is resumed.
-        (The one private Prefect name this class overrides; tests/test_pool_worker.py guards it.)"""
-        from prefect.exceptions import Pause
-
-        try:
-            return await super()._propose_pending_state(flow_run)
-        except Pause as exc:
-            logger.info("Flow run %s was suspended before this worker claimed it: %s", flow_run.id, exc)
-            return False
 
     async def run(
         self,

@@ -12,6 +12,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import FlowRun
 from prefect.events import emit_event
 
+from followups import prefect_private
 from followups.worker import concurrency_patches
 
 logger = logging.getLogger("followups.fast_worker")
@@ -63,4 +64,4 @@ def drain_idle_services(in_flight: list[FlowRun]) -> None:
         per_entity = {n for n in names if n.startswith(PER_ENTITY_TAG_PREFIXES)}
         return not per_entity or bool(per_entity & busy)
 
-    concurrency_patches.drain_idle_concurrency_services(in_use)
+    prefect_private.drain_concurrency_services(in_use)

@@ -216,10 +216,6 @@ def _event_dict(event: FollowUpEvent, deal_ref: str) -> dict[str, Any]:
 # -- controls -------------------------------------------------------------------------------
 
 
-# Reads of the run that a concurrent change made stale before the lock was taken; past this
-# many in a row the enrollment is changing faster than a control can follow.
-
-
 def _control(enrollment_id: int, owner_id: int | None, to: EnrollmentStatus) -> EnrollmentDetails:
     """The run is read before the row lock is taken, so no call to Prefect is made under it;
     what the control means for the run is an effect carried out after the commit. If the

@@ -313,7 +313,7 @@ def take_slot(
     """A place in every window of the send's identity, then a slot of each rate limit (waiting
     at most `wait_seconds`). Refused, until when: the moment promised to this step when its
     windows are full (it keeps that place), or a moment when a rate is."""
-    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
     from prefect.concurrency.sync import rate_limit
 
     windows = [cap for cap in limits if cap.kind == "window"]

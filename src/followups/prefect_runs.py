@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from followups.db.session import in_transaction
 from followups.identity import database_id, database_tag
+from followups.prefect_private import SUSPEND_EXPIRED_TEXT
 from followups.settings import get_settings
 
 if TYPE_CHECKING:
@@ -297,7 +298,7 @@ def suspend_expired(run: FlowRun | None) -> bool:
     """The run failed because its suspend timed out (Prefect: "The flow was paused/suspended
     and never resumed.")."""
     state = run.state if run is not None else None
-    return bool(state and state.is_failed() and "never resumed" in (state.message or ""))
+    return bool(state and state.is_failed() and SUSPEND_EXPIRED_TEXT in (state.message or ""))
 
 
 def read_states(flow_run_id: uuid.UUID) -> list[Any]:

@@ -14,15 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from followups import prefect_runs
 from followups.lifecycle.machine import Run
+from followups.prefect_private import RUNNER_SHUTDOWN_MESSAGE
 from followups.prefect_runs import read_states, suspended_by_its_flow
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
-
-
-# The message Prefect 3.9's runner gives the Cancelled state of each run it stops on its way out
-# (`Runner.cancel_all`, on SIGTERM or when `serve` ends); its flow-run processes are killed.
-RUNNER_SHUTDOWN_MESSAGE = "Runner is shutting down."
 
 
 def cancel_requested(flow_run_id: uuid.UUID) -> bool:

@@ -176,7 +176,7 @@ def _open_runs(enrollment_ids) -> list:
 
 
 # Stock: the runner's shutdown SIGTERMs its flow-run processes (and the group signal reaches them
-# too); a send holds the signal until its outcome is committed (`execution.stop_guard`), and a run
+# too); a send holds the signal until its outcome is committed (`tasks.stop_guard`), and a run
 # the runner marks Cancelled ("Runner is shutting down.") is replaced, not taken as a cancel.
 @pytest.mark.parametrize("kind", ["fast", STOCK_FULL_ONLY])
 def test_sigterm_with_steps_in_flight_hands_back_or_finishes_every_run(kind, prefect_url, fake_providers, fault_schedule, fault_report, tmp_path):

@@ -199,7 +199,7 @@ def test_operators_act_on_runs_from_the_prefect_ui(world, fault_schedule, fault_
     never_attempted = [v for v in sends.violations if "0 outcome events []" in v and key_of(v) not in attempted
                        and expected[key_of(v)[0]] in ("CANCELLED", "PAUSED")]
     # A run cancelled while its send is in flight stops once the send's outcome is committed
-    # (`execution.stop_guard`): an attempt without an outcome is a violation like any other.
+    # (`tasks.stop_guard`): an attempt without an outcome is a violation like any other.
     real = [v for v in sends.violations if v not in never_attempted]
     if real:
         told = events_by_enrollment(sorted({key_of(v)[0] for v in real}))

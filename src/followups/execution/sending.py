@@ -25,7 +25,6 @@ from followups.db.models import SENT_EVENT_TYPES, EnrollmentStatus, EventType
 from followups.db.session import session_scope
 from followups.email_threads import EmailThread, reply_subject, thread_for
 from followups.errors import InvalidStateError, OutcomeUnknownProviderError, ProviderError, TransientProviderError
-from followups.execution.stop_guard import stops_held
 from followups.inputs import SenderIdentity
 from followups.lifecycle import store
 from followups.lifecycle.plan import EnrollmentPlan, load_plan
@@ -182,7 +181,7 @@ def _orphan_attempt(events: list) -> Any:
     return None
 
 
-def _wait_for_provider_reset(enrollment_id: int, step_index: int) -> None:
+def wait_for_provider_reset(enrollment_id: int, step_index: int) -> None:
     """A 429 names the time before which retrying is pointless: honour it before the next attempt."""
     with session_scope() as session:
         retries = [e for e in step_events(session, enrollment_id, step_index) if e.event_type == EventType.STEP_RETRY]
@@ -214,13 +213,8 @@ def execute_send_step(
     settings = get_settings()
     providers = providers or get_providers()
     ids = {"flow_run_id": flow_run_id, "task_run_id": task_run_id}
-    if attempt > 1:
-        _wait_for_provider_reset(enrollment_id, step_index)
-
     error: ProviderError | None = None
-    # A stop signal between the attempt's commit and the outcome's would leave the step
-    # outcome-unknown (never sent): it waits for this transaction (`execution.stop_guard`).
-    with stops_held(), session_scope() as session:
+    with session_scope() as session:
         plan = load_plan(session, enrollment_id, lock=True)
         if plan.status != EnrollmentStatus.ACTIVE:
             return StepResult("not-active")

@@ -407,6 +407,16 @@ def judge(status: str, run_id: uuid.UUID | None, run: Run, starting_run_id: uuid
 
 
 def _observe(state: State, command: Observe) -> Outcome:
+    outcome = _judged(state, command)
+    if outcome.state.status == PAUSED and command.run.resumes_in_place and outcome.state.run_id == state.run_id is not None:
+        # Paused without a reschedule (Prefect's "Paused"): its Resume would leave it Running
+        # with no process behind it. Suspended instead, its Resume reschedules it and reaches us
+        # as a resume.
+        outcome = _with(outcome, RunEffect(EffectKind.SUSPEND, state.run_id))
+    return outcome
+
+
+def _judged(state: State, command: Observe) -> Outcome:
     run, now = command.run, command.now
     action, why = judge(state.status, state.run_id, run, command.starting_run_id)
     content = {"reason": why, "run_state": run.state}
@@ -419,12 +429,7 @@ def _observe(state: State, command: Observe) -> Outcome:
         assert state.run_id is not None
         return Outcome(state, (event,), (RunEffect(EffectKind.RESUME, state.run_id, state.due_at),), action, why)
     if action == "pause":
-        outcome = _move(state, Move(PAUSED, **by_prefect))
-        if run.resumes_in_place:
-            # Paused without a reschedule: Prefect's Resume would leave it Running with no process
-            # behind it. Suspended instead, its Resume reschedules it and reaches us as a resume.
-            outcome = _with(outcome, RunEffect(EffectKind.SUSPEND, state.run_id))  # type: ignore[arg-type]
-        return dataclasses.replace(outcome, action=action, why=why)
+        return dataclasses.replace(_move(state, Move(PAUSED, **by_prefect)), action=action, why=why)
     if action == "resume":
         outcome = _move(state, Move(ACTIVE, **by_prefect))
         due = outcome.state.due_at
