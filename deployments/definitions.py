@@ -34,7 +34,8 @@ SYNCED_RUN_EVENTS = {
     "prefect.flow-run.Suspended",
     # A pause set through Prefect's API (type PAUSED, name "Paused") rather than the UI's Suspend.
     "prefect.flow-run.Paused",
-    "prefect.flow-run.Resuming",
+    # Not "Resuming": a resumed run is due at once and records the resume itself when it starts
+    # (a sync run beside it would cost a third flow run per resume); the sweep catches the rest.
     "prefect.flow-run.Cancelling",
     "prefect.flow-run.Cancelled",
     "prefect.flow-run.Failed",
@@ -66,11 +67,11 @@ def deal_event_trigger() -> DeploymentEventTrigger:
 
 
 def prefect_controls_trigger(name: str) -> DeploymentEventTrigger:
-    """A follow-up run of this install's deployment suspended, resumed or cancelled in Prefect
+    """A follow-up run of this install's deployment suspended or cancelled in Prefect
     (UI, CLI), or failed or crashed: sync its enrollment now rather than at the next sweep.
     Matching the deployment's name keeps another database's runs to its own sync deployment."""
     return DeploymentEventTrigger(
-        name="sync enrollment when its run is suspended, resumed, cancelled or fails",
+        name="sync enrollment when its run is suspended, cancelled or fails",
         expect=SYNCED_RUN_EVENTS,
         match_related=[
             {"prefect.resource.role": "flow", "prefect.resource.name": "follow-up-sequence"},
@@ -118,7 +119,7 @@ def local_deployments() -> list[RunnerDeployment]:
         ),
         sync_enrollment_state.to_deployment(
             name=name,
-            description="Brings an enrollment along when its run is suspended, resumed, cancelled, fails or crashes in Prefect.",
+            description="Brings an enrollment along when its run is suspended, cancelled, fails or crashes in Prefect.",
             entrypoint_type=module,
             triggers=[prefect_controls_trigger(name)],
         ),

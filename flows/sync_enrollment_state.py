@@ -1,4 +1,4 @@
-"""`sync-enrollment-state`: run when a follow-up flow run is suspended, resumed, cancelled, fails
+"""`sync-enrollment-state`: run when a follow-up flow run is suspended, cancelled, fails
 or crashes in Prefect.
 
 Those changes touch only Prefect's state; this flow, triggered by their events, applies the one

@@ -96,6 +96,21 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float 
         time.sleep(interval)
 
 
+def wait_for_each(items: list[Any], done: Callable[[Any], bool], stall: float = 60, interval: float = 0.5, what: str = "items") -> None:
+    """Until `done(item)` for every item; fails only when none more got done for `stall` s, so a
+    busy machine that is slow but moving passes."""
+    left, deadline = list(items), time.monotonic() + stall
+    while left:
+        still = [item for item in left if not done(item)]
+        if len(still) < len(left):
+            deadline = time.monotonic() + stall
+        left = still
+        if left and time.monotonic() > deadline:
+            raise AssertionError(f"{len(left)} of {len(items)} {what} not done, none for {stall}s: {left[:10]}")
+        if left:
+            time.sleep(interval)
+
+
 def stock_session_executor() -> bool:
     """Whether the session's flow runs go through the stock runner (a process each, 10-15 s per
     control run on a loaded 2-core machine) rather than the fast worker (see tests/conftest.py)."""

@@ -118,7 +118,7 @@ def test_triggers_name_events_filters_and_parameter_templates():
     assert deal_event["parameters"] == {"deal_event": "{{ event.payload.deal_event }}", "event": "{{ event.event }}"}
     [sync] = triggers["sync-enrollment-state/followups"]
     assert sync["expect"] == sorted(
-        f"prefect.flow-run.{state}" for state in ("Suspended", "Paused", "Resuming", "Cancelling", "Cancelled", "Failed", "Crashed")
+        f"prefect.flow-run.{state}" for state in ("Suspended", "Paused", "Cancelling", "Cancelled", "Failed", "Crashed")
     )
     assert sync["match_related"] == [
         {"prefect.resource.role": "flow", "prefect.resource.name": "follow-up-sequence"},

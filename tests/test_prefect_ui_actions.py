@@ -195,3 +195,26 @@ def test_a_retry_of_an_earlier_run_in_the_ui_ends_at_once_beside_the_waiting_run
     assert [run.id for run in live] == [pending]
     assert _pending_run(enrollment_id) == pending and _status(enrollment_id) == "ACTIVE"
     assert len(fake_providers.for_recipient(deal.seller_email)) == 1
+
+
+def test_a_resume_in_the_ui_costs_at_most_two_flow_runs(sequence_runner, fake_providers):
+    """Suspend a waiting run and Resume it, as the UI does. Prefect makes the resumed run due at
+    once: it records the resume itself, and hands the rest of the wait to one run due when the
+    wait ends. No sync run beside them."""
+    from datetime import UTC
+
+    deal, enrollment_id, due = _waiting(20)
+    run_id = _pending_run(enrollment_id)
+    _set_state(run_id, Suspended(timeout_seconds=3600))
+    wait_for(lambda: _status(enrollment_id) == "PAUSED", timeout=60, what="PAUSED from Prefect")
+    resumed_at = datetime.now(UTC)
+    resume_flow_run(run_id)
+    wait_for(lambda: _status(enrollment_id) == "ACTIVE", timeout=60, what="ACTIVE from Prefect's resume")
+    _completes(enrollment_id)
+    with get_client(sync_client=True) as client:
+        ran = [
+            run for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"enrollment:{enrollment_id}"])))
+            if run.start_time is not None and run.start_time > resumed_at
+        ]
+    assert len(ran) <= 2, [(run.name, run.state_name) for run in ran]
+    assert len(fake_providers.for_recipient(deal.seller_phone)) == 1

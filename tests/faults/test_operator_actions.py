@@ -25,7 +25,7 @@ from prefect.states import Cancelled, Cancelling, Suspended
 from checks import EventLedger, check_sends, fault_report, fault_schedule, scale, statuses, wait_final_states  # noqa: F401
 from fault_world import attempts_in_flight, reconciled_count, step_state
 from scenario_world import calls_by_enrollment, enroll_many, events_by_enrollment, operator_reconcile, own_world
-from support import enrollment_row, pending_run, wait_for
+from support import enrollment_row, pending_run, wait_for_each
 
 pytestmark = pytest.mark.faults
 
@@ -89,8 +89,8 @@ def test_operators_act_on_runs_from_the_prefect_ui(world, fault_schedule, fault_
     action = dict(zip(waiting, plan))
     finished = enroll_many(scale(4, 10), steps(1))
     action.update({e: "run-finished" for e in finished})
-    wait_for(lambda: all("WAIT_STARTED" in {x.event_type for x in evs} for evs in events_by_enrollment(waiting).values()),
-             timeout=60, what="every waiting enrollment's wait to start")
+    wait_for_each(waiting, lambda e: "WAIT_STARTED" in {x.event_type for x in events_by_enrollment([e]).get(e, [])},
+                  what="waits started")
     for e in waiting:
         pending_run(e)
     wait_final_states({e: "COMPLETED" for e in finished}, timeout=60)
@@ -117,8 +117,7 @@ def test_operators_act_on_runs_from_the_prefect_ui(world, fault_schedule, fault_
 
         # Prefect itself expires the suspends (its pause-expiration service), then an operator starts a run by hand.
         expiring = [e for e in waiting if action[e].startswith("suspend-expire")]
-        wait_for(lambda: all(_state(client, _run_of(e)) == "FAILED" for e in expiring), timeout=60,
-                 what="Prefect to fail every expired suspend")
+        wait_for_each(expiring, lambda e: _state(client, _run_of(e)) == "FAILED", what="expired suspends failed by Prefect")
         time.sleep(rng.uniform(0, 3))
         for enrollment_id in (e for e in waiting if action[e] == "suspend-resume"):
             resume_flow_run(_run_of(enrollment_id))
