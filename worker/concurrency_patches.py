@@ -66,5 +66,4 @@ def make_tag_filtering_concurrency(original: Callable[..., Any]) -> Callable[...
         """prefect.task_engine._concurrency, asking only for tag limits that exist."""
         return original(keep_existing(names), *args, **kwargs)
 
-    concurrency.__wrapped_original__ = original  # type: ignore[attr-defined]
     return concurrency

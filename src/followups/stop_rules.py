@@ -13,9 +13,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy.orm import Session
-
-from followups.sequence_options import version_options
 from followups.steps import Step, channel_of
 
 
@@ -43,11 +40,6 @@ def rules_from_options(options: Any) -> StopRules:
     stop_on = options.get("stop_on")
     reasons = ALL_DEAL_EVENTS if stop_on is None else frozenset(DealEvent(v) for v in stop_on if v in set(DealEvent))
     return StopRules(stop_on=reasons, stop_on_other_channel_reply=bool(options.get("stop_on_other_channel_reply", False)))
-
-
-def stop_rules(session: Session, sequence_version_id: int) -> StopRules:
-    """The stop rules of one sequence version (the defaults for a version saved without options)."""
-    return rules_from_options(version_options(session, sequence_version_id))
 
 
 def channels(steps: list[Step]) -> frozenset[str]:

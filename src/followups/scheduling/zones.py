@@ -40,12 +40,6 @@ def zones_of_phone(phone: str | None) -> tuple[str, ...]:
     return zones
 
 
-def zone_of_phone(phone: str | None) -> str | None:
-    """The one IANA zone a phone number belongs to, or None when it is unknown or ambiguous."""
-    zones = zones_of_phone(phone)
-    return zones[0] if len(zones) == 1 else None
-
-
 def _known(zones: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(zone for zone in zones if zone != UNKNOWN_ZONE and zone in _known_zones())
 
