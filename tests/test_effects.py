@@ -134,8 +134,8 @@ def test_a_resume_committed_while_the_pause_is_being_delivered_is_not_overtaken(
     monkeypatch.setattr(effects, "deliver", lambda enrollment_id: False)
     pause_enrollment(enrollment.id)
     monkeypatch.undo()
-    pause = effects._claim(enrollment.id)  # a dispatcher starts delivering the pause ...
-    assert pause is not None and pause.kind is effects.Kind.SUSPEND
+    [pause] = effects._claim_many([enrollment.id])  # a dispatcher starts delivering the pause ...
+    assert pause.kind is effects.Kind.SUSPEND
 
     resume_enrollment(enrollment.id)  # ... a resume commits meanwhile; its own delivery finds the claim taken
     assert _effect(enrollment.id).seq == 2 and _effect(enrollment.id).delivered_seq == 0

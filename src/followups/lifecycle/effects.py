@@ -94,21 +94,6 @@ def undelivered(session: Session, enrollment_id: int) -> bool:
     )
 
 
-def _claim(enrollment_id: int) -> Effect | None:
-    with session_scope() as session:
-        row = session.execute(
-            update(RunEffect)
-            .where(
-                RunEffect.enrollment_id == enrollment_id,
-                RunEffect.delivered_seq < RunEffect.seq,
-                or_(RunEffect.claimed_until.is_(None), RunEffect.claimed_until < func.now()),
-            )
-            .values(claimed_until=func.now() + timedelta(seconds=CLAIM_SECONDS), attempts=RunEffect.attempts + 1)
-            .returning(RunEffect.seq, RunEffect.kind, RunEffect.flow_run_id, RunEffect.due_at)
-        ).first()
-    return Effect(enrollment_id, row.seq, Kind(row.kind), row.flow_run_id, row.due_at) if row else None
-
-
 def _release(effect: Effect, error: str | None) -> bool:
     """Mark the effect delivered (or failed); True when a newer one was written meanwhile."""
     with session_scope() as session:
@@ -152,9 +137,10 @@ def deliver(enrollment_id: int) -> bool:
     for Prefect: the change it follows is committed, and stands."""
     delivered = False
     while True:
-        effect = _claim(enrollment_id)
-        if effect is None:
+        claimed = _claim_many([enrollment_id])
+        if not claimed:
             break
+        effect = claimed[0]
         try:
             carry_out(effect)
         except Exception as exc:  # noqa: BLE001 - unreachable or refusing: redelivered by the sweep
