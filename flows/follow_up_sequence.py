@@ -13,6 +13,7 @@ import uuid
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
 from prefect.exceptions import Pause
 from prefect.flow_runs import suspend_flow_run
 from prefect.runtime import flow_run as runtime_flow_run
@@ -82,7 +83,10 @@ def _run(enrollment_id: int, flow_run_id: uuid.UUID | None) -> State:
     logger = get_run_logger()
     starting = True
     while True:
-        check = checkpoint(enrollment_id, flow_run_id, starting=starting)
+        # At the start the engine's own copy of this run (just accepted as Running) is what the
+        # check would read; between steps the run is read again, as an operator may have acted.
+        engine = FlowRunContext.get() if starting else None
+        check = checkpoint(enrollment_id, flow_run_id, starting=starting, run=engine.flow_run if engine else None)
         starting = False
         plan = check.plan
         if check.next is Next.STAY_SUSPENDED:

@@ -85,14 +85,30 @@ def enrollment_row(enrollment_id: int) -> Enrollment:
         return row
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.25, what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 60,
+    interval: float = 0.25,
+    what: str = "condition",
+    progress: Callable[[], Any] | None = None,
+) -> Any:
+    """Until `predicate()` is true. With `progress`, the bound follows it: it fails only when
+    `progress()` has not changed for `timeout` s (a busy executor working through a backlog
+    first is slow, not stuck)."""
     deadline = time.monotonic() + timeout
+    moved = progress() if progress is not None else None
+    looked = time.monotonic()
     while True:
         value = predicate()
         if value:
             return value
+        if progress is not None and time.monotonic() - looked >= 1:  # a second is fine enough for a bound
+            looked = time.monotonic()
+            if (now := progress()) != moved:
+                moved, deadline = now, looked + timeout
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            still = " with nothing moving" if progress is not None else ""
+            raise AssertionError(f"timed out after {timeout}s{still} waiting for {what}")
         time.sleep(interval)
 
 

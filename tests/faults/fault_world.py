@@ -69,6 +69,14 @@ def reconciled_count(enrollment_ids) -> int:
         ) or 0
 
 
+def event_total(enrollment_ids) -> int:
+    """How many events these enrollments have logged: the progress a wait's bound follows."""
+    with session_scope() as session:
+        return session.execute(
+            text("SELECT count(*) FROM follow_up_events WHERE enrollment_id = ANY(:ids)"), {"ids": list(enrollment_ids)}
+        ).scalar_one()
+
+
 def step_state(enrollment_ids) -> dict[tuple[int, int], set[str]]:
     """Event types recorded so far per (enrollment, step)."""
     with session_scope() as session:

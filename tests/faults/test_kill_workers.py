@@ -23,7 +23,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
 from checks import EventLedger, check_sends, fault_report, fault_schedule, full_only, scale, wait_final_states  # noqa: F401
-from fault_world import SEQUENCE, Executor, ProviderTap, attempts_in_flight, module_prefect, reconcile_cli, reconciled_count, step_state
+from fault_world import (
+    SEQUENCE, Executor, ProviderTap, attempts_in_flight, event_total, module_prefect, reconcile_cli, reconciled_count, step_state,
+)
 from followups.control import enroll_deal
 from support import deal_input, new_owner, new_sequence, wait_for
 
@@ -138,7 +140,9 @@ def test_sigkill_at_seeded_moments_then_a_new_worker_finishes(kind, prefect_url,
                 current.fire()
             elif moment == "after_commit":
                 wanted = fault_schedule.randint(1, per_round)
-                wait_for(lambda: _sent_in(batch) >= wanted, timeout=60, interval=0.02, what="a committed send")
+                # The new executor may first work through earlier rounds' runs: bounded by progress.
+                wait_for(lambda: _sent_in(batch) >= wanted, timeout=60, interval=0.02, what="a committed send",
+                         progress=lambda: event_total(ids))
                 current.fire()
             # Tap-fired moments: bounded; a batch that somehow never reaches the provider is a failure.
             assert current.fired.wait(60) or current.fire(), f"{moment}: the kill never fired"
@@ -189,7 +193,8 @@ def test_sigterm_with_steps_in_flight_hands_back_or_finishes_every_run(kind, pre
     fake_providers.latency_seconds = fault_schedule.uniform(0.5, 1.5)
     try:
         in_flight = fault_schedule.randint(1, 3)
-        wait_for(lambda: len(attempts_in_flight(ids)) >= in_flight, timeout=60, interval=0.02, what="steps in flight")
+        wait_for(lambda: len(attempts_in_flight(ids)) >= in_flight, timeout=60, interval=0.02, what="steps in flight",
+                 progress=lambda: event_total(ids))
         code = executor.terminate(timeout=90)
     finally:
         fake_providers.latency_seconds = 0.0

@@ -54,8 +54,11 @@ class Checkpoint:
 ATTEMPTS = 5
 
 
-def checkpoint(enrollment_id: int, flow_run_id: uuid.UUID | None, *, starting: bool) -> Checkpoint:
+def checkpoint(enrollment_id: int, flow_run_id: uuid.UUID | None, *, starting: bool, run: Any = None) -> Checkpoint:
+    """`run`: this run as Prefect's engine holds it, in the state the server has just accepted
+    (Running, at the start), so the first look needs no read of its own; later looks read it."""
     starting_run_id = flow_run_id if starting else None
+    known = run if run is not None and flow_run_id is not None and run.id == flow_run_id else None
     for _ in range(ATTEMPTS):
         # Prefect is read first, outside any transaction, and what it showed is used under the
         # row lock only if nothing moved in between. The order matters: the enrollment and its
@@ -68,9 +71,9 @@ def checkpoint(enrollment_id: int, flow_run_id: uuid.UUID | None, *, starting: b
                 seen = load_plan(session, enrollment_id)
                 marker = effects.marker(session, enrollment_id)
         except NotFoundError:
-            _refuse_foreign(prefect_runs.read_run(flow_run_id), flow_run_id)
+            _refuse_foreign(known or prefect_runs.read_run(flow_run_id), flow_run_id)
             raise
-        run = prefect_runs.read_run(flow_run_id)
+        run, known = known or prefect_runs.read_run(flow_run_id), None
         _refuse_foreign(run, flow_run_id)
         # The run created for the enrollment's epoch, started before its id was written back,
         # is the pending run: it records itself below.

@@ -70,7 +70,7 @@ def look(
     run: Any = UNREAD,
     starting_run_id: uuid.UUID | None = None,
 ) -> Sight:
-    """Read from Prefect what `decide` needs about an enrollment in `status` whose pending run
+    """Read from Prefect what the machine needs about an enrollment in `status` whose pending run
     is `pending_run_id`. Call it outside any transaction. `run`: the pending run if the caller
     has read it already (a run of another id is not taken for it)."""
     seen = {"status": status, "pending_run_id": pending_run_id, "epoch": epoch, "effects_marker": effects_marker}
@@ -121,7 +121,7 @@ def reconcile(
     *,
     starting_run_id: uuid.UUID | None = None,
 ) -> EnrollmentPlan:
-    """Apply `decide` to a plan loaded with the row lock, on what `sight` saw of its pending run
+    """Apply the machine's `Observe` to a plan loaded with the row lock, on what `sight` saw of its pending run
     (taken with the same `starting_run_id`, and checked with `Sight.holds`). Returns the plan as
     it is now. Makes no call to Prefect.
 
