@@ -94,6 +94,25 @@ def _ensure_template(engine) -> str:
     return name
 
 
+# Fault scenarios share the session's database and its default sending identity: at full scale
+# their sends together pass the default daily caps (1,000 emails, 500 SMS per identity in 24 h),
+# and what comes after rightly waits for tomorrow. Caps are not what they test (test_caps.py does).
+FAULT_SCENARIO_CAPS = {"FOLLOWUPS_EMAIL_DAILY_CAP": "1000000", "FOLLOWUPS_SMS_DAILY_CAP": "1000000"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fault_scenarios_not_capped(request) -> Iterator[None]:
+    """Module-scoped and autouse, so it is in place before a scenario's world starts executors."""
+    marks = getattr(request.module, "pytestmark", [])
+    if not any(getattr(mark, "name", None) == "faults" for mark in (marks if isinstance(marks, list) else [marks])):
+        yield
+        return
+    from support import env_settings
+
+    with env_settings(FAULT_SCENARIO_CAPS):
+        yield
+
+
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     from followups.db.session import dispose_engines

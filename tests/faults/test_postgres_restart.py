@@ -27,7 +27,7 @@ from prefect.client.orchestration import get_client
 
 from checks import EventLedger, check_sends, fault_report, fault_schedule, full_only, scale, wait_final_states  # noqa: F401
 from fault_world import (
-    DEPLOYMENT, SEQUENCE, Executor, attempts_in_flight, module_prefect, reconcile_cli, reconciled_count, step_state,
+    DEPLOYMENT, SEQUENCE, Executor, attempts_in_flight, event_total, module_prefect, reconcile_cli, reconciled_count, step_state,
 )
 from followups.control import enroll_deal
 from private_postgres import PrivatePostgres, private_postgres
@@ -121,6 +121,7 @@ def test_postgres_restart_while_runs_execute(
             wait_for(
                 lambda: sum(bool(t & {"EMAIL_SENT", "SMS_SENT"}) for t in step_state(batch).values()) >= sends_before,
                 timeout=90, interval=0.05, what="sends to be under way",
+                progress=lambda: event_total(ids),  # the stock runner may first work through a backlog
             )
             time.sleep(fault_schedule.uniform(0.0, 0.5))
             restart_began = datetime.now(UTC)
