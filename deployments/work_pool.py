@@ -6,6 +6,7 @@ needs the package installed, not a checkout.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -23,12 +24,14 @@ class Deployed:
     pool_created: bool
     deployments: dict[str, UUID]  # flow/name -> id
     saved_searches: list[Applied]
+    moved_runs: int = 0  # waiting runs created outside the pool, moved into it (`rehome`)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "work_pool": self.work_pool, "pool_created": self.pool_created,
             "deployments": {name: str(ident) for name, ident in self.deployments.items()},
             "saved_searches": [item.as_dict() for item in self.saved_searches],
+            "moved_runs": self.moved_runs,
         }
 
 
@@ -65,7 +68,8 @@ def ensure_work_pool(client: Any, name: str, create_type: str | None) -> bool:
 
 def deploy_to_pool(pool: str, create_type: str | None = None) -> Deployed:
     """Register (or update) every deployment of `local_deployments()` into work pool `pool`,
-    with its triggers and schedule, then the UI's saved searches. Idempotent."""
+    with its triggers and schedule, then the UI's saved searches, and move the waiting runs
+    created outside the pool into it (`rehome`). Idempotent."""
     from prefect.client.orchestration import get_client
     from prefect.deployments.runner import DeploymentApplyError
     from prefect.exceptions import PrefectHTTPStatusError
@@ -90,5 +94,45 @@ def deploy_to_pool(pool: str, create_type: str | None = None) -> Deployed:
             except (DeploymentApplyError, PrefectHTTPStatusError) as exc:
                 raise InvalidStateError(f"Prefect refused deployment {key}: {exc}") from exc
         name = deployment_name()
-        searches = apply_saved_searches(client, deployed[f"{follow_up_sequence.name}/{name}"], name)
-    return Deployed(pool, created, deployed, searches)
+        sequence_id = deployed[f"{follow_up_sequence.name}/{name}"]
+        searches = apply_saved_searches(client, sequence_id, name)
+        moved = rehome(client, sequence_id)
+    return Deployed(pool, created, deployed, searches, moved)
+
+
+def rehome(client: Any, deployment_id: UUID) -> int:
+    """Runs created while the sequence deployment had no work pool (served by `followups serve`,
+    say) have no work queue, and a pool's workers never see them. Each of this database's
+    that is waiting (Scheduled, or suspended by a pause) is deleted, and its enrollment is
+    repaired at once: an ACTIVE one gets a new run, in the pool, due when the old one was; a
+    PAUSED one gets it when resumed."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType,
+        FlowRunFilterWorkQueueName,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.exceptions import ObjectNotFound
+
+    from followups.errors import FollowupsError
+    from followups.lifecycle.reconcile import reconcile_enrollment
+    from followups.prefect_runs import from_this_database
+
+    moved = 0
+    while True:
+        waiting = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            flow_run_filter=FlowRunFilter(
+                work_queue_name=FlowRunFilterWorkQueueName(is_null_=True),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PAUSED])),
+            ),
+            limit=200,
+        )
+        ours = [run for run in waiting if from_this_database(run)]
+        if not ours:
+            return moved
+        for run in ours:
+            with contextlib.suppress(ObjectNotFound):  # deleted meanwhile: its enrollment is repaired all the same
+                client.delete_flow_run(run.id)
+            with contextlib.suppress(FollowupsError):  # gone or busy: the sweep repairs it
+                reconcile_enrollment((run.parameters or {}).get("enrollment_id"))
+            moved += 1

@@ -11,11 +11,13 @@ in the Prefect UI stops a run in flight while the worker goes on.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,7 @@ from prefect_servers import prefect_server, stop
 from followups.control import cancel_enrollment, enroll_deal
 from followups.worker.pool_worker import FollowupsWorker
 from support import deal_input, enrollment_row, event_types, new_owner, new_sequence, wait_for
-from test_deploy_anywhere import PREFECT, REPO, SHORT_SEQUENCE, OwnPrefect, _cli, _descendants
+from test_deploy_anywhere import FOLLOWUPS, PREFECT, REPO, SHORT_SEQUENCE, OwnPrefect, _cli, _descendants
 
 pytestmark = pytest.mark.slow
 
@@ -217,4 +219,48 @@ def test_sigusr1_writes_every_threads_stack_and_the_worker_goes_on(world):
     os.kill(world.worker.pid, signal.SIGUSR1)
     wait_for(lambda: "_slot_loop" in world.log.read_text(errors="replace")[before:], timeout=10, what="the stack dump")
     time.sleep(1)
+    world.alive()
+
+
+def test_followups_deploy_moves_the_runs_waiting_outside_the_pool_into_it(world, fake_providers, monkeypatch):
+    """`followups serve` registers new deployments with no work pool, and the runs created then
+    have no work queue, which a pool's workers never see. `followups deploy --pool` moves the
+    waiting ones into the pool: an ACTIVE enrollment goes on at its due time, a PAUSED one when
+    resumed."""
+    from followups.control import pause_enrollment, resume_enrollment
+    from followups.deployments.definitions import local_deployments
+    from followups.settings import reset_settings
+
+    one_email = [{"type": "EMAIL", "subject": "Our offer", "text": "Hi"}]
+    name = f"moved-{uuid.uuid4().hex[:6]}"  # deployments that were never in a pool
+    monkeypatch.setenv("FOLLOWUPS_DEPLOYMENT_NAME", f"follow-up-sequence/{name}")
+    monkeypatch.setenv("FOLLOWUPS_RECONCILE_INTERVAL_SECONDS", "0")  # no sweep of the session database here
+    reset_settings()
+    with world.prefect.api(), get_client(sync_client=True) as client:
+        for deployment in local_deployments():
+            deployment.apply()  # as `followups serve` registers them
+        owner = new_owner()
+        sequence = new_sequence(owner, one_email)
+        (active, active_deal), (paused, paused_deal) = _enroll(owner, sequence), _enroll(owner, sequence)
+        pause_enrollment(paused)
+        waiting = client.read_flow_run(enrollment_row(active).prefect_flow_run_id)
+        assert waiting.work_queue_name is None and waiting.state.is_scheduled()
+        time.sleep(3)  # the worker polls its pool every second: the run is not in it
+        assert "STEP_ATTEMPT" not in event_types(active)
+
+        env = world.prefect.env(FOLLOWUPS_DEPLOYMENT_NAME=f"follow-up-sequence/{name}", FOLLOWUPS_RECONCILE_INTERVAL_SECONDS="0",
+                                PYTHONSAFEPATH="1")
+        deployed = json.loads(_cli([FOLLOWUPS, "deploy", "--pool", POOL, "--json"], cwd=world.log.parent, env=env))
+        assert deployed["moved_runs"] == 2
+        wait_for(lambda: enrollment_row(active).status == "COMPLETED", timeout=60, what="the moved run")
+        assert enrollment_row(paused).status == "PAUSED" and "EMAIL_SENT" not in event_types(paused)
+        resume_enrollment(paused)
+        wait_for(lambda: enrollment_row(paused).status == "COMPLETED", timeout=60, what="the resumed enrollment")
+        for enrollment_id, deal in ((active, active_deal), (paused, paused_deal)):
+            assert event_types(enrollment_id).count("EMAIL_SENT") == 1
+            assert len(fake_providers.for_recipient(str(deal.seller_email))) == 1
+            run = client.read_flow_run(enrollment_row(enrollment_id).prefect_flow_run_id)
+            assert run.work_pool_name == POOL and run.state.is_completed()
+    monkeypatch.undo()
+    reset_settings()
     world.alive()

@@ -163,7 +163,9 @@ def test_resuming_a_run_that_waits_for_its_start_time_keeps_the_start_time(seque
     time (not a WAIT) must still not send before that time."""
     owner = new_owner()
     deal = deal_input()
-    start_at = datetime.now().astimezone() + timedelta(seconds=20)
+    # Far enough ahead that the run, resumed after this test's own steps on a busy machine, still
+    # starts more than `deferral.EARLY_START_SECONDS` (15 s) early.
+    start_at = datetime.now().astimezone() + timedelta(seconds=45)
     steps = [{"type": "EMAIL", "subject": "Offer", "text": "Hi"}]
     enrollment = enroll_deal(owner, deal, new_sequence(owner, steps), start_at=start_at)
     run_id = _pending_run(enrollment.id)

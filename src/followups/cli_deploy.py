@@ -49,4 +49,6 @@ def register(app: typer.Typer, console: Console) -> None:
             console.print(f"registered {escape(name)} in work pool {escape(pool)}")
         for item in deployed.saved_searches:
             console.print(f"saved search {item.action}: {escape(item.name)}")
+        if deployed.moved_runs:
+            console.print(f"moved {deployed.moved_runs} waiting flow run(s), created outside the pool, into it")
         console.print(f"start a worker with: prefect worker start --pool {escape(pool)}")
