@@ -115,8 +115,10 @@ def rehome(client: Any, deployment_id: UUID) -> int:
 
     from followups.errors import FollowupsError
     from followups.lifecycle.reconcile import reconcile_enrollment
+    from followups.identity import database_tag
     from followups.prefect_runs import from_this_database
 
+    db_tag = database_tag()  # once, not once per run
     moved = 0
     while True:
         waiting = client.read_flow_runs(
@@ -127,7 +129,7 @@ def rehome(client: Any, deployment_id: UUID) -> int:
             ),
             limit=200,
         )
-        ours = [run for run in waiting if from_this_database(run)]
+        ours = [run for run in waiting if from_this_database(run, db_tag)]
         if not ours:
             return moved
         for run in ours:
